@@ -1,0 +1,31 @@
+"""The code location: assets, resources (chosen from the environment here), jobs and sensors."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from sensequant_assets.assets.bars import market_bars
+from sensequant_assets.assets.student import student_model
+from sensequant_assets.assets.teacher import teacher
+from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.jobs import train_job
+from sensequant_assets.resources import market_data_from_env, settings_from_env
+from sensequant_assets.sensors import register_symbols
+from sensequant_assets.settings import env
+
+
+def build_definitions() -> Definitions:
+    """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables)."""
+    return Definitions(
+        assets=[market_bars, teacher, student_model],
+        jobs=[train_job],
+        sensors=[register_symbols],
+        resources={
+            "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
+            "market_data": market_data_from_env(),
+            "settings": settings_from_env(),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,333 @@
+"""The one place that knows the artifact layout.
+
+Every partition `SYMBOL|YYYY-MM-DD` owns `<base_dir>/<SYMBOL>_<start>_to_<end>/`. Each output is written
+into a staging directory beside it, merged with the files already there (hard links), and swapped into
+place, so a crash never leaves a directory that looks complete but is not. Every file written is
+recorded with its sha256 in `checksums.json`, which is verified before anything is read (and before
+any pickle is loaded). An output covering several partitions is a dict keyed by partition key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+
+from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
+from sensequant_assets.partitions import split_key, window_bounds
+
+CHECKSUMS = "checksums.json"
+_DIR_RE = re.compile(r"^(?P<symbol>.+)_(?P<start>\d{4}-\d{2}-\d{2})_to_(?P<end>\d{4}-\d{2}-\d{2})$")
+
+
+class ArtifactError(RuntimeError):
+    """A partition's artifacts are missing or corrupt; the message names the file and the cause."""
+
+
+def partition_dir_name(symbol: str, start: date, end: date) -> str:
+    return f"{symbol}_{start.isoformat()}_to_{end.isoformat()}"
+
+
+def parse_partition_dir_name(name: str) -> tuple[str, date, date]:
+    """Inverse of `partition_dir_name`."""
+    m = _DIR_RE.match(name)
+    if not m:
+        raise ValueError(f"{name!r} is not an artifact directory name SYMBOL_YYYY-MM-DD_to_YYYY-MM-DD")
+    return m["symbol"], date.fromisoformat(m["start"]), date.fromisoformat(m["end"])
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- codecs: how one asset's object becomes files (relative names) and back ---------------------
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Serialises one asset's value. `owns` are the relative paths (or `dir/` prefixes) it replaces."""
+
+    owns: tuple[str, ...]
+    dump: Callable[[Any], dict[str, bytes]]
+    load: Callable[[Callable[[str], bytes]], Any]
+
+    def owns_path(self, rel: str) -> bool:
+        return any(rel == o or (o.endswith("/") and rel.startswith(o)) for o in self.owns)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    return buf.getvalue()
+
+
+def _csv_gz_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    # mtime=0 keeps the gzip header, and so the checksum, reproducible.
+    df.to_csv(buf, index=False, compression={"method": "gzip", "mtime": 0})
+    return buf.getvalue()
+
+
+def _dump_teacher(art: TeacherArtifact) -> dict[str, bytes]:
+    model = pickle.dumps(art.model, protocol=pickle.HIGHEST_PROTOCOL)
+    metadata = {**art.metadata, "model_sha256": sha256_bytes(model)}
+    imp = art.importance.to_csv(index=False).encode()
+    return {"model.pkl": model, "metadata.json": _json_bytes(metadata), "feature_importance.csv": imp}
+
+
+def _load_teacher(read: Callable[[str], bytes]) -> TeacherArtifact:
+    metadata = json.loads(read("metadata.json"))
+    return TeacherArtifact(
+        model=pickle.loads(read("model.pkl")),
+        metadata=metadata,
+        importance=pd.read_csv(io.BytesIO(read("feature_importance.csv"))),
+    )
+
+
+def _dump_student(art: StudentArtifact) -> dict[str, bytes]:
+    model = pickle.dumps(art.model, protocol=pickle.HIGHEST_PROTOCOL)
+    metadata = {**art.metadata, "model_sha256": sha256_bytes(model)}
+    return {
+        "student/student_model.pkl": model,
+        "student/metrics.json": _json_bytes(art.metrics),
+        "student/metadata.json": _json_bytes(metadata),
+    }
+
+
+def _load_student(read: Callable[[str], bytes]) -> StudentArtifact:
+    return StudentArtifact(
+        model=pickle.loads(read("student/student_model.pkl")),
+        metrics=json.loads(read("student/metrics.json")),
+        metadata=json.loads(read("student/metadata.json")),
+    )
+
+
+CODECS: dict[str, Codec] = {
+    "market_bars": Codec(
+        owns=("bars.parquet",),
+        dump=lambda df: {"bars.parquet": _parquet_bytes(df)},
+        load=lambda read: pd.read_parquet(io.BytesIO(read("bars.parquet"))),
+    ),
+    "teacher_model": Codec(
+        owns=("model.pkl", "metadata.json", "feature_importance.csv"),
+        dump=_dump_teacher,
+        load=_load_teacher,
+    ),
+    "teacher_labels": Codec(
+        owns=("labels.csv.gz",),
+        dump=lambda df: {"labels.csv.gz": _csv_gz_bytes(df)},
+        load=lambda read: pd.read_csv(io.BytesIO(read("labels.csv.gz")), compression="gzip"),
+    ),
+    "student_model": Codec(
+        owns=("student/",),
+        dump=_dump_student,
+        load=_load_student,
+    ),
+}
+
+
+# --- the store: directories, atomic commits, verified reads -------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    """Plain-Python layout and integrity logic, usable without a Dagster context."""
+
+    base_dir: Path
+
+    def partition_dir(self, partition_key: str) -> Path:
+        symbol, window_key = split_key(partition_key)
+        start, end = window_bounds(window_key)
+        return self.base_dir / partition_dir_name(symbol, start, end)
+
+    def partition_key(self, directory: Path) -> str:
+        symbol, start, _ = parse_partition_dir_name(Path(directory).name)
+        return f"{symbol}|{start.isoformat()}"
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Serialise commits to one partition directory across processes."""
+        lock_dir = self.base_dir / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with (lock_dir / f"{name}.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _recover(self, final: Path) -> None:
+        """Undo what a crash between the two renames of a swap, or mid-staging, left behind."""
+        backups = sorted(self.base_dir.glob(f".old-{final.name}-*"))
+        if backups and not final.exists():
+            os.rename(backups[-1], final)
+            backups = backups[:-1]
+        for leftover in [*backups, *self.base_dir.glob(f".staging-{final.name}-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def write(self, partition_key: str, codec: Codec, obj: Any) -> Path:
+        """Write one asset's files for one partition, atomically; return the partition directory."""
+        final = self.partition_dir(partition_key)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked(final.name):
+            self._recover(final)
+            staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=self.base_dir))
+            try:
+                files = codec.dump(obj)
+                checksums = {}
+                for rel, data in files.items():
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with target.open("wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    checksums[rel] = sha256_bytes(data)
+                if final.exists():
+                    old_sums = self._checksums(final)
+                    for src in final.rglob("*"):
+                        rel = src.relative_to(final).as_posix()
+                        if src.is_dir() or rel == CHECKSUMS or codec.owns_path(rel):
+                            continue
+                        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                        os.link(src, staging / rel)
+                        if rel in old_sums:
+                            checksums[rel] = old_sums[rel]
+                (staging / CHECKSUMS).write_bytes(_json_bytes(dict(sorted(checksums.items()))))
+                if final.exists():
+                    backup = self.base_dir / f".old-{final.name}-{uuid.uuid4().hex}"
+                    os.rename(final, backup)
+                    os.rename(staging, final)
+                    shutil.rmtree(backup, ignore_errors=True)
+                else:
+                    os.rename(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return final
+
+    def _checksums(self, directory: Path) -> dict[str, str]:
+        path = directory / CHECKSUMS
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path} is corrupt (not valid JSON): {exc}") from exc
+
+    def read(self, partition_key: str, codec: Codec, asset: str) -> Any:
+        """Load one asset's value for one partition, verifying every file's sha256 first."""
+        directory = self.partition_dir(partition_key)
+        with self._locked(directory.name):
+            self._recover(directory)
+        if not directory.is_dir():
+            raise ArtifactError(
+                f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"
+            )
+        sums = self._checksums(directory)
+
+        def read_file(rel: str) -> bytes:
+            path = directory / rel
+            if not path.is_file():
+                raise ArtifactError(f"{asset} for partition {partition_key}: missing file {path}")
+            data = path.read_bytes()
+            expected = sums.get(rel)
+            if expected is None:
+                raise ArtifactError(
+                    f"{asset} for partition {partition_key}: {path} has no recorded checksum in "
+                    f"{directory / CHECKSUMS}; refusing to trust it"
+                )
+            actual = sha256_bytes(data)
+            if actual != expected:
+                raise ArtifactError(
+                    f"{asset} for partition {partition_key}: {path} is corrupt "
+                    f"(sha256 {actual[:12]}... != recorded {expected[:12]}...)"
+                )
+            return data
+
+        try:
+            return codec.load(read_file)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # a verified file that still fails to parse: say which asset/partition
+            raise ArtifactError(
+                f"{asset} for partition {partition_key} in {directory} could not be read: {exc}"
+            ) from exc
+
+
+def codec_for(asset: str) -> Codec:
+    try:
+        return CODECS[asset]
+    except KeyError:
+        raise ArtifactError(f"no artifact format is defined for asset {asset!r}") from None
+
+
+class PartitionDirIOManager(ConfigurableIOManager):
+    """Dagster face of `ArtifactStore`: one partition -> the object, several -> a dict by key."""
+
+    base_dir: str
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(Path(self.base_dir))
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        asset = context.asset_key.to_user_string()
+        codec = codec_for(asset)
+        keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
+        if not keys:
+            raise ArtifactError(f"{asset} is stored per partition; this output has no partition")
+        if len(keys) == 1:
+            values = {keys[0]: obj}
+        else:
+            if not isinstance(obj, dict) or set(map(str, obj)) != set(keys):
+                got = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+                raise ArtifactError(
+                    f"{asset}: an output covering {len(keys)} partitions must be a dict keyed by "
+                    f"exactly those partition keys; got {got}"
+                )
+            values = {str(k): v for k, v in obj.items()}
+        paths = [self.store.write(key, codec, values[key]) for key in sorted(values)]
+        if len(paths) == 1:
+            context.add_output_metadata({"path": MetadataValue.path(str(paths[0]))})
+        else:
+            context.add_output_metadata({"partitions_written": len(paths)})
+
+    def load_input(self, context: InputContext) -> Any:
+        asset = context.asset_key.to_user_string()
+        codec = codec_for(asset)
+        keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
+        if not keys:
+            return None  # upstream window outside the partitions (e.g. before the first window)
+        values = {key: self.store.read(key, codec, asset) for key in keys}
+        if len(keys) == 1:
+            return values[keys[0]]
+        return values

@@ -1,0 +1,1 @@
+"""Pure ML: features, labels, splits, teacher, student, metrics (no Dagster, no file I/O)."""

@@ -1,0 +1,89 @@
+"""Environment settings in one place, with their defaults and validation.
+
+Partition definitions are built at import time, so the settings they need (start date, window length)
+are read here; everything else reaches assets through resources built in `resources.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+
+DEFAULTS: dict[str, str] = {
+    "SENSEQUANT_DATA_SOURCE": "synthetic",
+    "SENSEQUANT_DATA_DIR": "data/historical",
+    "SENSEQUANT_ARTIFACTS_DIR": "data/models",
+    "SENSEQUANT_SYMBOLS": "RELIANCE,TCS,INFY,HDFCBANK,ICICIBANK",
+    "SENSEQUANT_START_DATE": "2022-01-01",
+    "SENSEQUANT_WINDOW_MONTHS": "6",
+    "SENSEQUANT_FORECAST_HORIZON": "7",
+    "SENSEQUANT_SYNTHETIC_SEED": "0",
+    "SENSEQUANT_SYNTHETIC_END_DATE": "",
+    "SENSEQUANT_SYNTHETIC_SIGNAL_SYMBOLS": "",
+    "SENSEQUANT_SYNTHETIC_RANDOM_WALK_SYMBOLS": "",
+    "SENSEQUANT_SYNTHETIC_SIGNAL_STRENGTH": "1.0",
+}
+
+DATA_SOURCES = ("synthetic", "csv")
+WINDOW_MONTHS_ALLOWED = (1, 2, 3, 4, 6, 12)
+
+
+class SettingsError(ValueError):
+    """A SENSEQUANT_* variable has a value we cannot use; the message names it."""
+
+
+def env(name: str) -> str:
+    """The variable's value, or its documented default."""
+    return os.environ.get(name, "").strip() or DEFAULTS[name]
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    start_date: date
+    window_months: int
+
+
+def partition_settings() -> PartitionSettings:
+    """Start date and window length, validated so windows tile the calendar from the start date."""
+    raw_start = env("SENSEQUANT_START_DATE")
+    try:
+        start = date.fromisoformat(raw_start)
+    except ValueError as exc:
+        raise SettingsError(f"SENSEQUANT_START_DATE={raw_start!r} is not a YYYY-MM-DD date") from exc
+    if start.day != 1:
+        raise SettingsError(
+            f"SENSEQUANT_START_DATE={raw_start!r} must be the first day of a month "
+            "(windows are whole calendar months)"
+        )
+    raw_months = env("SENSEQUANT_WINDOW_MONTHS")
+    try:
+        months = int(raw_months)
+    except ValueError as exc:
+        raise SettingsError(f"SENSEQUANT_WINDOW_MONTHS={raw_months!r} is not an integer") from exc
+    if months not in WINDOW_MONTHS_ALLOWED:
+        raise SettingsError(
+            f"SENSEQUANT_WINDOW_MONTHS={months} must divide a year: one of {WINDOW_MONTHS_ALLOWED}"
+        )
+    return PartitionSettings(start_date=start, window_months=months)
+
+
+def forecast_horizon() -> int:
+    raw = env("SENSEQUANT_FORECAST_HORIZON")
+    try:
+        horizon = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"SENSEQUANT_FORECAST_HORIZON={raw!r} is not an integer") from exc
+    if horizon < 1:
+        raise SettingsError(f"SENSEQUANT_FORECAST_HORIZON={horizon} must be at least 1 bar")
+    return horizon
+
+
+def data_source_name() -> str:
+    name = env("SENSEQUANT_DATA_SOURCE").lower()
+    if name not in DATA_SOURCES:
+        raise SettingsError(
+            f"SENSEQUANT_DATA_SOURCE={name!r} is not one of {DATA_SOURCES}"
+            + (" (the Breeze source is not built yet)" if name == "breeze" else "")
+        )
+    return name

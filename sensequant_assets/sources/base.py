@@ -1,0 +1,286 @@
+"""The bar-source interface, its errors and the shared vectorised bar validation.
+
+Every source returns the same frame shape so everything downstream (features, labels, the IO
+manager) can rely on it: a tz-aware `DatetimeIndex` named `timestamp` in IST (daily bars at 00:00
+IST), strictly increasing and unique, and exactly the float64 columns in `BAR_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BAR_COLUMNS",
+    "IST",
+    "SOURCE_FILE_COL",
+    "SOURCE_ROW_COL",
+    "BarSource",
+    "DataSourceError",
+    "UnknownSymbolError",
+    "as_date",
+    "empty_bars",
+    "filter_dates",
+    "validate_bars",
+]
+
+IST = "Asia/Kolkata"
+BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", *BAR_COLUMNS)
+
+# Optional bookkeeping columns a loader may attach so that errors can name the exact file and
+# row of a frame concatenated from many files. validate_bars consumes and drops them.
+SOURCE_FILE_COL = "_source_file"
+SOURCE_ROW_COL = "_source_row"
+
+# An explicit UTC offset or 'Z' at the end of a timestamp string marks it as tz-aware.
+_TZ_SUFFIX = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+class DataSourceError(ValueError):
+    """Bad or unusable market data. The message names symbol, file, row and rule where known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        symbol: str | None = None,
+        origin: str | None = None,
+        row: int | None = None,
+        rule: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.symbol = symbol
+        self.origin = origin
+        self.row = row
+        self.rule = rule
+
+
+class UnknownSymbolError(DataSourceError):
+    """The source has no data at all for the symbol (message names the symbol and where it looked)."""
+
+
+@runtime_checkable
+class BarSource(Protocol):
+    """Where daily bars come from (synthetic, a csv/parquet directory, Breeze)."""
+
+    name: str
+
+    def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        """Bars with start <= IST calendar date <= end, in the schema described in this module.
+
+        An empty range gives an empty frame with the same schema; an unknown symbol raises
+        UnknownSymbolError.
+        """
+        ...
+
+    def symbols(self) -> list[str] | None:
+        """The symbols this source knows, or None when it can produce any valid symbol."""
+        ...
+
+
+def as_date(value: dt.date | str) -> dt.date:
+    """Coerce a date-like argument (date, datetime, pd.Timestamp, ISO string) to a plain date.
+
+    datetime is a subclass of date but does not compare with it, so sources normalise first.
+    """
+    if isinstance(value, str):
+        return dt.date.fromisoformat(value.strip())
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    raise TypeError(f"expected a date, got {type(value).__name__}: {value!r}")
+
+
+def empty_bars() -> pd.DataFrame:
+    """An empty frame with the bar schema, so 'no data in range' needs no special casing."""
+    index = pd.DatetimeIndex([], dtype=f"datetime64[ns, {IST}]", name="timestamp")
+    return pd.DataFrame({c: np.array([], dtype="float64") for c in BAR_COLUMNS}, index=index)
+
+
+def filter_dates(bars: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """Rows whose IST calendar date lies in [start, end] (both inclusive)."""
+    lo = pd.Timestamp(as_date(start)).tz_localize(IST)
+    hi = pd.Timestamp(as_date(end)).tz_localize(IST) + pd.Timedelta(days=1)
+    index = bars.index
+    return bars.loc[(index >= lo) & (index < hi)]
+
+
+def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
+    """Parse to an IST DatetimeIndex (ns); unparseable entries become NaT.
+
+    Naive values are taken as IST, aware ones converted to IST. Strings must be ISO 8601: guessing
+    other formats (is 01/02 January or February?) would silently corrupt data.
+    """
+    n = len(values)
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(values).tz_convert(IST).as_unit("ns")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return pd.DatetimeIndex(values).tz_localize(IST).as_unit("ns")
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        # Bare numbers are ambiguous (epoch seconds? ms? ns?): refuse them rather than guess.
+        return pd.DatetimeIndex(np.full(n, np.datetime64("NaT", "ns"))).tz_localize(IST)
+    text = values.astype("string").str.strip()
+    aware = text.str.contains(_TZ_SUFFIX, regex=True, na=False).to_numpy(dtype=bool)
+    out = np.full(n, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")  # UTC wall times
+    if aware.any():
+        parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
+        out[aware] = parsed.dt.tz_localize(None).dt.as_unit("ns").to_numpy()
+    if (~aware).any():
+        parsed = pd.to_datetime(text[~aware], format="ISO8601", errors="coerce")
+        local = pd.DatetimeIndex(parsed).as_unit("ns").tz_localize(IST).tz_convert("UTC")
+        out[~aware] = local.tz_localize(None).to_numpy()
+    return pd.DatetimeIndex(out).tz_localize("UTC").tz_convert(IST)
+
+
+def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (float values, missing mask, non-numeric mask) for one column."""
+    missing = values.isna().to_numpy(dtype=bool, copy=True)
+    if pd.api.types.is_bool_dtype(values.dtype):
+        nums = np.full(len(values), np.nan)
+        return nums, missing, ~missing
+    if not pd.api.types.is_numeric_dtype(values.dtype):
+        text = values.astype("string").str.strip()
+        missing = missing | (text == "").fillna(False).to_numpy(dtype=bool)
+        values = text.mask(text == "")
+    nums = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    nonnumeric = np.isnan(nums) & ~missing
+    return nums, missing, nonnumeric
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def validate_bars(
+    df: pd.DataFrame,
+    *,
+    origin: str,
+    symbol: str | None = None,
+    daily: bool = True,
+) -> pd.DataFrame:
+    """Validate raw bars and return them in the canonical schema.
+
+    `df` holds a `timestamp` column (or a DatetimeIndex / an index named `timestamp`) and the
+    `BAR_COLUMNS`; extra columns are dropped and column names are matched case-insensitively.
+    Loaders may add `SOURCE_FILE_COL` / `SOURCE_ROW_COL` so errors name the file and its data row
+    (1-based, header not counted); otherwise `origin` and the position in `df` are named.
+
+    Rules (first failing rule wins, its first offending row in input order is reported, with the
+    count of offending rows): required columns present; timestamp present and ISO 8601
+    parseable; values numeric, present and finite; volume >= 0; low > 0;
+    high >= max(open, close); low <= min(open, close).
+
+    Repairs (not errors): rows are sorted by timestamp; with `daily`, timestamps are normalised to
+    midnight IST of their IST calendar date; rows sharing a timestamp are collapsed to the LAST one
+    in input order -- for exact duplicates that is lossless, for conflicting ones it means a later
+    row (e.g. a re-downloaded day) silently replaces an earlier one.
+    """
+    frame = df
+    has_column = "timestamp" in {str(c).strip().lower() for c in frame.columns}
+    index_is_time = frame.index.name == "timestamp" or isinstance(frame.index, pd.DatetimeIndex)
+    if not has_column and index_is_time:
+        frame = frame.rename_axis("timestamp").reset_index()
+    frame = frame.rename(columns=lambda c: str(c).strip().lower())
+    where_origin = f"{symbol}: {origin}" if symbol else origin
+
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing_cols:
+        found = [c for c in frame.columns if c not in (SOURCE_FILE_COL, SOURCE_ROW_COL)]
+        files = sorted(set(frame[SOURCE_FILE_COL].astype(str))) if SOURCE_FILE_COL in frame else []
+        where = f"{where_origin} ({', '.join(files[:3])})" if files else where_origin
+        raise DataSourceError(
+            f"{where}: missing column(s) {missing_cols} (rule: required columns "
+            f"{','.join(REQUIRED_COLUMNS)}); found {found}",
+            symbol=symbol,
+            origin=origin,
+            rule="required columns",
+        )
+    if frame.columns.duplicated().any():
+        dups = sorted(set(frame.columns[frame.columns.duplicated()]))
+        raise DataSourceError(
+            f"{where_origin}: duplicate column(s) {dups} (rule: unique column names)",
+            symbol=symbol,
+            origin=origin,
+            rule="unique column names",
+        )
+
+    n = len(frame)
+    file_col = frame[SOURCE_FILE_COL].to_numpy() if SOURCE_FILE_COL in frame else None
+    row_col = (
+        frame[SOURCE_ROW_COL].to_numpy(dtype="int64") if SOURCE_ROW_COL in frame else np.arange(1, n + 1)
+    )
+
+    def fail(
+        mask: np.ndarray,
+        rule: str,
+        shown: dict[str, np.ndarray],
+        ts_text: str | None = None,
+    ) -> None:
+        pos = int(np.flatnonzero(mask)[0])
+        count = int(mask.sum())
+        where = str(file_col[pos]) if file_col is not None else origin
+        if symbol:
+            where = f"{symbol}: {where}"
+        stamp = ts_text if ts_text is not None else str(timestamps[pos])
+        detail = "; " + ", ".join(f"{k}={_fmt(a[pos])}" for k, a in shown.items()) if shown else ""
+        more = f" [{count} offending rows in total]" if count > 1 else ""
+        raise DataSourceError(
+            f"{where}, row {int(row_col[pos])} (timestamp {stamp}): rule violated: {rule}{detail}{more}",
+            symbol=symbol,
+            origin=where,
+            row=int(row_col[pos]),
+            rule=rule,
+        )
+
+    timestamps = _parse_timestamps(frame["timestamp"])
+    bad_ts = np.asarray(timestamps.isna(), dtype=bool)
+    if bad_ts.any():
+        raw = frame["timestamp"].iloc[int(np.flatnonzero(bad_ts)[0])]
+        fail(
+            bad_ts,
+            "timestamp must be present and ISO 8601 (e.g. 2024-01-01 00:00:00+05:30)",
+            {},
+            ts_text="<missing>" if pd.isna(raw) else _fmt(raw),
+        )
+    if daily:
+        timestamps = timestamps.normalize()
+
+    columns: dict[str, np.ndarray] = {}
+    for col in BAR_COLUMNS:  # a loop over 5 columns, each check vectorised over rows
+        nums, missing, nonnumeric = _to_float(frame[col])
+        raw_values = {col: frame[col].to_numpy()}
+        if missing.any():
+            fail(missing, f"{col} must not be missing (NaN/empty)", {})
+        if nonnumeric.any():
+            fail(nonnumeric, f"{col} must be numeric", raw_values)
+        nonfinite = ~np.isfinite(nums)
+        if nonfinite.any():
+            fail(nonfinite, f"{col} must be finite", raw_values)
+        columns[col] = nums
+
+    o, h, lo, c, v = (columns[k] for k in BAR_COLUMNS)
+    checks: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = [
+        (v < 0, "volume >= 0", {"volume": v}),
+        (lo <= 0, "low > 0", {"low": lo}),
+        (h < np.maximum(o, c), "high >= max(open, close)", {"high": h, "open": o, "close": c}),
+        (lo > np.minimum(o, c), "low <= min(open, close)", {"low": lo, "open": o, "close": c}),
+    ]
+    for mask, rule, shown in checks:
+        if mask.any():
+            fail(mask, rule, shown)
+
+    order = np.argsort(timestamps.asi8, kind="stable")  # stable: input order kept among ties
+    index = timestamps[order]
+    keep = ~index.duplicated(keep="last")
+    out = pd.DataFrame(
+        {k: columns[k][order][keep] for k in BAR_COLUMNS},
+        index=pd.DatetimeIndex(index[keep], name="timestamp"),
+    )
+    return out

@@ -1,0 +1,298 @@
+"""Bars from a directory of CSV / parquet files.
+
+Two layouts are read, per symbol:
+1. the predecessor's cache, `<SYMBOL>/1day/<YYYY-MM-DD>.csv`, one file per day: only files whose
+   name date lies in the requested range are opened, so a window costs its own days, not history;
+2. one file per symbol, `<SYMBOL>.csv` or `<SYMBOL>.parquet` (timestamp as a column or the index).
+
+Each file that is read is validated whole (`validate_bars`), so a corrupt row in a file that is
+touched fails loudly, naming the file, row and rule, even if the row lies outside the range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .base import (
+    REQUIRED_COLUMNS,
+    SOURCE_FILE_COL,
+    SOURCE_ROW_COL,
+    DataSourceError,
+    UnknownSymbolError,
+    as_date,
+    empty_bars,
+    filter_dates,
+    validate_bars,
+)
+from .symbols import InvalidSymbolError, validate_symbol
+
+__all__ = ["DAILY_SUBDIR", "CsvDirSource"]
+
+DAILY_SUBDIR = "1day"
+_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.csv$")
+_FILE_SUFFIXES = (".csv", ".parquet")
+
+
+def _empty_file_error(path: Path, symbol: str) -> DataSourceError:
+    return DataSourceError(
+        f"{symbol}: {path}: file is empty (rule: a header line {','.join(REQUIRED_COLUMNS)} is required)",
+        symbol=symbol,
+        origin=str(path),
+        rule="non-empty file",
+    )
+
+
+_BLANK_LINES = re.compile(rb"(?m)^[ \t]*\n")
+
+
+def _parse_joined(
+    contents: list[bytes], paths: list[Path], symbol: str
+) -> tuple[pd.DataFrame, list[int]] | None:
+    """Fast path: parse many small files with ONE read_csv call.
+
+    A pandas call per file costs milliseconds (a 6-month window is ~125 files), so the bodies are
+    joined under their common header and parsed once. Returns (frame, data rows per file), or None
+    when the files are not uniform enough to be sure every row maps back to its file (headers
+    differ, quoting, parse errors, ...); the caller then reads file by file, which also yields
+    file-specific error messages.
+    """
+    headers: set[bytes] = set()
+    bodies: list[bytes] = []
+    counts: list[int] = []
+    for data, path in zip(contents, paths, strict=True):
+        if not data.strip():
+            raise _empty_file_error(path, symbol)
+        data = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n")
+        header, _, body = data.partition(b"\n")
+        headers.add(header.strip())
+        body = _BLANK_LINES.sub(b"", body)
+        if body and not body.endswith(b"\n"):
+            body += b"\n"
+        bodies.append(body)
+        counts.append(body.count(b"\n"))
+    if len(headers) != 1:
+        return None
+    header = headers.pop()
+    if b'"' in header or b"\r" in header:
+        return None
+    try:
+        names = [c.strip() for c in header.decode("utf-8").split(",")]
+    except UnicodeDecodeError:
+        return None
+    if len(set(names)) != len(names):
+        return None
+    _check_columns(pd.DataFrame(columns=names), paths[0], symbol)  # one header for all files
+    joined = b"".join(bodies)
+    if not joined:
+        return pd.DataFrame(columns=names), counts
+    try:
+        frame = pd.read_csv(io.BytesIO(joined), header=None, names=names, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        return None
+    if len(frame) != sum(counts) or not isinstance(frame.index, pd.RangeIndex):
+        return None  # e.g. surplus fields became an index: let the per-file path name the file
+    return frame, counts
+
+
+def _read_day_files(paths: list[Path], symbol: str) -> pd.DataFrame:
+    """Rows of all day files, tagged with their file and data row so errors can name them."""
+    parsed = _parse_joined([p.read_bytes() for p in paths], paths, symbol)
+    if parsed is None:  # slow but exact: one read per file
+        frames = []
+        for path in paths:
+            frame = _read_csv(path, symbol)
+            _check_columns(frame, path, symbol)
+            frames.append(frame)
+        counts = [len(f) for f in frames]
+        frame = pd.concat(frames, ignore_index=True)
+    else:
+        frame, counts = parsed
+    n_rows = np.asarray(counts, dtype="int64")
+    offsets = np.concatenate(([0], np.cumsum(n_rows)[:-1]))
+    frame[SOURCE_FILE_COL] = np.repeat(np.asarray([str(p) for p in paths], dtype=object), n_rows)
+    frame[SOURCE_ROW_COL] = np.arange(len(frame)) - np.repeat(offsets, n_rows) + 1
+    return frame
+
+
+def _read_csv(path: Path, symbol: str) -> pd.DataFrame:
+    """Read one CSV as-is (validation happens later, vectorised, on the whole frame)."""
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise _empty_file_error(path, symbol) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataSourceError(
+            f"{symbol}: {path}: not a readable CSV (rule: well-formed CSV): {exc}",
+            symbol=symbol,
+            origin=str(path),
+            rule="well-formed CSV",
+        ) from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas silently turns surplus leading fields into an index, shifting every value.
+        raise DataSourceError(
+            f"{symbol}: {path}: data rows have more fields than the header "
+            f"(rule: well-formed CSV); header: {list(frame.columns)}",
+            symbol=symbol,
+            origin=str(path),
+            rule="well-formed CSV",
+        )
+    return frame
+
+
+def _read_parquet(path: Path, symbol: str) -> pd.DataFrame:
+    """Read one parquet file; the timestamp may be a column or the index (validate_bars copes)."""
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataSourceError(
+            f"{symbol}: {path}: not a readable parquet file (rule: valid parquet): {exc}",
+            symbol=symbol,
+            origin=str(path),
+            rule="valid parquet",
+        ) from None
+
+
+def _check_columns(frame: pd.DataFrame, path: Path, symbol: str) -> None:
+    """Per-file header check: after concatenation a missing column would look like NaN values."""
+    names = {str(c).strip().lower() for c in frame.columns}
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise DataSourceError(
+            f"{symbol}: {path}: missing column(s) {missing} (rule: required columns "
+            f"{','.join(REQUIRED_COLUMNS)}); found {list(frame.columns)}",
+            symbol=symbol,
+            origin=str(path),
+            rule="required columns",
+        )
+
+
+@dataclass(frozen=True)
+class CsvDirSource:
+    """Bars from `data_dir` in either layout (see module docstring); file names are upper case."""
+
+    data_dir: Path
+    name: ClassVar[str] = "csv"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def symbols(self) -> list[str]:
+        """Symbols present: directories with a `1day` subdir plus `*.csv` / `*.parquet` stems.
+
+        Names that are not valid canonical (upper-case) symbols are ignored: they could not be
+        asked for anyway.
+        """
+        if not self.data_dir.is_dir():
+            return []
+        found: set[str] = set()
+        with os.scandir(self.data_dir) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir():
+                    candidate = entry.name if (path / DAILY_SUBDIR).is_dir() else None
+                elif path.suffix.lower() in _FILE_SUFFIXES:
+                    candidate = path.stem
+                else:
+                    candidate = None
+                if candidate is None:
+                    continue
+                try:
+                    if validate_symbol(candidate) == candidate:
+                        found.add(candidate)
+                except InvalidSymbolError:
+                    continue
+        return sorted(found)
+
+    def _locate(self, symbol: str) -> Path:
+        """The daily directory or the single file holding `symbol`; refuse ambiguity."""
+        candidates = [
+            p
+            for p in (
+                self.data_dir / symbol / DAILY_SUBDIR,
+                self.data_dir / f"{symbol}.csv",
+                self.data_dir / f"{symbol}.parquet",
+            )
+            if p.exists()
+        ]
+        if len(candidates) > 1:
+            raise DataSourceError(
+                f"{symbol}: found data in more than one layout under {self.data_dir}: "
+                f"{[str(p) for p in candidates]} (rule: one layout per symbol); remove all but one",
+                symbol=symbol,
+                origin=str(self.data_dir),
+                rule="one layout per symbol",
+            )
+        if not candidates:
+            hint = ""
+            if self.data_dir.is_dir():
+                near = [
+                    n
+                    for n in os.listdir(self.data_dir)
+                    if n.split(".")[0].upper() == symbol and n.split(".")[0] != symbol
+                ]
+                if near:
+                    hint = f"; found {near}: names are case-sensitive, use upper case"
+            else:
+                hint = "; the data directory does not exist"
+            raise UnknownSymbolError(
+                f"unknown symbol {symbol!r}: no {symbol}/{DAILY_SUBDIR}/<YYYY-MM-DD>.csv, "
+                f"{symbol}.csv or {symbol}.parquet under data_dir {self.data_dir}{hint}",
+                symbol=symbol,
+                origin=str(self.data_dir),
+            )
+        return candidates[0]
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        """Validated bars with start <= IST date <= end; see BarSource for the schema."""
+        sym = validate_symbol(symbol)
+        first, last = as_date(start), as_date(end)
+        location = self._locate(sym)
+        if first > last:
+            return empty_bars()
+        if location.is_dir():
+            return self._daily_bars(sym, location, first, last)
+        read = _read_parquet if location.suffix == ".parquet" else _read_csv
+        raw = read(location, sym)
+        bars = validate_bars(raw, origin=str(location), symbol=sym)
+        return filter_dates(bars, first, last).copy()
+
+    def _daily_bars(self, symbol: str, day_dir: Path, first: dt.date, last: dt.date) -> pd.DataFrame:
+        """Read only the day files whose name date is in range (decided from names alone)."""
+        lo, hi = first.isoformat(), last.isoformat()  # ISO dates order like strings
+        selected: list[Path] = []
+        with os.scandir(day_dir) as entries:
+            for entry in entries:
+                match = _DAY_FILE.match(entry.name)
+                if match and lo <= match.group(1) <= hi:
+                    selected.append(Path(entry.path))
+        if not selected:
+            return empty_bars()
+        selected.sort()
+        for path in selected:  # a bad name would otherwise be silently mis-ordered
+            try:
+                dt.date.fromisoformat(path.stem)
+            except ValueError:
+                raise DataSourceError(
+                    f"{symbol}: {path}: file name is not a valid date (rule: <YYYY-MM-DD>.csv)",
+                    symbol=symbol,
+                    origin=str(path),
+                    rule="file name is a date",
+                ) from None
+        raw = _read_day_files(selected, symbol)
+        bars = validate_bars(raw, origin=str(day_dir), symbol=symbol)
+        # A file holding a bar of another day is tolerated, but never leaks out of the range.
+        return filter_dates(bars, first, last).copy()

@@ -1,0 +1,119 @@
+"""Bad input gets the documented outcome: skip (with reason) or failure (naming symbol, file, cause)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+
+from sensequant_assets.cli import main as cli_main
+from sensequant_assets.sensors import register_symbols
+from sensequant_tests.pipeline_helpers import failure_messages, instance_with, run, skip_reasons
+
+
+def _write_csv(directory: Path, symbol: str, start: str, end: str, *, corrupt_volume: bool = False) -> Path:
+    idx = pd.bdate_range(start, end)
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.01, len(idx))))
+    frame = pd.DataFrame(
+        {
+            "timestamp": idx.strftime("%Y-%m-%d 00:00:00+05:30"),
+            "open": close,
+            "high": close * 1.01,
+            "low": close * 0.99,
+            "close": close,
+            "volume": 1000.0,
+        }
+    )
+    if corrupt_volume:
+        frame.loc[3, "volume"] = -5.0
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{symbol}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_too_few_rows_skips_teacher_and_student_without_failing(tmp_path: Path) -> None:
+    result = run(tmp_path, "RELIANCE|2023-01-01", synthetic_end_date="2023-01-20")
+    assert result.success
+    reasons = skip_reasons(result)
+    assert set(reasons) == {"teacher_model", "teacher_labels"}
+    assert "RELIANCE" in reasons["teacher_model"] and "2023-01-01" in reasons["teacher_model"]
+    assert "20" in reasons["teacher_model"]  # the minimum is named
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialised == {"market_bars"}
+    directory = tmp_path / "RELIANCE_2023-01-01_to_2023-06-30"
+    assert (directory / "bars.parquet").is_file()
+    assert not (directory / "model.pkl").exists() and not (directory / "student").exists()
+
+
+def test_empty_window_skips_the_whole_partition(tmp_path: Path) -> None:
+    data = tmp_path / "csv"
+    _write_csv(data, "RELIANCE", "2022-01-03", "2022-12-30")
+    result = run(tmp_path / "models", "RELIANCE|2023-01-01", data_source="csv", data_dir=str(data))
+    assert result.success
+    reasons = skip_reasons(result)
+    assert list(reasons) == ["market_bars"]
+    assert "RELIANCE_2023-01-01_to_2023-06-30" in reasons["market_bars"]
+    assert "no bars" in reasons["market_bars"]
+    assert result.get_asset_materialization_events() == []
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("RELIANCE_*"))
+
+
+def test_unknown_symbol_fails_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "csv"
+    _write_csv(data, "RELIANCE", "2022-01-03", "2023-06-30")
+    result = run(tmp_path / "models", "NOSUCH|2023-01-01", data_source="csv", data_dir=str(data))
+    assert not result.success
+    assert any("NOSUCH" in m for m in failure_messages(result))
+
+
+def test_malformed_csv_fails_naming_file_and_rule(tmp_path: Path) -> None:
+    data = tmp_path / "csv"
+    _write_csv(data, "TCS", "2023-01-02", "2023-06-30", corrupt_volume=True)
+    result = run(tmp_path / "models", "TCS|2023-01-01", data_source="csv", data_dir=str(data))
+    assert not result.success
+    messages = "\n".join(failure_messages(result))
+    assert "TCS.csv" in messages and "volume" in messages.lower()
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("TCS_*"))
+
+
+def test_csv_source_trains_a_window_with_history(tmp_path: Path) -> None:
+    data = tmp_path / "csv"
+    _write_csv(data, "M&M", "2022-01-03", "2023-06-30")
+    result = run(tmp_path / "models", "M&M|2023-01-01", data_source="csv", data_dir=str(data))
+    assert result.success, failure_messages(result)
+    assert (tmp_path / "models" / "M&M_2023-01-01_to_2023-06-30" / "student" / "metrics.json").is_file()
+
+
+def test_bad_symbol_characters_are_refused_in_a_run(tmp_path: Path) -> None:
+    result = run(tmp_path, "BAD SYM|2023-01-01", instance=instance_with("BAD SYM"))
+    assert not result.success
+    assert any("'BAD SYM'" in m for m in failure_messages(result))
+
+
+def test_symbol_sensor_registers_valid_symbols_and_names_bad_ones(monkeypatch) -> None:
+    instance = DagsterInstance.ephemeral()
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE, m&m ,BAJAJ-AUTO")
+    result = register_symbols(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    [request] = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == ["RELIANCE", "M&M", "BAJAJ-AUTO"]
+    instance.add_dynamic_partitions("symbols", list(request.partition_keys))
+    again = register_symbols(build_sensor_context(instance=instance))
+    assert isinstance(again, SkipReason) and "all 3 symbols" in again.skip_message
+
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE,A|B,X/Y")
+    bad = register_symbols(build_sensor_context(instance=instance))
+    assert isinstance(bad, SkipReason)
+    assert "'A|B'" in bad.skip_message and "'X/Y'" in bad.skip_message
+
+
+def test_cli_refuses_bad_symbols(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert cli_main(["symbols", "add", "GOOD,BAD|KEY"]) == 2
+    assert "'BAD|KEY'" in capsys.readouterr().err
+    assert cli_main(["symbols", "add", "M&M"]) == 0
+    assert cli_main(["symbols", "list"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "M&M"
