@@ -24,3 +24,25 @@ class StudentArtifact:
     model: Any
     metrics: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationArtifact:
+    """A student's out-of-sample evaluation on the window after the one it was trained on."""
+
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    equity: pd.DataFrame
+    equity_png: bytes
+
+
+@dataclass
+class BriefingArtifact:
+    """The promotion briefing: one decision per symbol with the numbers and gates behind it."""
+
+    generated_at: str
+    symbols: list[dict[str, Any]]
+    markdown: str
+
+    def decision(self, symbol: str) -> str | None:
+        return next((b["decision"] for b in self.symbols if b["symbol"] == symbol), None)

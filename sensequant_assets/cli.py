@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         help="exit non-zero when more than this share of partitions fail (skips are not failures)",
     )
 
+    for name, text in (
+        ("promote", "promote a symbol's newest student if the latest briefing decided PROMOTE"),
+        ("rollback", "restore an archived production model of a symbol"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--symbol", required=True)
+        cmd.add_argument("--artifacts-dir", help="SENSEQUANT_ARTIFACTS_DIR")
+        if name == "promote":
+            cmd.add_argument("--partition", help="partition key to promote (default: newest student)")
+        else:
+            cmd.add_argument("--to", help="archive id (default: the most recent archive)")
+
     symbols = sub.add_parser("symbols", help="list or register symbols (the `symbols` partitions)")
     symbols.add_argument("action", choices=["list", "add", "remove"])
     symbols.add_argument("names", nargs="?", default="", help="comma-separated symbols for add/remove")
@@ -86,7 +98,8 @@ def _instance():
 
 
 def _outcome(key: str, result) -> PartitionOutcome:
-    """Classify one run from its events: failed (first error), skipped (reason) or materialised."""
+    """Classify one run from its events: failed (first error), materialised (its directory, plus
+    any downstream skip such as the first window's evaluation) or skipped (the reason)."""
     from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
 
     events = result.all_events
@@ -97,20 +110,24 @@ def _outcome(key: str, result) -> PartitionOutcome:
             if e.is_step_failure and e.step_failure_data.error
         ]
         return PartitionOutcome(key, "failed", errors[0] if errors else "run failed")
-    reasons = []
+    skipped = {}
     for e in events:
         if e.event_type_value == "ASSET_OBSERVATION":
-            meta = e.asset_observation_data.asset_observation.metadata
-            if SKIP_METADATA_KEY in meta:
-                reasons.append(meta[SKIP_METADATA_KEY].value)
-    if reasons:
-        return PartitionOutcome(key, "skipped", reasons[0])
-    paths = {
-        str(e.materialization.metadata["path"].value)
-        for e in events
-        if e.is_step_materialization and "path" in e.materialization.metadata
-    }
-    return PartitionOutcome(key, "materialised", ", ".join(sorted(paths)))
+            obs = e.asset_observation_data.asset_observation
+            if SKIP_METADATA_KEY in obs.metadata:
+                skipped.setdefault(obs.metadata[SKIP_METADATA_KEY].value, obs.asset_key.to_user_string())
+    materialised = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
+    if "teacher_model" not in materialised and skipped:
+        return PartitionOutcome(key, "skipped", next(iter(skipped)))
+    paths = sorted(
+        {
+            str(e.materialization.metadata["path"].value)
+            for e in materialised.values()
+            if "path" in e.materialization.metadata
+        }
+    )
+    notes = [f"({asset} skipped: {reason})" for reason, asset in skipped.items()]
+    return PartitionOutcome(key, "materialised", " ".join([", ".join(paths), *notes]))
 
 
 def train(args: argparse.Namespace) -> int:
@@ -174,7 +191,33 @@ def train(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped, {counts['failed']} failed "
         f"(failure rate {rate:.0%}, limit {args.max_failure_rate:.0%}) in {elapsed:.1f}s"
     )
-    return 1 if rate > args.max_failure_rate else 0
+    briefing_ok = _brief(defs, instance, symbols)
+    return 1 if rate > args.max_failure_rate or not briefing_ok else 0
+
+
+def _brief(defs, instance, symbols: list[str]) -> bool:
+    """Run the briefing (and promotion) job; print the decision of every trained symbol."""
+    result = defs.resolve_job_def("briefing_job").execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False, tags={"sensequant/trigger": "cli"}
+    )
+    if not result.success:
+        failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+        print(f"briefing failed: {failures[0].strip() if failures else 'run failed'}")
+        return False
+    briefing = result.output_for_node("promotion_briefing")
+    print("promotion briefing:")
+    for entry in briefing.symbols:
+        if entry["symbol"] not in symbols:
+            continue
+        auc = entry["auc"]
+        ci = (
+            f"AUC {auc['pooled']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
+            if auc.get("ci_low") is not None
+            else "AUC n/a"
+        )
+        why = ", ".join(entry["reasons"]) or "all gates passed"
+        print(f"  {entry['symbol']:<14} {entry['decision']:<18} {ci}  ({why})")
+    return True
 
 
 def symbols_command(args: argparse.Namespace) -> int:
@@ -208,10 +251,51 @@ def symbols_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def registry_command(args: argparse.Namespace) -> int:
+    """`promote` follows the stored briefing's decision; `rollback` restores an archive."""
+    _export(args)
+    from sensequant_assets import registry
+    from sensequant_assets.io_manager import ArtifactError, ArtifactStore, codec_for
+    from sensequant_assets.partitions import latest_by_symbol
+    from sensequant_assets.settings import env
+    from sensequant_assets.sources.symbols import InvalidSymbolError, validate_symbol
+
+    base = env("SENSEQUANT_ARTIFACTS_DIR")
+    try:
+        symbol = validate_symbol(args.symbol)
+        if args.command == "rollback":
+            record = registry.rollback(base, symbol, args.to or None, reason="sensequant rollback")
+            print(f"{symbol}: production model is now {record.partition_key} (restored)")
+            return 0
+        briefing = ArtifactStore(Path(base)).read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
+        entry = next((b for b in briefing.symbols if b["symbol"] == symbol), None)
+        if entry is None:
+            print(f"error: briefing {briefing.generated_at} has no decision for {symbol}", file=sys.stderr)
+            return 1
+        key = args.partition
+        if not key:
+            from dagster import AssetKey
+
+            materialised = _instance().get_materialized_partitions(AssetKey("student_model"))
+            key = latest_by_symbol(materialised).get(symbol)
+            if key is None:
+                print(f"error: no materialised student_model for {symbol}", file=sys.stderr)
+                return 1
+        decision, gates = entry["decision"], entry["gates"]
+        record = registry.promote(base, symbol, key, decision, gates, reason="sensequant promote")
+        print(f"{symbol}: production model is now {record.partition_key}")
+        return 0
+    except (InvalidSymbolError, ArtifactError, registry.RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         return train(args)
+    if args.command in ("promote", "rollback"):
+        return registry_command(args)
     return symbols_command(args)
 
 

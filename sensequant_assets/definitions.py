@@ -5,10 +5,12 @@ from __future__ import annotations
 from dagster import Definitions
 
 from sensequant_assets.assets.bars import market_bars
+from sensequant_assets.assets.briefing import production_models, promotion_briefing
+from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.io_manager import PartitionDirIOManager
-from sensequant_assets.jobs import train_job
+from sensequant_assets.jobs import briefing_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
 from sensequant_assets.sensors import register_symbols
 from sensequant_assets.settings import env
@@ -17,8 +19,15 @@ from sensequant_assets.settings import env
 def build_definitions() -> Definitions:
     """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables)."""
     return Definitions(
-        assets=[market_bars, teacher, student_model],
-        jobs=[train_job],
+        assets=[
+            market_bars,
+            teacher,
+            student_model,
+            student_evaluation,
+            promotion_briefing,
+            production_models,
+        ],
+        jobs=[train_job, briefing_job, rollback_job],
         sensors=[register_symbols],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),

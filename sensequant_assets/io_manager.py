@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
+from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, StudentArtifact, TeacherArtifact
 from sensequant_assets.partitions import split_key, window_bounds
 
 CHECKSUMS = "checksums.json"
@@ -38,6 +38,10 @@ _DIR_RE = re.compile(r"^(?P<symbol>.+)_(?P<start>\d{4}-\d{2}-\d{2})_to_(?P<end>\
 
 class ArtifactError(RuntimeError):
     """A partition's artifacts are missing or corrupt; the message names the file and the cause."""
+
+
+class MissingArtifactError(ArtifactError):
+    """The artifact was never written (not materialised, or skipped), as opposed to corrupt."""
 
 
 def partition_dir_name(symbol: str, start: date, end: date) -> str:
@@ -56,14 +60,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- codecs: how one asset's object becomes files (relative names) and back ---------------------
 
 
@@ -74,6 +70,7 @@ class Codec:
     owns: tuple[str, ...]
     dump: Callable[[Any], dict[str, bytes]]
     load: Callable[[Callable[[str], bytes]], Any]
+    location: str | None = None  # for unpartitioned assets: a fixed directory under base_dir
 
     def owns_path(self, rel: str) -> bool:
         return any(rel == o or (o.endswith("/") and rel.startswith(o)) for o in self.owns)
@@ -130,6 +127,46 @@ def _load_student(read: Callable[[str], bytes]) -> StudentArtifact:
     )
 
 
+def _dump_evaluation(art: EvaluationArtifact) -> dict[str, bytes]:
+    return {
+        "evaluation/metrics.json": _json_bytes(art.metrics),
+        "evaluation/predictions.parquet": _parquet_bytes(art.predictions),
+        "evaluation/equity.csv": art.equity.to_csv(index=True).encode(),
+        "evaluation/equity.png": art.equity_png,
+    }
+
+
+def _load_evaluation(read: Callable[[str], bytes]) -> EvaluationArtifact:
+    return EvaluationArtifact(
+        metrics=json.loads(read("evaluation/metrics.json")),
+        predictions=pd.read_parquet(io.BytesIO(read("evaluation/predictions.parquet"))),
+        equity=pd.read_csv(io.BytesIO(read("evaluation/equity.csv")), index_col=0),
+        equity_png=read("evaluation/equity.png"),
+    )
+
+
+def _dump_briefing(art: BriefingArtifact) -> dict[str, bytes]:
+    """Latest plus one dated copy of each file, so earlier briefings stay readable."""
+    stamp = art.generated_at.replace(":", "").replace("-", "")
+    body = _json_bytes({"generated_at": art.generated_at, "symbols": art.symbols})
+    md = art.markdown.encode()
+    return {
+        "promotion_briefing.md": md,
+        "promotion_briefing.json": body,
+        f"history/promotion_briefing_{stamp}.md": md,
+        f"history/promotion_briefing_{stamp}.json": body,
+    }
+
+
+def _load_briefing(read: Callable[[str], bytes]) -> BriefingArtifact:
+    body = json.loads(read("promotion_briefing.json"))
+    return BriefingArtifact(
+        generated_at=body["generated_at"],
+        symbols=body["symbols"],
+        markdown=read("promotion_briefing.md").decode(),
+    )
+
+
 CODECS: dict[str, Codec] = {
     "market_bars": Codec(
         owns=("bars.parquet",),
@@ -150,6 +187,17 @@ CODECS: dict[str, Codec] = {
         owns=("student/",),
         dump=_dump_student,
         load=_load_student,
+    ),
+    "student_evaluation": Codec(
+        owns=("evaluation/",),
+        dump=_dump_evaluation,
+        load=_load_evaluation,
+    ),
+    "promotion_briefing": Codec(
+        owns=(),
+        dump=_dump_briefing,
+        load=_load_briefing,
+        location="briefings",
     ),
 }
 
@@ -234,6 +282,42 @@ class ArtifactStore:
                 raise
         return final
 
+    def write_fixed(self, codec: Codec, obj: Any) -> Path:
+        """Write an unpartitioned asset's files under `codec.location`, each replaced atomically."""
+        assert codec.location, "write_fixed needs a codec with a location"
+        directory = self.base_dir / codec.location
+        for rel, data in codec.dump(obj).items():
+            target = directory / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return directory
+
+    def read_fixed(self, codec: Codec, asset: str) -> Any:
+        assert codec.location, "read_fixed needs a codec with a location"
+        directory = self.base_dir / codec.location
+
+        def read_file(rel: str) -> bytes:
+            path = directory / rel
+            if not path.is_file():
+                raise MissingArtifactError(f"{asset} has not been materialised: missing file {path}")
+            return path.read_bytes()
+
+        try:
+            return codec.load(read_file)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"{asset} in {directory} could not be read: {exc}") from exc
+
     def _checksums(self, directory: Path) -> dict[str, str]:
         path = directory / CHECKSUMS
         try:
@@ -246,10 +330,11 @@ class ArtifactStore:
     def read(self, partition_key: str, codec: Codec, asset: str) -> Any:
         """Load one asset's value for one partition, verifying every file's sha256 first."""
         directory = self.partition_dir(partition_key)
-        with self._locked(directory.name):
-            self._recover(directory)
+        if not directory.is_dir() and any(self.base_dir.glob(f".old-{directory.name}-*")):
+            with self._locked(directory.name):
+                self._recover(directory)  # a crash between the two renames of a swap
         if not directory.is_dir():
-            raise ArtifactError(
+            raise MissingArtifactError(
                 f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"
             )
         sums = self._checksums(directory)
@@ -257,7 +342,7 @@ class ArtifactStore:
         def read_file(rel: str) -> bytes:
             path = directory / rel
             if not path.is_file():
-                raise ArtifactError(f"{asset} for partition {partition_key}: missing file {path}")
+                raise MissingArtifactError(f"{asset} for partition {partition_key}: missing file {path}")
             data = path.read_bytes()
             expected = sums.get(rel)
             if expected is None:
@@ -302,6 +387,10 @@ class PartitionDirIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         asset = context.asset_key.to_user_string()
         codec = codec_for(asset)
+        if codec.location:
+            path = self.store.write_fixed(codec, obj)
+            context.add_output_metadata({"path": MetadataValue.path(str(path))})
+            return
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
         if not keys:
             raise ArtifactError(f"{asset} is stored per partition; this output has no partition")
@@ -322,12 +411,28 @@ class PartitionDirIOManager(ConfigurableIOManager):
             context.add_output_metadata({"partitions_written": len(paths)})
 
     def load_input(self, context: InputContext) -> Any:
+        """One upstream partition -> its value; several -> a dict by partition key.
+
+        Input metadata tunes this: `allow_missing` turns a partition that was never materialised
+        into None (or leaves it out of the dict) instead of an error, and `as_dict` returns a dict
+        even for a single partition. Corrupt artifacts always raise.
+        """
         asset = context.asset_key.to_user_string()
         codec = codec_for(asset)
+        if codec.location:
+            return self.store.read_fixed(codec, asset)
+        meta = context.definition_metadata or {}
+        allow_missing = bool(meta.get("allow_missing"))
+        as_dict = bool(meta.get("as_dict"))
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
-        if not keys:
-            return None  # upstream window outside the partitions (e.g. before the first window)
-        values = {key: self.store.read(key, codec, asset) for key in keys}
-        if len(keys) == 1:
-            return values[keys[0]]
-        return values
+        values: dict[str, Any] = {}
+        for key in keys:
+            try:
+                values[key] = self.store.read(key, codec, asset)
+            except MissingArtifactError:
+                if not allow_missing:
+                    raise
+        if as_dict or len(keys) > 1:
+            return values
+        # no key: the upstream window lies outside the partitions (before the first window)
+        return values.get(keys[0]) if keys else None

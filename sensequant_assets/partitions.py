@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, timedelta
 
 from dagster import (
@@ -68,3 +69,13 @@ def windows_between(start: date, end: date) -> list[str]:
         if first >= start and last <= end:
             keys.append(key)
     return keys
+
+
+def latest_by_symbol(partition_keys: Iterable[str]) -> dict[str, str]:
+    """symbol -> its partition key with the newest window (window keys sort as dates)."""
+    latest: dict[str, str] = {}
+    for key in partition_keys:
+        symbol, window = split_key(key)
+        if symbol not in latest or window > split_key(latest[symbol])[1]:
+            latest[symbol] = str(key)
+    return latest

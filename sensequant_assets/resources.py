@@ -27,7 +27,7 @@ class MarketDataResource(ConfigurableResource):
     synthetic_end_date: str = ""
     signal_symbols: str = ""
     random_walk_symbols: str = ""
-    signal_strength: float = 1.0
+    signal_strength: float = 4.0
 
     def source_for(self, symbol: str) -> BarSource:
         kind = self.data_source.strip().lower()

@@ -8,12 +8,16 @@ from typing import Any
 from dagster import DagsterInstance, materialize
 
 from sensequant_assets.assets.bars import market_bars
+from sensequant_assets.assets.briefing import production_models, promotion_briefing
+from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.resources import MarketDataResource, PipelineSettings
 
 TRAINING = [market_bars, teacher, student_model]
+PARTITIONED = [*TRAINING, student_evaluation]
+ALL_ASSETS = [*PARTITIONED, promotion_briefing, production_models]
 
 
 def resources(artifacts: Path, **market_data: Any) -> dict[str, Any]:
@@ -42,7 +46,7 @@ def run(
     """Materialise the training graph (or a selection of it) for one partition; never raises."""
     symbol = partition_key.split("|")[0]
     return materialize(
-        TRAINING,
+        PARTITIONED,
         partition_key=partition_key,
         resources=resources(artifacts, **market_data),
         instance=instance or instance_with(symbol),

@@ -68,7 +68,7 @@ def test_train_two_symbols_three_windows(tmp_path: Path) -> None:
         for s in ("RELIANCE", "TCS")
         for w in ("2023-01-01_to_2023-06-30", "2023-07-01_to_2023-12-31", "2024-01-01_to_2024-06-30")
     }
-    assert {p.name for p in artifacts.iterdir() if not p.name.startswith(".")} == expected
+    assert {p.name for p in artifacts.iterdir() if not p.name.startswith(".")} == expected | {"briefings"}
     for name in expected:
         for rel in FILES:
             assert (artifacts / name / rel).is_file(), f"{name}/{rel}"
@@ -76,14 +76,21 @@ def test_train_two_symbols_three_windows(tmp_path: Path) -> None:
     partition_lines = [line for line in lines if "|20" in line]
     assert len(partition_lines) == 6
     assert all(" materialised " in line for line in partition_lines)
-    assert lines[-1].startswith("total: 6 partitions, 6 materialised, 0 skipped, 0 failed")
+    total = next(i for i, line in enumerate(lines) if line.startswith("total: "))
+    assert lines[total].startswith("total: 6 partitions, 6 materialised, 0 skipped, 0 failed")
+    # The briefing follows, one decision per symbol, each computed from the stored evaluations.
+    assert lines[total + 1] == "promotion briefing:"
+    decisions = {line.split()[0]: line.split()[1] for line in lines[total + 2 :]}
+    assert set(decisions) == {"RELIANCE", "TCS"}
+    assert set(decisions.values()) <= {"PROMOTE", "REJECT", "INSUFFICIENT_DATA"}
+    assert (artifacts / "briefings" / "promotion_briefing.json").is_file()
 
     # The runs are on the configured instance, so the UI shows them.
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-        assert len(runs) == 6
+        assert len(runs) == 7  # six partitions and the briefing
         assert {r.tags["sensequant/trigger"] for r in runs} == {"cli"}
 
 

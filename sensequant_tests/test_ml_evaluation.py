@@ -1,4 +1,4 @@
-"""Tests for classification metrics and student-teacher fidelity on tiny handmade cases."""
+"""Tests for the prediction-quality metrics (one module) on tiny handmade cases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
-from sensequant_assets.ml.evaluation import classification_metrics, fidelity
+from sensequant_assets.ml.evaluation import (
+    accuracy,
+    auc,
+    auc_rows,
+    classification_metrics,
+    fidelity,
+    log_loss,
+    log_loss_series,
+    spearman_ic,
+    spearman_rows,
+)
 
 PROBA = [0.9, 0.8, 0.3, 0.6, 0.2, 0.4]
 LABELS = [1, 1, 0, 0, 1, 0]
@@ -84,3 +96,66 @@ def test_fidelity_perfect_student():
     assert f["mean_abs_diff"] == 0.0
     # Cross-entropy against itself is the teacher's entropy, not zero.
     assert f["cross_entropy"] > 0.0
+
+
+def test_spearman_ic():
+    assert spearman_ic([0.1, 0.2, 0.3, 0.4], [1.0, 5.0, 7.0, 100.0]) == pytest.approx(1.0)
+    assert spearman_ic([0.1, 0.2, 0.3, 0.4], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # Hand case: ranks (1,2,3,4,5) vs (2,1,4,3,5): sum d^2 = 4, rho = 1 - 6*4/(5*24) = 0.8.
+    assert spearman_ic([1, 2, 3, 4, 5], [0.2, 0.1, 0.4, 0.3, 0.5]) == pytest.approx(0.8)
+    # NaN pairs are dropped.
+    assert spearman_ic([1, 2, 3, 4, 9], [0.2, 0.1, 0.4, 0.3, np.nan]) == pytest.approx(0.6)
+    assert spearman_ic([1, 1, 1, 1], [1, 2, 3, 4]) is None
+
+
+def test_log_loss_series_and_mean():
+    out = log_loss_series([0.8, 0.8, 0.5, 0.3], [1, 0, 1, 0.25])
+    expected = [
+        -math.log(0.8),
+        -math.log(0.2),
+        -math.log(0.5),
+        -(0.25 * math.log(0.3) + 0.75 * math.log(0.7)),
+    ]
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    assert log_loss([0.8, 0.8, 0.5, 0.3], [1, 0, 1, 0.25]) == pytest.approx(sum(expected) / 4)
+    clipped = log_loss_series([0.0, 1.0], [1, 0])
+    assert np.all(np.isfinite(clipped))
+    # 1 - 1e-15 is not exact in binary, hence the loose tolerance.
+    np.testing.assert_allclose(clipped, [-math.log(1e-15)] * 2, rtol=1e-4)
+    with pytest.raises(ValueError):
+        log_loss_series([0.5], [2])
+    with pytest.raises(ValueError):
+        log_loss([], [])
+
+
+def test_precision_recall_f1_hand_case():
+    m = classification_metrics(PROBA, LABELS)
+    # predicted long rows 0, 1, 3; positives rows 0, 1, 4 -> TP = 2.
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    nothing_long = classification_metrics([0.1, 0.2], [0, 1])
+    assert (nothing_long["precision"], nothing_long["recall"], nothing_long["f1"]) == (0.0, 0.0, 0.0)
+
+
+def test_single_metrics_agree_with_the_bundle():
+    m = classification_metrics(PROBA, LABELS, FWD)
+    assert auc(PROBA, LABELS) == m["auc"]
+    assert accuracy(PROBA, LABELS) == m["accuracy"]
+    assert log_loss(PROBA, LABELS) == m["log_loss"]
+    assert auc([0.3, 0.7], [1, 1]) is None
+
+
+def test_row_wise_auc_and_spearman_match_the_reference_implementations():
+    rng = np.random.default_rng(0)
+    # Rounded scores make ties, which ROC AUC counts as one half.
+    proba = np.round(rng.uniform(size=(20, 60)), 1)
+    labels = (rng.uniform(size=(20, 60)) < 0.4).astype(float)
+    realised = np.round(rng.normal(size=(20, 60)), 1)
+    got_auc = auc_rows(proba, labels)
+    got_rho = spearman_rows(proba, realised)
+    for i in range(20):
+        assert got_auc[i] == pytest.approx(roc_auc_score(labels[i], proba[i]), abs=1e-12)
+        assert got_rho[i] == pytest.approx(spearmanr(proba[i], realised[i]).statistic, abs=1e-12)
+    one_class = auc_rows(proba[:1], np.ones((1, 60)))
+    assert np.isnan(one_class[0])

@@ -214,6 +214,34 @@ def test_bootstrap_default_block_and_validation():
         S.bootstrap_mean_ci([1.0, 2.0, 3.0], method="moving")
 
 
+def test_bootstrap_statistic_ci_is_the_engine_of_the_mean_ci():
+    x = _ar1(0.3, 200, np.random.default_rng(8))
+    _mean, lo, hi = S.bootstrap_mean_ci(x, block=5, n_boot=300, seed=3, method="circular")
+    assert S.bootstrap_statistic_ci(
+        x.size, lambda idx: x[idx].mean(axis=1), block=5, n_boot=300, seed=3, method="circular"
+    ) == (lo, hi)
+    # Any vectorised statistic: the median of the same resamples lies in its own interval.
+    med_lo, med_hi = S.bootstrap_statistic_ci(x.size, lambda idx: np.median(x[idx], axis=1), seed=1)
+    assert med_lo < float(np.median(x)) < med_hi
+
+
+def test_bootstrap_statistic_ci_drops_undefined_replicates():
+    calls = []
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        calls.append(idx.shape)
+        out = idx[:, 0].astype(float)
+        out[::2] = np.nan  # half the replicates undefined
+        return out
+
+    lo, hi = S.bootstrap_statistic_ci(50, stat, n_boot=100, seed=0)
+    assert calls == [(100, 50)]
+    assert lo is not None and hi is not None and 0 <= lo <= hi < 50
+    assert S.bootstrap_statistic_ci(50, lambda idx: np.full(len(idx), np.nan), n_boot=10) == (None, None)
+    with pytest.raises(ValueError):
+        S.bootstrap_statistic_ci(1, stat)
+
+
 def test_stationary_indices_shape_and_mean_block_length():
     n, mean_block = 500, 8.0
     idx = S.stationary_bootstrap_indices(n, mean_block, 400, np.random.default_rng(3))
@@ -314,33 +342,3 @@ def test_diebold_mariano_falls_back_to_bartlett_when_rectangular_variance_is_neg
     ref = S.diebold_mariano(d, np.zeros_like(d), h=2, kernel="bartlett")
     assert out["stat"] == pytest.approx(ref["stat"])
     assert out["p_value"] is not None
-
-
-# ------------------------------------------------------------------------------- IC / log loss
-
-
-def test_spearman_ic():
-    assert S.spearman_ic([0.1, 0.2, 0.3, 0.4], [1.0, 5.0, 7.0, 100.0]) == pytest.approx(1.0)
-    assert S.spearman_ic([0.1, 0.2, 0.3, 0.4], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
-    # Hand case: ranks (1,2,3,4,5) vs (2,1,4,3,5): sum d^2 = 4, rho = 1 - 6*4/(5*24) = 0.8.
-    assert S.spearman_ic([1, 2, 3, 4, 5], [0.2, 0.1, 0.4, 0.3, 0.5]) == pytest.approx(0.8)
-    # NaN pairs are dropped.
-    assert S.spearman_ic([1, 2, 3, 4, 9], [0.2, 0.1, 0.4, 0.3, np.nan]) == pytest.approx(0.6)
-    assert S.spearman_ic([1, 1, 1, 1], [1, 2, 3, 4]) is None
-
-
-def test_log_loss_series():
-    out = S.log_loss_series([0.8, 0.8, 0.5, 0.3], [1, 0, 1, 0.25])
-    expected = [
-        -math.log(0.8),
-        -math.log(0.2),
-        -math.log(0.5),
-        -(0.25 * math.log(0.3) + 0.75 * math.log(0.7)),
-    ]
-    np.testing.assert_allclose(out, expected, rtol=1e-12)
-    clipped = S.log_loss_series([0.0, 1.0], [1, 0])
-    assert np.all(np.isfinite(clipped))
-    # 1 - 1e-15 is not exact in binary, hence the loose tolerance.
-    np.testing.assert_allclose(clipped, [-math.log(1e-15)] * 2, rtol=1e-4)
-    with pytest.raises(ValueError):
-        S.log_loss_series([0.5], [2])

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from sensequant_assets.ml.dataset import build_dataset
+from sensequant_assets.ml.evaluation import log_loss
 from sensequant_assets.ml.features import MODEL_FEATURES, WARMUP_BARS
-from sensequant_assets.ml.metrics import log_loss
 from sensequant_assets.ml.student import StudentParams, predict_proba, train_student
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, train_teacher
 from sensequant_tests.test_ml_synthetic import make_bars

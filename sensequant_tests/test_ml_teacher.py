@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pickle
 
@@ -18,6 +19,7 @@ from sensequant_assets.ml.teacher import (
     check_rows,
     train_teacher,
 )
+from sensequant_assets.sources.synthetic import SyntheticSource
 from sensequant_tests.test_ml_synthetic import make_bars
 
 H = 7
@@ -38,11 +40,6 @@ def _frame(n_window: int, seed: int, trend: bool, symbol: str = "RELIANCE") -> p
     bars = make_bars(WARMUP_BARS + n_window, seed=seed, trend=trend, drift=0.01)
     start, end = bars.index[WARMUP_BARS].date(), bars.index[-1].date()
     return build_dataset(bars, start, end, H, THRESHOLD, symbol).frame
-
-
-@pytest.fixture(scope="module")
-def trend_frame() -> pd.DataFrame:
-    return _frame(600, seed=0, trend=True)
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +141,26 @@ def test_oof_probability_of_a_block_ignores_labels_in_the_block_and_its_purge(
     assert not np.array_equal(base.oof_proba[test_idx], shifted.oof_proba[test_idx])
 
 
-def test_planted_trend_is_learned(trend_frame: pd.DataFrame) -> None:
-    result = train_teacher(trend_frame, TeacherParams(), H)
-    assert result.metrics["oof_auc"] > 0.6
-    assert result.metrics["val_auc"] is not None and result.metrics["val_auc"] > 0.6
+def _source_frame(source: SyntheticSource, symbol: str = "TCS") -> pd.DataFrame:
+    """Two and a half years (~640 rows) of the synthetic source, plus warm-up history."""
+    start, end = dt.date(2022, 1, 1), dt.date(2024, 6, 30)
+    bars = source.bars(symbol, start - dt.timedelta(days=210), end)  # history as the asset fetches
+    return build_dataset(bars, start, end, H, THRESHOLD, symbol).frame
+
+
+def test_planted_signal_is_learned() -> None:
+    """The source's planted mean reversion (default strength 4.0) is found, out of fold and on the holdout.
+
+    Measured on this frame: oof AUC 0.685, validation AUC 0.662; the same symbol and span as a
+    random walk: oof AUC 0.441. A single 6-month window (~120 rows) is too noisy for a fixed
+    bound (oof AUC 0.43-0.82 across the default windows and symbols); the walk-forward tests
+    judge those.
+    """
+    planted = train_teacher(_source_frame(SyntheticSource(seed=0, signal_strength=4.0)), TeacherParams(), H)
+    assert planted.metrics["oof_auc"] > 0.6
+    assert planted.metrics["val_auc"] is not None and planted.metrics["val_auc"] > 0.6
+    null = train_teacher(_source_frame(SyntheticSource(seed=0, random_walk=True)), TeacherParams(), H)
+    assert null.metrics["oof_auc"] < planted.metrics["oof_auc"] - 0.1
 
 
 def test_random_walk_is_not_learned() -> None:

@@ -66,9 +66,12 @@ def student_model(
             "model_sha256": teacher_model.metadata.get("model_sha256"),
             "data_sha256": teacher_model.metadata.get("data_sha256"),
             "metrics": teacher_model.metadata.get("metrics"),
+            "hyperparameters": teacher_model.metadata.get("hyperparameters"),
         },
         "train_rows": int(result.train_rows),
         "holdout_rows": int(result.holdout_rows),
+        # The naive forecaster the out-of-sample evaluation compares against.
+        "train_base_rate": float(teacher_labels["label"].mean()),
         "hyperparameters": result.params_used,
         "code_version": f"{__version__}+student.{STUDENT_CODE_VERSION}",
     }

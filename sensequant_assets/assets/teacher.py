@@ -12,8 +12,9 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataVa
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import TeacherArtifact
 from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
-from sensequant_assets.ml.dataset import build_dataset
+from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
+from sensequant_assets.ml.leakage import ensure_point_in_time
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource, PipelineSettings
@@ -90,6 +91,7 @@ def teacher(
     params = config.params()
     try:
         check_rows(ds.frame, config.min_rows, pw.symbol, pw.label)
+        ensure_point_in_time(model_features, bars)  # refuse features that read future bars
         result = train_teacher(ds.frame, params, horizon)
     except TooFewRowsError as exc:
         yield from skip(context, ["teacher_model", "teacher_labels"], str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -18,6 +19,19 @@ from sensequant_assets.ml.features import (
     validate_bars,
 )
 from sensequant_assets.ml.labels import make_labels
+
+FeatureFn = Callable[[pd.DataFrame], pd.DataFrame]
+"""Bars -> the MODEL_FEATURES columns on the bars' index; must be causal (see ml.leakage)."""
+
+
+def model_features(bars: pd.DataFrame) -> pd.DataFrame:
+    """The real model inputs of a bar frame: the default ``feature_fn`` of :func:`build_dataset`.
+
+    Exposed as one function of the bars so the point-in-time guard (``ml.leakage``) can run it on
+    perturbed and truncated copies of exactly what the models are trained on.
+    """
+    return model_matrix(compute_features(bars), bars)
+
 
 DATASET_COLUMNS: list[str] = [
     "ts",
@@ -75,12 +89,17 @@ def build_dataset(
     horizon: int,
     threshold: float,
     symbol: str,
+    feature_fn: FeatureFn | None = None,
 ) -> DatasetResult:
     """Rows of ``[window_start, window_end]`` (inclusive, in the bars' time zone) ready to train on.
 
     ``bars`` may start before ``window_start``: that history only warms the indicators up. It
     must not reach past ``window_end`` (ValueError), because labels are computed on exactly the
     bars given and anything later would leak the next window into this one.
+
+    ``feature_fn`` replaces :func:`model_features` for the ``m_*`` model inputs (the 15 raw
+    features stored alongside are always the predecessor's); it exists so a candidate feature
+    set can be checked with ``ml.leakage.check_point_in_time`` and trained through the same path.
     """
     validate_bars(bars)
     if window_end < window_start:
@@ -96,7 +115,14 @@ def build_dataset(
 
     features = compute_features(bars)
     labels = make_labels(bars["close"], horizon, threshold)
-    model_inputs = model_matrix(features, bars)
+    if feature_fn is None:
+        model_inputs = model_matrix(features, bars)
+    else:
+        model_inputs = feature_fn(bars)
+        absent = [c for c in MODEL_FEATURES if c not in model_inputs.columns]
+        if absent or not model_inputs.index.equals(bars.index):
+            raise ValueError(f"feature_fn must return {MODEL_FEATURES} on the bars' index; missing {absent}")
+        model_inputs = model_inputs[MODEL_FEATURES].astype("float64").replace([np.inf, -np.inf], np.nan)
 
     in_window = np.asarray(local >= start_ts)
     position = np.arange(len(bars))

@@ -1,10 +1,12 @@
-"""Promotion statistics computed from data: block bootstrap, Sharpe, PSR/DSR, Diebold-Mariano, IC.
+"""Promotion statistics computed from data: block bootstrap, Sharpe, PSR/DSR, Diebold-Mariano.
 
 Pure numpy/scipy; no Dagster, no file I/O. Every number here is a deterministic function of its
 inputs (and, for the bootstrap, of an explicit seed) -- the predecessor's "statistical tests" drew
 random numbers instead, which is exactly what this module replaces.
 
 Conventions shared by all functions:
+- Prediction-quality metrics (AUC, log loss, IC, ...) live in :mod:`sensequant_assets.ml.evaluation`;
+  this module holds the inference machinery that turns their per-row series into decisions.
 - Inputs are 1-D array-likes (lists, numpy arrays, pandas Series); NaNs are rejected unless the
   docstring says otherwise.
 - A statistic that is undefined for the data (zero variance, too few observations) is returned as
@@ -17,7 +19,7 @@ Conventions shared by all functions:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +38,8 @@ _MAX_CHUNK_ELEMENTS = 4_000_000
 # --------------------------------------------------------------------------------------------
 
 
-def _as_1d(x: ArrayLike, name: str, *, allow_nan: bool = False) -> NDArray[np.float64]:
+def as_1d(x: ArrayLike, name: str, *, allow_nan: bool = False) -> NDArray[np.float64]:
+    """A 1-D float array, refusing NaN/inf unless ``allow_nan``: one validation for every metric."""
     arr = np.asarray(x, dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -114,6 +117,54 @@ def circular_block_bootstrap_indices(
     return idx.reshape(n_boot, n_blocks * block)[:, :n]
 
 
+def bootstrap_statistic_ci(
+    n: int,
+    statistic: Callable[[NDArray[np.intp]], NDArray[np.float64]],
+    *,
+    block: float | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    method: Literal["stationary", "circular"] = "stationary",
+) -> tuple[float | None, float | None]:
+    """Block-bootstrap percentile interval of any statistic of a serially dependent record.
+
+    ``statistic`` receives a ``(rows, n)`` matrix of resampled row indices (one replicate per
+    row) and returns one value per replicate, so callers vectorise over replicates and this
+    function owns the resampling: every bootstrap in the project goes through here. Blocks
+    keep short-range dependence (overlapping-horizon labels, persistent signals), which an iid
+    bootstrap would ignore and so give intervals that are too narrow. ``block`` is the (mean)
+    block length, default :func:`default_block_length`; ``block=1`` with ``method="stationary"``
+    is the iid bootstrap. Replicates where the statistic is undefined (NaN, e.g. a resample
+    with one class) are dropped; ``(None, None)`` if none is defined. Index matrices are drawn
+    in chunks of rows to bound memory. Deterministic for a given ``seed``.
+    """
+    if n < 2:
+        raise ValueError("need at least 2 observations")
+    if n_boot < 1:
+        raise ValueError("n_boot must be positive")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError("alpha must be in (0, 1)")
+    if method not in ("stationary", "circular"):
+        raise ValueError(f"unknown method {method!r}")
+    b = default_block_length(n) if block is None else block
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_CHUNK_ELEMENTS // n)
+    values = np.empty(n_boot)
+    for lo_row in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - lo_row)
+        if method == "stationary":
+            idx = stationary_bootstrap_indices(n, b, rows, rng)
+        else:
+            idx = circular_block_bootstrap_indices(n, round(b), rows, rng)
+        values[lo_row : lo_row + rows] = statistic(idx)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, None
+    lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
 def bootstrap_mean_ci(
     x: ArrayLike,
     *,
@@ -126,33 +177,22 @@ def bootstrap_mean_ci(
     """Mean of a (serially dependent) series and its block-bootstrap percentile interval.
 
     Returns ``(mean, lo, hi)`` where ``lo``/``hi`` are the ``alpha/2`` and ``1 - alpha/2``
-    quantiles of the bootstrap distribution of the mean. Blocks preserve short-range dependence
-    (daily strategy returns and overlapping-horizon losses are autocorrelated), which an iid
-    bootstrap would ignore and so give intervals that are too narrow. ``block`` is the (mean)
-    block length; default :func:`default_block_length`. ``block=1`` gives the iid bootstrap.
-    Deterministic for a given ``seed`` (numpy ``default_rng``).
+    quantiles of the bootstrap distribution of the mean (:func:`bootstrap_statistic_ci`).
+    Daily strategy returns and overlapping-horizon losses are autocorrelated, hence blocks.
     """
-    arr = _as_1d(x, "x")
-    n = arr.size
-    if n < 2:
-        raise ValueError("need at least 2 observations")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError("alpha must be in (0, 1)")
-    if method not in ("stationary", "circular"):
-        raise ValueError(f"unknown method {method!r}")
-    b = default_block_length(n) if block is None else block
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _MAX_CHUNK_ELEMENTS // n)
-    means = np.empty(n_boot)
-    for lo_row in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - lo_row)
-        if method == "stationary":
-            idx = stationary_bootstrap_indices(n, b, rows, rng)
-        else:
-            idx = circular_block_bootstrap_indices(n, round(b), rows, rng)
-        means[lo_row : lo_row + rows] = arr[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(arr.mean()), float(lo), float(hi)
+    arr = as_1d(x, "x")
+    lo, hi = bootstrap_statistic_ci(
+        arr.size,
+        lambda idx: arr[idx].mean(axis=1),
+        block=block,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        method=method,
+    )
+    if lo is None or hi is None:  # pragma: no cover - the mean of finite values is always defined
+        raise RuntimeError("the bootstrap of the mean produced no finite replicate")
+    return float(arr.mean()), lo, hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +206,7 @@ def sharpe_ratio(returns: ArrayLike, periods_per_year: int = 252, annualise: boo
     Annualised by ``sqrt(periods_per_year)`` when ``annualise``. ``None`` when fewer than two
     returns or zero standard deviation (a flat strategy has no defined Sharpe ratio).
     """
-    arr = _as_1d(returns, "returns")
+    arr = as_1d(returns, "returns")
     if arr.size < 2:
         return None
     sd = float(arr.std(ddof=1))
@@ -199,7 +239,7 @@ def probabilistic_sharpe_ratio(returns: ArrayLike, sr_benchmark: float = 0.0) ->
     discounts a high Sharpe that comes from few observations or fat/left-skewed tails.
     ``None`` when the Sharpe ratio is undefined (fewer than 2 returns or zero variance).
     """
-    arr = _as_1d(returns, "returns")
+    arr = as_1d(returns, "returns")
     parts = _sr_and_denominator(arr)
     if parts is None:
         return None
@@ -250,7 +290,7 @@ def deflated_sharpe_ratio(
     """
     if n_trials < 1:
         raise ValueError("n_trials must be >= 1")
-    arr = _as_1d(returns, "returns")
+    arr = as_1d(returns, "returns")
     out: dict[str, Any] = {
         "dsr": None,
         "psr": None,
@@ -311,8 +351,8 @@ def diebold_mariano(
     constant the variance is zero and the test is undefined: ``stat`` and ``p_value`` are ``None``
     (``mean_diff`` still carries the sign).
     """
-    a = _as_1d(loss_a, "loss_a")
-    b = _as_1d(loss_b, "loss_b")
+    a = as_1d(loss_a, "loss_a")
+    b = as_1d(loss_b, "loss_b")
     if a.shape != b.shape:
         raise ValueError("loss_a and loss_b must have the same length")
     if h < 1:
@@ -356,44 +396,3 @@ def diebold_mariano(
     p_value = float(2.0 * sps.t.sf(abs(stat), df=n - 1))
     out.update(stat=stat, p_value=p_value)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Prediction quality
-# --------------------------------------------------------------------------------------------
-
-
-def spearman_ic(pred: ArrayLike, realised: ArrayLike) -> float | None:
-    """Information coefficient: Spearman rank correlation of predictions and realised outcomes.
-
-    Rank-based, so it measures ordering skill regardless of calibration (Grinold & Kahn, Active
-    Portfolio Management). Pairs where either value is NaN are dropped (e.g. purged forward
-    returns). ``None`` with fewer than 3 pairs or when either side is constant.
-    """
-    p = _as_1d(pred, "pred", allow_nan=True)
-    r = _as_1d(realised, "realised", allow_nan=True)
-    if p.shape != r.shape:
-        raise ValueError("pred and realised must have the same length")
-    keep = np.isfinite(p) & np.isfinite(r)
-    p, r = p[keep], r[keep]
-    if p.size < 3 or np.all(p == p[0]) or np.all(r == r[0]):
-        return None
-    rho = sps.spearmanr(p, r).statistic
-    return float(rho) if math.isfinite(rho) else None
-
-
-def log_loss_series(p: ArrayLike | Sequence[float], y: ArrayLike, eps: float = 1e-15) -> np.ndarray:
-    """Elementwise binary cross-entropy ``-(y log p + (1 - y) log(1 - p))``.
-
-    ``p`` is clipped to ``[eps, 1 - eps]`` so a confident miss costs a large finite loss instead
-    of infinity. ``y`` may be hard (0/1) or soft targets in ``[0, 1]`` (teacher probabilities).
-    Returned per observation so it can feed :func:`diebold_mariano`.
-    """
-    pa = _as_1d(p, "p")
-    ya = _as_1d(y, "y")
-    if pa.shape != ya.shape:
-        raise ValueError("p and y must have the same length")
-    if np.any((ya < 0.0) | (ya > 1.0)):
-        raise ValueError("y must lie in [0, 1]")
-    pc = np.clip(pa, eps, 1.0 - eps)
-    return -(ya * np.log(pc) + (1.0 - ya) * np.log1p(-pc))

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from sensequant_assets.ml.evaluation import accuracy, auc, fidelity
 from sensequant_assets.ml.features import MODEL_FEATURES
-from sensequant_assets.ml.metrics import accuracy, agreement, log_loss, safe_auc
 from sensequant_assets.ml.splits import train_val_split
 from sensequant_assets.ml.teacher import TooFewRowsError
 
@@ -158,13 +158,15 @@ def train_student(
     head_model = _fit_student(params, x.iloc[head], soft[head])
     student_p = np.asarray(head_model.predict_proba(x.iloc[holdout]), dtype="float64")[:, 1]
     teacher_p = soft[holdout]
+    fid = fidelity(student_p, teacher_p)
     metrics: dict[str, Any] = {
-        "fidelity_agreement": agreement(student_p, teacher_p),
-        "fidelity_logloss": log_loss(teacher_p, student_p),
-        "holdout_accuracy": accuracy(y[holdout], (student_p > 0.5).astype("int64")),
-        "holdout_auc": safe_auc(y[holdout], student_p),
-        "teacher_holdout_accuracy": accuracy(y[holdout], (teacher_p > 0.5).astype("int64")),
-        "teacher_holdout_auc": safe_auc(y[holdout], teacher_p),
+        "fidelity_agreement": fid["agreement"],
+        # The distillation loss: cross-entropy of the student against the teacher's soft labels.
+        "fidelity_logloss": fid["cross_entropy"],
+        "holdout_accuracy": accuracy(student_p, y[holdout]),
+        "holdout_auc": auc(student_p, y[holdout]),
+        "teacher_holdout_accuracy": accuracy(teacher_p, y[holdout]),
+        "teacher_holdout_auc": auc(teacher_p, y[holdout]),
     }
     model = _fit_student(params, x, soft)
     params_used = {

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
 
+from sensequant_assets.ml.evaluation import accuracy, auc, classification_metrics, log_loss
 from sensequant_assets.ml.features import MODEL_FEATURES
-from sensequant_assets.ml.metrics import accuracy, classification_metrics, log_loss, safe_auc
 from sensequant_assets.ml.splits import purged_kfold, train_val_split
 
 
@@ -190,7 +190,7 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
     x_fit = pd.concat([x.iloc[train_idx], x.iloc[val_idx]])
     proba_fit, split_fallback = _fit_predict(params, x.iloc[train_idx], y[train_idx], x_fit)
     train_proba, val_proba = proba_fit[: len(train_idx)], proba_fit[len(train_idx) :]
-    val = classification_metrics(y[val_idx], val_proba)
+    val = classification_metrics(val_proba, y[val_idx])
 
     # Out-of-fold probabilities: each row predicted by a model that never saw its label
     # neighbourhood (purge and embargo of `horizon` rows around each test block).
@@ -205,14 +205,14 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
     final.fit(x, y)
 
     metrics: dict[str, Any] = {
-        "train_accuracy": accuracy(y[train_idx], (train_proba > 0.5).astype("int64")),
+        "train_accuracy": accuracy(train_proba, y[train_idx]),
         "val_accuracy": val["accuracy"],
         "val_precision": val["precision"],
         "val_recall": val["recall"],
         "val_f1": val["f1"],
         "val_auc": val["auc"],
-        "oof_auc": safe_auc(y, oof),
-        "oof_logloss": log_loss(y, oof),
+        "oof_auc": auc(oof, y),
+        "oof_logloss": log_loss(oof, y),
         "val_base_rate_fallback": split_fallback,
         "oof_base_rate_folds": constant_folds,
     }

@@ -6,10 +6,13 @@ from .base import (
     BarSource,
     DataSourceError,
     UnknownSymbolError,
+    Window,
     as_date,
     empty_bars,
     filter_dates,
+    last_weekday,
     validate_bars,
+    window_is_covered,
 )
 from .csv_dir import CsvDirSource
 from .symbols import InvalidSymbolError, parse_symbols, validate_symbol
@@ -24,10 +27,13 @@ __all__ = [
     "InvalidSymbolError",
     "SyntheticSource",
     "UnknownSymbolError",
+    "Window",
     "as_date",
     "empty_bars",
     "filter_dates",
+    "last_weekday",
     "parse_symbols",
     "validate_bars",
     "validate_symbol",
+    "window_is_covered",
 ]

@@ -8,6 +8,8 @@ IST), strictly increasing and unique, and exactly the float64 columns in `BAR_CO
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -21,13 +23,18 @@ __all__ = [
     "BarSource",
     "DataSourceError",
     "UnknownSymbolError",
+    "Window",
     "as_date",
+    "check_windows",
     "empty_bars",
     "filter_dates",
+    "last_weekday",
     "validate_bars",
+    "window_is_covered",
 ]
 
 IST = "Asia/Kolkata"
+Window = tuple[dt.date, dt.date]  # (first day, last day), both inclusive calendar dates
 BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", *BAR_COLUMNS)
 
@@ -81,6 +88,27 @@ class BarSource(Protocol):
         """The symbols this source knows, or None when it can produce any valid symbol."""
         ...
 
+    def data_token(self, symbol: str) -> str:
+        """A cheap token that changes whenever the symbol's data may have changed.
+
+        Meant to be polled (e.g. by a sensor, every few seconds, for every symbol): it never reads
+        file contents, only listings, sizes and modification times, or the source's parameters.
+        Equal tokens mean nothing changed; a different token means "look closer" with
+        `window_fingerprints`. An unknown symbol raises UnknownSymbolError.
+        """
+        ...
+
+    def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
+        """Window start -> a fingerprint of the window's bars, or None while the window is not covered.
+
+        A fingerprint changes iff the window's bars may have changed (a correction, a late bar),
+        and only that window's: data outside the window never changes it. None means the data does
+        not yet cover the window completely (see `window_is_covered`, the rule shared by every
+        source). Bad data that makes a fingerprint impossible (a daily file whose name is not a
+        date, an unreadable or invalid file) raises DataSourceError naming the file and the rule.
+        """
+        ...
+
 
 def as_date(value: dt.date | str) -> dt.date:
     """Coerce a date-like argument (date, datetime, pd.Timestamp, ISO string) to a plain date.
@@ -94,6 +122,55 @@ def as_date(value: dt.date | str) -> dt.date:
     if isinstance(value, dt.date):
         return value
     raise TypeError(f"expected a date, got {type(value).__name__}: {value!r}")
+
+
+def last_weekday(start: dt.date, end: dt.date) -> dt.date:
+    """The last Monday-Friday date in [start, end]; `end` itself when the range has no weekday."""
+    day = as_date(end)
+    first = as_date(start)
+    while day.weekday() >= 5 and day > first:
+        day -= dt.timedelta(days=1)
+    return day if day.weekday() < 5 else as_date(end)
+
+
+def window_is_covered(last_bar: dt.date | None, start: dt.date, end: dt.date) -> bool:
+    """Whether data whose newest bar is dated `last_bar` covers the window [start, end] completely.
+
+    The completeness rule, the same for every source: a window is complete when the source's last
+    bar is dated ON OR AFTER THE LAST WEEKDAY (Mon-Fri) of the window. This includes every case of
+    a bar dated after `end` (the next trading day proves nothing more is coming for the window);
+    weekend days at the end of a window are never waited for.
+
+    There is no holiday calendar and no grace period. When the window's last weekday is an NSE
+    holiday (say a window ending on a holiday Friday), the window completes only when the next
+    trading day's bar, dated after `end`, arrives: completion is late by at most the holiday gap,
+    but never early. A grace period ("also accept a last bar up to 3 days before the last
+    weekday") was rejected: it would declare a window complete while its final sessions are merely
+    late, train on the truncated window, then change the window's fingerprint (a second retrain)
+    when those sessions land. A source with no bars at all covers nothing.
+    """
+    if last_bar is None:
+        return False
+    return as_date(last_bar) >= last_weekday(start, end)
+
+
+def check_windows(windows: Sequence[Window]) -> list[Window]:
+    """Normalise (start, end) pairs to plain dates; refuse start > end or two ends for one start."""
+    out: list[Window] = []
+    seen: dict[dt.date, dt.date] = {}
+    for window in windows:
+        start, end = (as_date(v) for v in window)
+        if start > end:
+            raise ValueError(f"window ({start}, {end}): start is after end")
+        if seen.setdefault(start, end) != end:
+            raise ValueError(f"two windows start on {start} with different ends ({seen[start]}, {end})")
+        out.append((start, end))
+    return out
+
+
+def digest(*parts: object) -> str:
+    """sha256 hex of the parts joined by a separator that cannot occur in them (NUL)."""
+    return hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()
 
 
 def empty_bars() -> pd.DataFrame:

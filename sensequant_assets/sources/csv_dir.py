@@ -7,14 +7,27 @@ Two layouts are read, per symbol:
 
 Each file that is read is validated whole (`validate_bars`), so a corrupt row in a file that is
 touched fails loudly, naming the file, row and rule, even if the row lies outside the range.
+
+Change detection (`data_token`, `window_fingerprints`), for a sensor polling many symbols:
+- daily layout: from the directory listing alone (os.scandir + stat, no file is opened). The
+  token hashes (name, size, mtime_ns) of every `*.csv` in `<SYMBOL>/1day/`; a window's
+  fingerprint hashes those of the files whose name date lies in the window, and the last file
+  date decides completeness. File names are the truth here: a file holding a bar of another day
+  (tolerated by `bars`) is fingerprinted under its name's date.
+- single-file layout: the token is the file's (name, size, mtime_ns); fingerprints need one read
+  and validation of the file, then hash each window's canonical bars (timestamps and float64
+  values, exact bytes), so correcting one row changes only its window's fingerprint.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import hashlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,22 +37,28 @@ import pandas as pd
 import pyarrow as pa
 
 from .base import (
+    BAR_COLUMNS,
+    IST,
     REQUIRED_COLUMNS,
     SOURCE_FILE_COL,
     SOURCE_ROW_COL,
     DataSourceError,
     UnknownSymbolError,
+    Window,
     as_date,
+    check_windows,
+    digest,
     empty_bars,
     filter_dates,
     validate_bars,
+    window_is_covered,
 )
 from .symbols import InvalidSymbolError, validate_symbol
 
 __all__ = ["DAILY_SUBDIR", "CsvDirSource"]
 
 DAILY_SUBDIR = "1day"
-_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.csv$")
+_DAY_FILE = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})\.csv$")
 _FILE_SUFFIXES = (".csv", ".parquet")
 
 
@@ -176,6 +195,32 @@ def _check_columns(frame: pd.DataFrame, path: Path, symbol: str) -> None:
         )
 
 
+def _bad_day_name(path: str, symbol: str) -> DataSourceError:
+    return DataSourceError(
+        f"{symbol}: {path}: file name is not a valid date (rule: <YYYY-MM-DD>.csv); rename or remove it",
+        symbol=symbol,
+        origin=path,
+        rule="file name is a date",
+    )
+
+
+def _os_error(path: Path | str, symbol: str, exc: OSError) -> DataSourceError:
+    return DataSourceError(
+        f"{symbol}: {path}: cannot be read (rule: readable data files): {exc}",
+        symbol=symbol,
+        origin=str(path),
+        rule="readable data files",
+    )
+
+
+def _stat(entry: os.DirEntry[str], symbol: str) -> os.stat_result:
+    """One stat of a listed file (size, mtime): never a read."""
+    try:
+        return entry.stat()
+    except OSError as exc:  # e.g. removed between listing and stat
+        raise _os_error(entry.path, symbol, exc) from None
+
+
 @dataclass(frozen=True)
 class CsvDirSource:
     """Bars from `data_dir` in either layout (see module docstring); file names are upper case."""
@@ -296,3 +341,120 @@ class CsvDirSource:
         bars = validate_bars(raw, origin=str(day_dir), symbol=symbol)
         # A file holding a bar of another day is tolerated, but never leaks out of the range.
         return filter_dates(bars, first, last).copy()
+
+    # -- change detection ------------------------------------------------------------------
+
+    def data_token(self, symbol: str) -> str:
+        """sha256 of the layout and (name, size, mtime_ns) of the symbol's files; nothing is read.
+
+        Daily layout: every `*.csv` in `<SYMBOL>/1day/` (badly named ones too, so renaming one
+        changes the token); single-file layout: the one file. UnknownSymbolError when the symbol
+        has no data, DataSourceError when it is in two layouts or cannot be listed.
+        """
+        sym = validate_symbol(symbol)
+        location = self._locate(sym)
+        if location.is_dir():
+            lines = ["csv-daily", sym]
+            for name, entry in sorted(self._day_entries(sym, location).items()):
+                st = _stat(entry, sym)
+                lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
+            return hashlib.sha256("\0".join(lines).encode()).hexdigest()  # NUL: never in a name
+        try:
+            st = location.stat()
+        except OSError as exc:
+            raise _os_error(location, sym, exc) from None
+        return digest("csv-file", sym, location.name, st.st_size, st.st_mtime_ns)
+
+    def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
+        """Window start -> fingerprint of the window's bars, or None while not covered.
+
+        Covered: see `base.window_is_covered` (the last bar is on or after the window's last
+        weekday). Daily layout: decided from the listing only (see module docstring); a `*.csv`
+        whose name is not a valid date anywhere in the directory, or an empty day file inside a
+        covered window, raises DataSourceError naming it. Single-file layout: the file is read
+        once and validated whole, so any bad row raises DataSourceError naming file, row and rule.
+        """
+        sym = validate_symbol(symbol)
+        checked = check_windows(windows)
+        location = self._locate(sym)
+        if location.is_dir():
+            return self._daily_fingerprints(sym, location, checked)
+        return self._file_fingerprints(sym, location, checked)
+
+    def _day_entries(self, symbol: str, day_dir: Path) -> dict[str, os.DirEntry[str]]:
+        """name -> entry of the files of `<SYMBOL>/1day/` that count as data: `*.csv` (any case).
+
+        Hidden files (OS droppings such as macOS `._2024-01-05.csv`) and other suffixes (partial
+        downloads such as `2024-01-05.csv.tmp`) are ignored, as `bars` ignores them. Listing only.
+        """
+        try:
+            with os.scandir(day_dir) as entries:
+                return {
+                    e.name: e
+                    for e in entries
+                    if e.name[-4:].lower() == ".csv" and e.name[:1] != "." and e.is_file()
+                }
+        except OSError as exc:
+            raise _os_error(day_dir, symbol, exc) from None
+
+    def _daily_fingerprints(
+        self, symbol: str, day_dir: Path, windows: list[Window]
+    ) -> dict[dt.date, str | None]:
+        entries = self._day_entries(symbol, day_dir)
+        names = sorted(entries)  # valid "<YYYY-MM-DD>.csv" names order like their dates
+        for name in names:
+            match = _DAY_FILE.match(name)
+            try:
+                if match is None:
+                    raise ValueError(name)
+                dt.date.fromisoformat(match.group(1))
+            except ValueError:
+                raise _bad_day_name(entries[name].path, symbol) from None
+        last_bar = dt.date.fromisoformat(names[-1][:10]) if names else None
+        out: dict[dt.date, str | None] = {}
+        for start, end in windows:
+            if not window_is_covered(last_bar, start, end):
+                out[start] = None
+                continue
+            lo = bisect.bisect_left(names, f"{start.isoformat()}.csv")
+            hi = bisect.bisect_right(names, f"{end.isoformat()}.csv")
+            lines = ["csv-daily", symbol, start.isoformat(), end.isoformat()]
+            for name in names[lo:hi]:
+                st = _stat(entries[name], symbol)
+                if not st.st_size:
+                    raise _empty_file_error(Path(entries[name].path), symbol)
+                lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
+            out[start] = hashlib.sha256("\0".join(lines).encode()).hexdigest()
+        return out
+
+    def _file_fingerprints(self, symbol: str, path: Path, windows: list[Window]) -> dict[dt.date, str | None]:
+        read = _read_parquet if path.suffix == ".parquet" else _read_csv
+        try:
+            bars = validate_bars(read(path, symbol), origin=str(path), symbol=symbol)
+        except DataSourceError:
+            raise
+        except OSError as exc:
+            raise _os_error(path, symbol, exc) from None
+        except ValueError as exc:  # any other parse failure: still name the file and the rule
+            raise DataSourceError(
+                f"{symbol}: {path}: not readable bar data (rule: well-formed {path.suffix[1:]}): {exc}",
+                symbol=symbol,
+                origin=str(path),
+                rule=f"well-formed {path.suffix[1:]}",
+            ) from None
+        stamps = bars.index.asi8  # IST midnights as UTC ns, strictly increasing
+        values = np.ascontiguousarray(bars[list(BAR_COLUMNS)].to_numpy(dtype="float64"))
+        last_bar = bars.index[-1].date() if len(bars) else None
+        out: dict[dt.date, str | None] = {}
+        for start, end in windows:
+            if not window_is_covered(last_bar, start, end):
+                out[start] = None
+                continue
+            lo_ns = pd.Timestamp(start).tz_localize(IST).value
+            hi_ns = pd.Timestamp(end + dt.timedelta(days=1)).tz_localize(IST).value
+            lo, hi = np.searchsorted(stamps, [lo_ns, hi_ns], side="left")
+            h = hashlib.sha256(f"csv-file\0{symbol}\0{start}\0{end}\0".encode())
+            h.update(stamps[lo:hi].tobytes())
+            h.update(values[lo:hi].tobytes())
+            out[start] = h.hexdigest()
+        return out

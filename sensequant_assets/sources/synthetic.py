@@ -3,9 +3,10 @@
 Three regimes of the same generator:
 - default: realistic OHLCV (GARCH(1,1) volatility clustering around ~1.5 % daily vol, a small
   positive drift, volume that rises on large moves). No deliberate predictability.
-- `signal_strength > 0`: adds hidden drift regimes (+/- signal_strength x conditional daily vol,
-  mean duration ~40 trading days), so the forward 7-bar return is predictable from the trailing
-  trend: a known, learnable signal to check that the models find something real.
+- `signal_strength > 0`: adds a mean-reverting deviation to the log price (AR(1), half-life ~2.4
+  days, innovations of signal_strength x daily vol), so the forward 7-bar return is predictable
+  from where the price stands against its recent averages (SMA, Bollinger, RSI): a known,
+  learnable signal, equally present in every window, to check that the models find something real.
 - `random_walk=True`: the null case, iid normal log-returns with zero drift and constant vol;
   nothing is predictable, so any out-of-sample skill found on it is leakage.
 
@@ -13,6 +14,11 @@ A given day's bar depends only on (symbol, seed, signal_strength, random_walk) a
 on the range asked for: the whole path is generated from a fixed epoch, and random numbers are
 drawn in fixed-size chunks each seeded from (symbol, seed, chunk number), so extending the path
 never changes earlier days.
+
+Change detection follows from that: the data token is the parameters (seed, signal_strength,
+random_walk, end_date), and a window's fingerprint is the parameters that shape its bars plus the
+symbol and the window -- end_date is left out, so moving end_date forward completes new windows
+without touching the fingerprints of windows it already covered.
 """
 
 from __future__ import annotations
@@ -20,14 +26,27 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
+from scipy.special import ndtri
 
-from .base import BAR_COLUMNS, IST, as_date, empty_bars, filter_dates
+from .base import (
+    BAR_COLUMNS,
+    IST,
+    Window,
+    as_date,
+    check_windows,
+    digest,
+    empty_bars,
+    filter_dates,
+    window_is_covered,
+)
 from .symbols import validate_symbol
 
 __all__ = ["EPOCH", "SyntheticSource"]
@@ -37,8 +56,7 @@ _CHUNK = 512  # trading days per independently seeded block of random numbers
 
 # GARCH(1,1): persistence alpha + beta = 0.98 gives visible volatility clustering.
 _ALPHA, _BETA = 0.08, 0.90
-_REGIME_REDRAW = 1.0 / 20.0  # daily chance to redraw the hidden state; ~half keep it -> ~40 days
-_REVERSION_SCALE = 0.5  # log-price deviation at which regimes lean ~73 % towards reverting
+_REVERSION_SPEED = 0.25  # daily pull of the planted deviation towards 0 (half-life ~2.4 days)
 
 
 def _digest(*parts: object) -> bytes:
@@ -78,39 +96,33 @@ def _draws(base_seed: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(normals, axis=1), np.concatenate(uniforms, axis=1)
 
 
-def _garch_returns(
-    z: np.ndarray,
-    u_redraw: np.ndarray,
-    u_sign: np.ndarray,
-    p: _Params,
-    signal_strength: float,
-) -> tuple[np.ndarray, np.ndarray]:
+def _garch_returns(z: np.ndarray, p: _Params) -> tuple[np.ndarray, np.ndarray]:
     """Log-returns and conditional vols; sequential by nature (each day feeds the next)."""
     n = len(z)
     var_target = p.daily_vol**2
     omega = var_target * (1.0 - _ALPHA - _BETA)
-    zs, redraws, signs = z.tolist(), u_redraw.tolist(), u_sign.tolist()  # floats: fast loop
+    zs = z.tolist()  # floats: fast loop
     returns, sigmas = [0.0] * n, [0.0] * n
-    var, eps_prev, log_dev = var_target, 0.0, 0.0
-    state = 1.0 if signs[0] < 0.5 else -1.0
-    signal = signal_strength > 0.0
+    var, eps_prev = var_target, 0.0
     for t in range(n):
         if t:
             var = omega + _ALPHA * eps_prev * eps_prev + _BETA * var
         sigma = math.sqrt(var)
         eps = sigma * zs[t]
-        r = p.drift + eps
-        if signal:
-            if t and redraws[t] < _REGIME_REDRAW:
-                # Lean towards the regime that pulls the price back to its trend, so planted
-                # drifts of a daily vol per day cannot push prices to absurd levels.
-                p_up = 1.0 / (1.0 + math.exp(log_dev / _REVERSION_SCALE))
-                state = 1.0 if signs[t] < p_up else -1.0
-            r += state * signal_strength * sigma
-            log_dev += r - p.drift
-        returns[t], sigmas[t] = r, sigma
+        returns[t], sigmas[t] = p.drift + eps, sigma
         eps_prev = eps
     return np.asarray(returns), np.asarray(sigmas)
+
+
+def _planted_deviation(u: np.ndarray, p: _Params, signal_strength: float) -> np.ndarray:
+    """A mean-reverting log-price deviation x (AR(1), pulled back at _REVERSION_SPEED a day).
+
+    Added to the log price, it makes the forward return predictable from where the price stands
+    against its recent average (E[x_{t+h} - x_t] = -(1 - (1 - k)^h) x_t), which is exactly what
+    the SMA/Bollinger/RSI features see, in every window alike.
+    """
+    innovations = signal_strength * p.daily_vol * ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+    return lfilter([1.0], [1.0, -(1.0 - _REVERSION_SPEED)], innovations)
 
 
 @lru_cache(maxsize=64)
@@ -123,7 +135,9 @@ def _path(symbol: str, seed: int, signal_strength: float, random_walk: bool, n_c
         sigma = np.full(z_ret.shape, p.daily_vol)
         returns = sigma * z_ret
     else:
-        returns, sigma = _garch_returns(z_ret, uniforms[0], uniforms[1], p, signal_strength)
+        returns, sigma = _garch_returns(z_ret, p)
+        if signal_strength > 0:
+            returns = returns + np.diff(_planted_deviation(uniforms[0], p, signal_strength), prepend=0.0)
 
     close = p.start_price * np.exp(np.cumsum(returns))
     prev_close = np.concatenate(([p.start_price], close[:-1]))
@@ -186,3 +200,53 @@ class SyntheticSource:
         n_chunks = max(1, -(-n_needed // _CHUNK))
         path = _path(sym, int(self.seed), float(self.signal_strength), bool(self.random_walk), n_chunks)
         return filter_dates(path, first, last).copy()
+
+    # -- change detection ------------------------------------------------------------------
+
+    def data_token(self, symbol: str) -> str:
+        """The parameters, readable: they are all the data depends on (the path is deterministic).
+
+        Any valid symbol is known (InvalidSymbolError otherwise); the token is the same for every
+        symbol of this source instance.
+        """
+        validate_symbol(symbol)
+        end = self.end_date.isoformat() if self.end_date is not None else "none"
+        return (
+            f"synthetic:seed={int(self.seed)}:signal_strength={float(self.signal_strength)!r}"
+            f":random_walk={bool(self.random_walk)}:end_date={end}"
+        )
+
+    def _last_bar(self) -> dt.date | None:
+        """Date of the last bar when `end_date` caps the data (None: no bars at all)."""
+        if self.end_date is None:
+            return None
+        day = self.end_date
+        while day.weekday() >= 5:
+            day -= dt.timedelta(days=1)
+        return day if day >= EPOCH else None
+
+    def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
+        """sha256 of (symbol, seed, signal_strength, random_walk, window); None while not covered.
+
+        Without `end_date` every window is covered. With it, the last bar is the last weekday on or
+        before `end_date`, so by the shared rule (`base.window_is_covered`) a window is None when
+        `end_date` is earlier than the window's last weekday. `end_date` is not part of the
+        fingerprint: a covered window's bars do not depend on it.
+        """
+        sym = validate_symbol(symbol)
+        last_bar = self._last_bar()
+        out: dict[dt.date, str | None] = {}
+        for start, end in check_windows(windows):
+            if self.end_date is not None and not window_is_covered(last_bar, start, end):
+                out[start] = None
+                continue
+            out[start] = digest(
+                "synthetic",
+                sym,
+                int(self.seed),
+                repr(float(self.signal_strength)),
+                bool(self.random_walk),
+                start.isoformat(),
+                end.isoformat(),
+            )
+        return out

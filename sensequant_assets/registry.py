@@ -1,0 +1,584 @@
+"""The production registry: which student serves each symbol, what it replaced, and how to undo it.
+
+Layout under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
+
+    current/                the promoted student, self-contained so it survives re-materialisation
+        student_model.pkl   copies of the partition's student/ files
+        metadata.json
+        metrics.json
+        teacher_metadata.json   copy of the partition's teacher metadata.json
+        promotion.json      who, what, why and when (see `PromotionRecord`)
+        checksums.json      sha256 of every file above
+    archive/<id>/           earlier `current/` directories, byte for byte;
+                            id = `<UTC archival time YYYYMMDDTHHMMSSZ>_<window>`, sortable
+    history.jsonl           one JSON line per promote/rollback
+
+Sources are read through `ArtifactStore.read`, so they are verified against the partition's
+`checksums.json` exactly as the IO manager verifies them. A new `current/` is built in a staging
+directory and swapped in with renames; a journal (`.pending.json`) written before the first rename
+lets the next call (or the failing call itself) undo a half-done swap, so `current/` is never
+half-written. Plain Python: no Dagster context is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sensequant_assets.io_manager import CHECKSUMS, ArtifactError, ArtifactStore, Codec, sha256_bytes
+from sensequant_assets.partitions import split_key
+from sensequant_assets.sources.symbols import validate_symbol
+
+__all__ = [
+    "PROMOTE",
+    "PromotionRecord",
+    "PromotionRefused",
+    "RegistryError",
+    "RollbackError",
+    "archives",
+    "current",
+    "history",
+    "load_current_model",
+    "production_dir",
+    "promote",
+    "rollback",
+]
+
+PROMOTE = "PROMOTE"
+PRODUCTION = "production"
+CURRENT = "current"
+ARCHIVE = "archive"
+HISTORY = "history.jsonl"
+PROMOTION = "promotion.json"
+MODEL_FILE = "student_model.pkl"
+_JOURNAL = ".pending.json"
+_LOCK = ".lock"
+_STAGING_PREFIX = ".staging-"
+_TS_FORMAT = "%Y%m%dT%H%M%SZ"
+
+# current/<name> <- partition/<rel>; the student files and the teacher metadata are read in two
+# verified passes so an error names the asset the bad file belongs to.
+_STUDENT_FILES = {
+    MODEL_FILE: "student/student_model.pkl",
+    "metadata.json": "student/metadata.json",
+    "metrics.json": "student/metrics.json",
+}
+_TEACHER_FILES = {"teacher_metadata.json": "metadata.json"}
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked; the message says why and what is available."""
+
+
+class PromotionRefused(RegistryError):
+    """The briefing did not say PROMOTE (or the request is inconsistent), so nothing was written."""
+
+
+class RollbackError(RegistryError):
+    """There is nothing to roll back to, or the requested archive does not exist or is corrupt."""
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    """The content of a production model's `promotion.json`, plus where that model now lives."""
+
+    symbol: str
+    partition_key: str
+    source: str
+    decision: str
+    gates: Any
+    promoted_at: str
+    files: dict[str, str]
+    directory: Path = field(compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "partition_key": self.partition_key,
+            "source": self.source,
+            "decision": self.decision,
+            "gates": self.gates,
+            "promoted_at": self.promoted_at,
+            "files": dict(self.files),
+        }
+
+
+# --- paths and small helpers -----------------------------------------------------------------------
+
+
+def production_dir(base_dir: str | Path, symbol: str) -> Path:
+    """`<base_dir>/production/<SYMBOL>`, after validating the symbol (it becomes a path component)."""
+    return Path(base_dir) / PRODUCTION / validate_symbol(symbol)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _utc(now: datetime | None) -> datetime:
+    """Registry times are UTC; a naive `now` is taken as UTC rather than local time."""
+    now = now or datetime.now(UTC)
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return now.replace(microsecond=0)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and new entries in `path` durable, so the journal's ordering holds after a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync one file (the copy step; tests patch it to simulate a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """One step of a swap (tests patch it to simulate a crash between renames)."""
+    os.rename(src, dst)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    _write_file(tmp, _json_bytes(obj))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise registry changes of one symbol across processes (CLI, Dagster job, sensor)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / _LOCK).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_verified(directory: Path, rel: str) -> bytes:
+    """Read one file of a registry directory after checking it against that directory's checksums."""
+    sums_path = directory / CHECKSUMS
+    try:
+        sums = json.loads(sums_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{sums_path} is missing; refusing to trust {directory}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{sums_path} is corrupt (not valid JSON): {exc}") from exc
+    path = directory / rel
+    if not path.is_file():
+        raise ArtifactError(f"missing file {path}")
+    data = path.read_bytes()
+    expected = sums.get(rel)
+    if expected is None:
+        raise ArtifactError(f"{path} has no recorded checksum in {sums_path}; refusing to trust it")
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise ArtifactError(f"{path} is corrupt (sha256 {actual[:12]}... != recorded {expected[:12]}...)")
+    return data
+
+
+def _verify_dir(directory: Path) -> None:
+    """Every file recorded in `checksums.json` is present and intact (before restoring an archive)."""
+    sums_path = directory / CHECKSUMS
+    try:
+        recorded = json.loads(sums_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{sums_path} is missing or corrupt: {exc}") from exc
+    for rel in recorded:
+        _read_verified(directory, rel)
+
+
+def _record_from(directory: Path) -> PromotionRecord:
+    raw = json.loads(_read_verified(directory, PROMOTION))
+    return PromotionRecord(
+        symbol=raw["symbol"],
+        partition_key=raw["partition_key"],
+        source=raw["source"],
+        decision=raw["decision"],
+        gates=raw.get("gates"),
+        promoted_at=raw["promoted_at"],
+        files=dict(raw.get("files", {})),
+        directory=directory,
+    )
+
+
+def _existing_record(directory: Path) -> PromotionRecord | None:
+    """The record of the model being replaced; a damaged one must not block replacing it."""
+    if not directory.is_dir():
+        return None
+    try:
+        return _record_from(directory)
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _window_of(record: PromotionRecord | None) -> str:
+    """The window part of an archive id; 'unknown' when the archived model's record is unreadable."""
+    if record is None:
+        return "unknown"
+    try:
+        return split_key(record.partition_key)[1]
+    except ValueError:
+        return "unknown"
+
+
+def _list_archives(root: Path) -> list[str]:
+    archive = root / ARCHIVE
+    if not archive.is_dir():
+        return []
+    return sorted(p.name for p in archive.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _new_archive_id(root: Path, when: datetime, window: str) -> str:
+    """Sortable by archival order: the timestamp is bumped past the newest existing id if needed."""
+    existing = _list_archives(root)
+    if existing:
+        try:
+            newest = datetime.strptime(existing[-1].split("_", 1)[0], _TS_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            newest = None
+        if newest is not None and when <= newest:
+            when = newest + timedelta(seconds=1)
+    return f"{when.strftime(_TS_FORMAT)}_{window}"
+
+
+def _append_history(root: Path, entry: Mapping[str, Any]) -> None:
+    """Append one line; a torn last line (crash mid-append) is cut off first so the file stays JSONL."""
+    path = root / HISTORY
+    line = json.dumps(entry, sort_keys=True, default=str) + "\n"
+    with path.open("a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(0)
+            content = f.read()
+            if not content.endswith(b"\n"):
+                f.truncate(content.rfind(b"\n") + 1)
+                f.seek(0, os.SEEK_END)
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _last_history_line(root: Path) -> str | None:
+    path = root / HISTORY
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    return lines[-1] if lines else None
+
+
+# --- the swap and its recovery ---------------------------------------------------------------------
+
+
+def _recover(root: Path) -> None:
+    """Finish or undo what a crashed promote/rollback left behind, using the journal.
+
+    Before the new `current/` is in place the change is undone (previous `current/` and any consumed
+    archive are put back); once it is in place the change is completed (its history line appended).
+    Staging directories without a journal are half-built and simply removed.
+    """
+    journal_path = root / _JOURNAL
+    if journal_path.is_file():
+        try:
+            journal = json.loads(journal_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            journal = None  # torn journal: written before any rename, so nothing was moved yet
+        if journal is not None:
+            staging = root / journal["staging"]
+            cur = root / CURRENT
+            archived = root / ARCHIVE / journal["archive_id"] if journal.get("archive_id") else None
+            restored = root / ARCHIVE / journal["restored_from"] if journal.get("restored_from") else None
+            if staging.exists():
+                # The new current was not swapped in: undo in reverse order.
+                if not cur.exists() and archived is not None and archived.exists():
+                    _rename(archived, cur)
+                if restored is not None and not restored.exists():
+                    _rename(staging, restored)
+                else:
+                    shutil.rmtree(staging, ignore_errors=True)
+            elif restored is not None and restored.exists():
+                pass  # crashed before the first rename of a rollback: nothing moved
+            elif cur.exists():
+                entry = json.dumps(journal["history"], sort_keys=True, default=str)
+                if _last_history_line(root) != entry:
+                    _append_history(root, journal["history"])
+        journal_path.unlink(missing_ok=True)
+        _fsync_dir(root)
+    with contextlib.suppress(OSError):
+        (root / ARCHIVE).rmdir()  # only succeeds if an undone swap left it empty
+    for leftover in root.glob(f"{_STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for tmp in root.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _swap(root: Path, staging: Path, journal: dict[str, Any], restored_from: Path | None = None) -> None:
+    """Install `staging` (or the archive `restored_from`, via `staging`) as `current/`, archiving the old.
+
+    Each step is a rename; the journal is on disk before the first one, and any failure is undone
+    on the spot by `_recover` (which a later call would run anyway after a hard crash).
+    """
+    cur = root / CURRENT
+    _write_json_atomic(root / _JOURNAL, journal)
+    try:
+        if restored_from is not None:
+            _rename(restored_from, staging)
+        if cur.exists():
+            (root / ARCHIVE).mkdir(exist_ok=True)
+            _rename(cur, root / ARCHIVE / journal["archive_id"])
+        _rename(staging, cur)
+        _fsync_dir(root)
+        _append_history(root, journal["history"])
+        (root / _JOURNAL).unlink()
+        _fsync_dir(root)
+    except BaseException:
+        _recover(root)
+        raise
+
+
+def _history_entry(
+    action: str, symbol: str, frm: str | None, to: str, at: datetime, decision: str, reason: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "symbol": symbol,
+        "from": frm,
+        "to": to,
+        "at": _iso(at),
+        "decision": decision,
+        "reason": reason,
+        **extra,
+    }
+
+
+# --- public API ------------------------------------------------------------------------------------
+
+
+def _source_files(base_dir: Path, partition_key: str) -> dict[str, bytes]:
+    """The files `current/` will hold, read through the IO manager's verified reads."""
+    store = ArtifactStore(base_dir)
+
+    def verified(files: dict[str, str]) -> Codec:
+        return Codec(owns=(), dump=lambda _: {}, load=lambda read: {n: read(r) for n, r in files.items()})
+
+    student = store.read(partition_key, verified(_STUDENT_FILES), "student_model")
+    teacher = store.read(partition_key, verified(_TEACHER_FILES), "teacher_model")
+    return {**student, **teacher}
+
+
+def promote(
+    base_dir: str | Path,
+    symbol: str,
+    partition_key: str,
+    decision: str,
+    gates: Mapping[str, Any] | Sequence[Any] | None,
+    *,
+    now: datetime | None = None,
+    reason: str | None = None,
+) -> PromotionRecord:
+    """Make the student of `partition_key` the production model of `symbol`.
+
+    Only a PROMOTE decision is accepted. Source files are verified before anything in production
+    changes; the previous `current/` is archived; promoting the model that is already current (same
+    partition, same bytes) changes nothing and returns its record.
+    """
+    symbol = validate_symbol(symbol)
+    if decision != PROMOTE:
+        raise PromotionRefused(
+            f"refusing to promote {symbol} ({partition_key}): the briefing's decision is {decision!r}, "
+            f"only {PROMOTE!r} is promoted"
+        )
+    key_symbol, window = split_key(partition_key)
+    if validate_symbol(key_symbol) != symbol:
+        raise PromotionRefused(f"partition {partition_key!r} belongs to {key_symbol}, not {symbol}")
+    base = Path(base_dir)
+    source_dir = ArtifactStore(base).partition_dir(partition_key)
+    files = _source_files(base, partition_key)  # raises ArtifactError naming a missing/corrupt file
+    sums = {name: sha256_bytes(data) for name, data in files.items()}
+
+    root = production_dir(base, symbol)
+    with _locked(root):
+        _recover(root)
+        cur = root / CURRENT
+        previous = _existing_record(cur)
+        if previous is not None and previous.partition_key == partition_key and previous.files == sums:
+            return previous
+        at = _utc(now)
+        record = PromotionRecord(
+            symbol=symbol,
+            partition_key=partition_key,
+            source=str(source_dir),
+            decision=decision,
+            gates=json.loads(json.dumps(gates, default=str)),  # as current() will read it back
+            promoted_at=_iso(at),
+            files=sums,
+            directory=cur,
+        )
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
+        try:
+            for name, data in files.items():
+                _write_file(staging / name, data)
+            promotion = _json_bytes(record.to_json())
+            _write_file(staging / PROMOTION, promotion)
+            checksums = {**sums, PROMOTION: sha256_bytes(promotion)}
+            _write_file(staging / CHECKSUMS, _json_bytes(dict(sorted(checksums.items()))))
+            _fsync_dir(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        archive_id = _new_archive_id(root, at, _window_of(previous)) if cur.exists() else None
+        entry = _history_entry(
+            "promote",
+            symbol,
+            previous.partition_key if previous else None,
+            partition_key,
+            at,
+            decision,
+            reason or f"briefing decision {decision} for window {window}",
+            archived=archive_id,
+            source=str(source_dir),
+        )
+        journal = {"staging": staging.name, "archive_id": archive_id, "restored_from": None, "history": entry}
+        _swap(root, staging, journal)
+    return record
+
+
+def rollback(
+    base_dir: str | Path,
+    symbol: str,
+    to: str | None = None,
+    *,
+    now: datetime | None = None,
+    reason: str | None = None,
+) -> PromotionRecord:
+    """Restore an archived model (default: the most recently archived) as `current/`, byte for byte.
+
+    The model it replaces is archived, so a rollback can itself be rolled back.
+    """
+    symbol = validate_symbol(symbol)
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        raise RollbackError(f"cannot roll back {symbol}: nothing has been promoted for it")
+    with _locked(root):
+        _recover(root)
+        available = _list_archives(root)
+        if not available:
+            raise RollbackError(f"cannot roll back {symbol}: there is no archived model to roll back to")
+        target_id = available[-1] if to is None else to
+        if target_id not in available:
+            raise RollbackError(
+                f"cannot roll back {symbol} to {to!r}: no such archive; available: {', '.join(available)}"
+            )
+        target = root / ARCHIVE / target_id
+        try:
+            _verify_dir(target)
+            restored = _record_from(target)
+        except ArtifactError as exc:
+            raise RollbackError(f"cannot roll back {symbol} to {target_id}: {exc}") from exc
+        cur = root / CURRENT
+        previous = _existing_record(cur)
+        at = _utc(now)
+        archive_id = _new_archive_id(root, at, _window_of(previous)) if cur.exists() else None
+        entry = _history_entry(
+            "rollback",
+            symbol,
+            previous.partition_key if previous else None,
+            restored.partition_key,
+            at,
+            restored.decision,
+            reason or f"rollback to archive {target_id}",
+            archived=archive_id,
+            restored=target_id,
+        )
+        staging = root / f"{_STAGING_PREFIX}rollback-{target_id}"
+        journal = {
+            "staging": staging.name,
+            "archive_id": archive_id,
+            "restored_from": target_id,
+            "history": entry,
+        }
+        _swap(root, staging, journal, restored_from=target)
+        return _record_from(cur)
+
+
+def current(base_dir: str | Path, symbol: str) -> PromotionRecord | None:
+    """The production model's record, or None if `symbol` has never been promoted."""
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        return None
+    with _locked(root):
+        _recover(root)
+        cur = root / CURRENT
+        return _record_from(cur) if cur.exists() else None
+
+
+def history(base_dir: str | Path, symbol: str) -> list[dict[str, Any]]:
+    """Every promote/rollback of `symbol`, oldest first."""
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        return []
+    with _locked(root):
+        _recover(root)
+        path = root / HISTORY
+        if not path.is_file():
+            return []
+        entries = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RegistryError(f"{path} line {n} is not valid JSON: {exc}") from exc
+        return entries
+
+
+def archives(base_dir: str | Path, symbol: str) -> list[str]:
+    """Archive ids of `symbol`, oldest first (the last one is rollback's default target)."""
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        return []
+    with _locked(root):
+        _recover(root)
+        return _list_archives(root)
+
+
+def load_current_model(base_dir: str | Path, symbol: str) -> Any:
+    """Unpickle the production student, only after its bytes match the recorded sha256."""
+    symbol = validate_symbol(symbol)
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        raise RegistryError(f"no production model for {symbol}: nothing has been promoted")
+    with _locked(root):
+        _recover(root)
+        cur = root / CURRENT
+        if not cur.is_dir():
+            raise RegistryError(f"no production model for {symbol}: {cur} does not exist")
+        data = _read_verified(cur, MODEL_FILE)
+        record = _record_from(cur)
+    if record.files.get(MODEL_FILE) != sha256_bytes(data):
+        raise ArtifactError(f"{cur / MODEL_FILE} does not match the sha256 recorded in {cur / PROMOTION}")
+    return pickle.loads(data)
