@@ -21,7 +21,7 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
 	cp deploy/dagster.yaml $@
 
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/python -m sensequant_assets.devserver -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,6 +23,11 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_SYNTHETIC_SIGNAL_SYMBOLS": "",
     "SENSEQUANT_SYNTHETIC_RANDOM_WALK_SYMBOLS": "",
     "SENSEQUANT_SYNTHETIC_SIGNAL_STRENGTH": "4.0",
+    "SENSEQUANT_UNIVERSE_FILE": "",
+    "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "1",
+    "SENSEQUANT_SENSOR_INTERVAL_SECONDS": "30",
+    "SENSEQUANT_DECAY_MIN_AUC": "0.5",
+    "SENSEQUANT_DECAY_WINDOWS": "2",
 }
 
 DATA_SOURCES = ("synthetic", "csv")
@@ -87,3 +92,25 @@ def data_source_name() -> str:
             + (" (the Breeze source is not built yet)" if name == "breeze" else "")
         )
     return name
+
+
+def flag(name: str) -> bool:
+    """A boolean variable: 1/true/yes/on (any case) is true, 0/false/no/off is false."""
+    raw = env(name).lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def number(name: str, kind: type[int] | type[float], minimum: float) -> int | float:
+    """A numeric variable of `kind`, at least `minimum`; the message names the variable."""
+    raw = env(name)
+    try:
+        value = kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value

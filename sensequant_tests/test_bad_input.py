@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
 from sensequant_assets.cli import main as cli_main
-from sensequant_assets.sensors import register_symbols
 from sensequant_tests.pipeline_helpers import failure_messages, instance_with, run, skip_reasons
 
 
@@ -91,23 +89,6 @@ def test_bad_symbol_characters_are_refused_in_a_run(tmp_path: Path) -> None:
     result = run(tmp_path, "BAD SYM|2023-01-01", instance=instance_with("BAD SYM"))
     assert not result.success
     assert any("'BAD SYM'" in m for m in failure_messages(result))
-
-
-def test_symbol_sensor_registers_valid_symbols_and_names_bad_ones(monkeypatch) -> None:
-    instance = DagsterInstance.ephemeral()
-    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE, m&m ,BAJAJ-AUTO")
-    result = register_symbols(build_sensor_context(instance=instance))
-    assert isinstance(result, SensorResult)
-    [request] = result.dynamic_partitions_requests
-    assert list(request.partition_keys) == ["RELIANCE", "M&M", "BAJAJ-AUTO"]
-    instance.add_dynamic_partitions("symbols", list(request.partition_keys))
-    again = register_symbols(build_sensor_context(instance=instance))
-    assert isinstance(again, SkipReason) and "all 3 symbols" in again.skip_message
-
-    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE,A|B,X/Y")
-    bad = register_symbols(build_sensor_context(instance=instance))
-    assert isinstance(bad, SkipReason)
-    assert "'A|B'" in bad.skip_message and "'X/Y'" in bad.skip_message
 
 
 def test_cli_refuses_bad_symbols(tmp_path: Path, monkeypatch, capsys) -> None:

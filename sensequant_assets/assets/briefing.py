@@ -16,6 +16,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
+from sensequant_assets.automation import AFTER_BATCH_SETTLES
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.ml.briefing import PromotionGates, render_markdown, symbol_briefing
 from sensequant_assets.partitions import latest_by_symbol, split_key
@@ -68,6 +69,7 @@ def configurations_tried(context: AssetExecutionContext, symbol: str) -> int:
 @asset(
     ins={"student_evaluation": AssetIn(metadata={"allow_missing": True, "as_dict": True})},
     io_manager_key="artifacts_io_manager",
+    automation_condition=AFTER_BATCH_SETTLES,
     group_name="evaluation",
     description=(
         "Per symbol: every evaluated window stitched into one out-of-sample record; bootstrap CIs, "
@@ -111,6 +113,7 @@ def promotion_briefing(
 
 @asset(
     ins={"promotion_briefing": AssetIn()},
+    automation_condition=AFTER_BATCH_SETTLES,
     group_name="evaluation",
     description=(
         "Copies the newest student of every PROMOTE symbol to production/<SYMBOL>/current, "

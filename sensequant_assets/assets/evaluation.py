@@ -20,6 +20,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import EvaluationArtifact, StudentArtifact
 from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
+from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import symbol_window_partitions, window_partitions
 from sensequant_assets.plots import equity_png, png_markdown
@@ -71,6 +72,7 @@ class EvaluationConfig(Config):
     },
     io_manager_key="artifacts_io_manager",
     output_required=False,
+    automation_condition=EVERY_WINDOW_EAGER,
     code_version=EVALUATION_CODE_VERSION,
     group_name="evaluation",
     description=(

@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
 from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
+from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TooFewRowsError
 from sensequant_assets.partitions import symbol_window_partitions
@@ -38,6 +39,7 @@ class StudentConfig(Config):
     ins={"teacher_labels": AssetIn(), "teacher_model": AssetIn()},
     io_manager_key="artifacts_io_manager",
     output_required=False,
+    automation_condition=EVERY_WINDOW_EAGER,
     code_version=STUDENT_CODE_VERSION,
     group_name="training",
     description="Student trained on the teacher's soft labels; files under student/.",

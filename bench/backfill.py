@@ -1,0 +1,998 @@
+"""Backfill benchmark: a plain Python loop against a Dagster UI backfill, tuned and with defaults.
+
+One invocation, on one machine, times three ways of computing `market_bars`, `teacher_model`,
+`teacher_labels` and `student_model` for every partition of a synthetic universe (default 20
+symbols x 8 half-year windows = 160 partitions):
+
+- loop:     a serial Python loop over the partitions, in a fresh process, calling the project's own
+            source, ml and artifact-store functions and writing the same files; no Dagster. Timed
+            from the first partition to the last (imports excluded; the one-off point-in-time probe
+            of the feature function included, as in every fresh Dagster process).
+- backfill: a fresh `dagster dev` (webserver + daemon) on a temporary DAGSTER_HOME whose
+            `dagster.yaml` is tuned for speed (`TUNED_DAGSTER_YAML`, or `--dagster-yaml FILE`),
+            backfill launched through the webserver's GraphQL `launchPartitionBackfill` (the call
+            the UI's "Launch backfill" makes), timed from that call until the last selected asset
+            partition is materialised: the daemon's pickup, the run queue, run and step start-up
+            and the work itself are all in; the server's own start-up is not.
+- default:  the same backfill against another fresh `dagster dev` whose DAGSTER_HOME has no
+            `dagster.yaml` (Dagster's defaults: QueuedRunCoordinator, 10 concurrent runs, 5 s
+            dequeue interval).
+
+Every mode repeats `--repeats` times with fresh artifacts and a fresh DAGSTER_HOME; after every
+repeat each partition directory is checked (every file present, checksums valid, the metadata
+naming the right partition) and the deterministic files are compared with the loop's; a missing
+file, a failed run, or a different answer stops the benchmark with exit status 1. The last line is
+
+    backfill_ratio=<b/a> default_ratio=<c/a> partitions=<n> loop_s=<a> backfill_s=<b> default_s=<c>
+
+(medians). Usage:
+
+    .venv/bin/python bench/backfill.py                       # 20 x 8, 3 repeats, all modes
+    .venv/bin/python bench/backfill.py --symbols 4 --windows 4 --repeats 1
+    .venv/bin/python bench/backfill.py --modes loop,backfill --backfill-env SOME_SETTING=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("loop", "backfill", "default")
+BACKFILL_ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model")
+WINDOW_MONTHS = 6
+PARTITION_TZ = ZoneInfo("Asia/Kolkata")  # the window partitions' timezone
+DAEMON_INTERVAL_S = 30.0  # Dagster's fixed backfill-daemon loop interval (expected pickup: half of it)
+
+# Files every partition must hold after a teacher + student backfill.
+REQUIRED_FILES = (
+    "bars.parquet",
+    "model.pkl",
+    "metadata.json",
+    "feature_importance.csv",
+    "labels.csv.gz",
+    "checksums.json",
+    "student/student_model.pkl",
+    "student/metrics.json",
+    "student/metadata.json",
+)
+# Files that are a deterministic function of the inputs (no timestamps, no pickles): they must be
+# byte-identical whichever way the partition was computed.
+COMPARED_FILES = ("bars.parquet", "labels.csv.gz", "feature_importance.csv", "student/metrics.json")
+
+# The instance configuration of the `backfill` mode: what the lead tunes. `{max_concurrent_runs}`
+# is filled from `--max-concurrent-runs`.
+TUNED_DAGSTER_YAML = """\
+# Written by bench/backfill.py for the `backfill` mode.
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: {max_concurrent_runs}
+    dequeue_interval_seconds: 1
+run_monitoring:
+  enabled: false
+"""
+
+TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+BAD_RUN_STATUSES = ["FAILURE", "CANCELED", "CANCELING"]
+BAD_BACKFILL_STATUSES = {"FAILED", "COMPLETED_FAILED", "CANCELED", "CANCELING", "FAILING"}
+# Run events whose spacing shows where a run's time goes.
+MILESTONES = {
+    "RUN_ENQUEUED",
+    "RUN_DEQUEUED",
+    "RUN_STARTING",
+    "RUN_START",
+    "STEP_WORKER_STARTING",
+    "STEP_WORKER_STARTED",
+    "STEP_START",
+    "STEP_SUCCESS",
+    "STEP_FAILURE",
+    "STEP_SKIPPED",
+    "RUN_SUCCESS",
+    "RUN_FAILURE",
+}
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot give a valid figure: a failed run, a missing file, a wrong answer."""
+
+
+# --- the universe ----------------------------------------------------------------------------
+
+
+def add_months(d: date, months: int) -> date:
+    years, month0 = divmod(d.month - 1 + months, 12)
+    return date(d.year + years, month0 + 1, 1)
+
+
+@dataclass(frozen=True)
+class Universe:
+    symbols: tuple[str, ...]
+    windows: tuple[str, ...]
+    start: date
+
+    @property
+    def keys(self) -> list[str]:
+        return [f"{s}|{w}" for s in self.symbols for w in self.windows]
+
+    def env(self) -> dict[str, str]:
+        """Settings shared by the loop and both servers."""
+        return {
+            "SENSEQUANT_DATA_SOURCE": "synthetic",
+            "SENSEQUANT_START_DATE": self.start.isoformat(),
+            "SENSEQUANT_WINDOW_MONTHS": str(WINDOW_MONTHS),
+            "SENSEQUANT_SYMBOLS": ",".join(self.symbols),
+            # Nothing but the benchmark's backfill may start runs (a sensor backfilling newly
+            # registered symbols would compete with it).
+            "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "0",
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+        }
+
+
+def make_universe(n_symbols: int, n_windows: int) -> Universe:
+    """`n_symbols` synthetic symbols x the `n_windows` most recent complete windows.
+
+    The start date is chosen so that exactly `n_windows` complete windows exist as partitions, so
+    "all partitions" and "the benchmark's partitions" are the same set.
+    """
+    today = datetime.now(PARTITION_TZ).date()
+    current = date(today.year, ((today.month - 1) // WINDOW_MONTHS) * WINDOW_MONTHS + 1, 1)
+    latest = add_months(current, -WINDOW_MONTHS)  # the newest window that has ended
+    start = add_months(latest, -WINDOW_MONTHS * (n_windows - 1))
+    windows = tuple(add_months(start, WINDOW_MONTHS * k).isoformat() for k in range(n_windows))
+    width = max(3, len(str(n_symbols)))
+    symbols = tuple(f"SYM{i:0{width}d}" for i in range(1, n_symbols + 1))
+    return Universe(symbols, windows, start)
+
+
+# --- memory: the whole process tree of a server (or of the loop) -------------------------------
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgid) for every live process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def process_tree(root: int, pgid: int | None) -> list[int]:
+    """`root`, its descendants, and every process of the group `pgid`."""
+    table = _proc_table()
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    stack = [root, *(pid for pid, (_, group) in table.items() if pgid is not None and group == pgid)]
+    found: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid not in table:
+            continue
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    return sorted(found)
+
+
+def _rss_pss(pid: int) -> tuple[int, int]:
+    """Resident and proportional set size of one process, in bytes (0, 0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            rss = int(fh.read().split()[1]) * PAGE
+        pss = 0
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                    break
+        return rss, pss
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+class MemorySampler:
+    """Samples the summed RSS and PSS of a process tree in a thread; keeps the peaks.
+
+    RSS summed over processes counts shared pages once per process (an upper bound); PSS shares
+    them out, so its sum is the deployment's real footprint.
+    """
+
+    def __init__(self, root: int, pgid: int | None = None, interval: float = 0.25) -> None:
+        self.root, self.pgid, self.interval = root, pgid, interval
+        self.peak_rss = self.peak_pss = self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        pids = process_tree(self.root, self.pgid)
+        sizes = [_rss_pss(pid) for pid in pids]
+        self.peak_rss = max(self.peak_rss, sum(r for r, _ in sizes))
+        self.peak_pss = max(self.peak_pss, sum(p for _, p in sizes))
+        self.peak_procs = max(self.peak_procs, len(pids))
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+MiB = 1024 * 1024
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    mode: str
+    repeat: int
+    seconds: float
+    partitions: int
+    peak_rss: int
+    peak_pss: int
+    peak_procs: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_partition(self) -> float:
+        return self.seconds / self.partitions
+
+
+# --- verification -----------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_artifacts(artifacts: Path, keys: Sequence[str], what: str) -> dict[str, dict[str, str]]:
+    """Every partition directory complete and intact; returns key -> {file: sha256} of COMPARED_FILES."""
+    from sensequant_assets.io_manager import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    problems: list[str] = []
+    sums: dict[str, dict[str, str]] = {}
+    for key in keys:
+        directory = store.partition_dir(key)
+        missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+        if missing:
+            problems.append(f"{directory.name}: missing {', '.join(missing)}")
+            continue
+        recorded = json.loads((directory / "checksums.json").read_text())
+        for rel in REQUIRED_FILES:
+            if rel == "checksums.json":
+                continue
+            if recorded.get(rel) != _sha256(directory / rel):
+                problems.append(f"{directory.name}/{rel}: sha256 does not match checksums.json")
+        for rel in ("metadata.json", "student/metadata.json"):
+            named = json.loads((directory / rel).read_text()).get("partition_key")
+            if named != key:
+                problems.append(f"{directory.name}/{rel}: partition_key {named!r}, expected {key!r}")
+        sums[key] = {rel: recorded[rel] for rel in COMPARED_FILES}
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise BenchError(f"{what}: {len(problems)} problem(s) in {artifacts}:\n  {shown}{more}")
+    return sums
+
+
+def compare_answers(reference: dict[str, dict[str, str]], got: dict[str, dict[str, str]], what: str) -> None:
+    differ = [
+        f"{key}: {rel}"
+        for key in reference
+        for rel in COMPARED_FILES
+        if reference[key][rel] != got.get(key, {}).get(rel)
+    ]
+    if differ:
+        shown = "\n  ".join(differ[:20])
+        raise BenchError(
+            f"{what}: {len(differ)} file(s) differ from the loop's (same inputs, same seeds):\n  {shown}"
+        )
+
+
+# --- (a) the plain loop -----------------------------------------------------------------------
+
+
+def loop_worker(spec_path: str) -> None:
+    """Runs in a fresh process: compute every partition serially, print one JSON line of timings."""
+    began = time.perf_counter()
+    spec = json.loads(Path(spec_path).read_text())
+
+    import pandas as pd
+
+    from sensequant_assets import __version__
+    from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
+    from sensequant_assets.assets.student import STUDENT_CODE_VERSION, StudentConfig
+    from sensequant_assets.assets.teacher import (
+        TEACHER_CODE_VERSION,
+        TeacherConfig,
+        _history_days,
+        bars_hash,
+    )
+    from sensequant_assets.io_manager import ArtifactStore, codec_for
+    from sensequant_assets.ml.dataset import build_dataset, model_features
+    from sensequant_assets.ml.features import FEATURE_COLUMNS
+    from sensequant_assets.ml.leakage import ensure_point_in_time
+    from sensequant_assets.ml.student import train_student
+    from sensequant_assets.ml.teacher import check_rows, train_teacher
+    from sensequant_assets.partitions import split_key, window_bounds
+    from sensequant_assets.resources import MarketDataResource
+    from sensequant_assets.settings import env, forecast_horizon
+
+    # The same source the assets get from `market_data_from_env`, with plain values (no EnvVar).
+    market_data = MarketDataResource(
+        data_source=env("SENSEQUANT_DATA_SOURCE"),
+        data_dir=env("SENSEQUANT_DATA_DIR"),
+        synthetic_seed=int(env("SENSEQUANT_SYNTHETIC_SEED")),
+        synthetic_end_date=env("SENSEQUANT_SYNTHETIC_END_DATE"),
+        signal_symbols=env("SENSEQUANT_SYNTHETIC_SIGNAL_SYMBOLS"),
+        random_walk_symbols=env("SENSEQUANT_SYNTHETIC_RANDOM_WALK_SYMBOLS"),
+        signal_strength=float(env("SENSEQUANT_SYNTHETIC_SIGNAL_STRENGTH")),
+    )
+    horizon = forecast_horizon()
+    teacher_config, student_config = TeacherConfig(), StudentConfig()  # the run-config defaults
+    teacher_params, student_params = teacher_config.params(), student_config.params()
+    store = ArtifactStore(Path(spec["artifacts"]))
+    imported = time.perf_counter()
+
+    for key in spec["keys"]:
+        symbol, window_key = split_key(key)
+        start, end = window_bounds(window_key)
+        label = f"{symbol}_{start.isoformat()}_to_{end.isoformat()}"
+
+        # market_bars
+        bars = market_data.source_for(symbol).bars(symbol, start, end)
+        if bars.empty:
+            raise BenchError(f"{label}: the data source has no bars in this window")
+        directory = store.write(key, codec_for("market_bars"), bars)
+
+        # teacher_model + teacher_labels (as sensequant_assets/assets/teacher.py)
+        history_start = start - timedelta(days=_history_days())
+        history = market_data.source_for(symbol).bars(symbol, history_start, start - timedelta(days=1))
+        all_bars = pd.concat([history, bars]) if len(history) else bars
+        ds = build_dataset(all_bars, start, end, horizon, teacher_config.label_threshold, symbol)
+        check_rows(ds.frame, teacher_config.min_rows, symbol, label)
+        ensure_point_in_time(model_features, all_bars)
+        result = train_teacher(ds.frame, teacher_params, horizon)
+        frame = ds.frame
+        label_counts = frame["label"].value_counts().to_dict()
+        metadata = {
+            "training_date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "symbol": symbol,
+            "partition_key": key,
+            "date_range": {"start": start.isoformat(), "end": end.isoformat()},
+            "total_samples": len(frame),
+            "train_samples": int(result.train_rows),
+            "val_samples": int(result.val_rows),
+            "purged_gap_rows": int(result.gap_rows),
+            "rows": ds.counts(),
+            "label_distribution": {str(int(k)): int(v) for k, v in sorted(label_counts.items())},
+            "features": list(FEATURE_COLUMNS),
+            "config": {
+                "label_window_days": horizon,
+                "label_threshold_pct": teacher_config.label_threshold * 100,
+                "train_split": 1 - teacher_config.val_fraction,
+                "random_seed": teacher_config.seed,
+            },
+            "hyperparameters": result.params_used,
+            "metrics": result.metrics,
+            "data_source": market_data.data_source,
+            "data_sha256": bars_hash(all_bars),
+            "code_version": f"{__version__}+teacher.{TEACHER_CODE_VERSION}",
+        }
+        labels = frame.assign(teacher_proba=result.oof_proba)
+        teacher = TeacherArtifact(model=result.model, metadata=metadata, importance=result.importance)
+        store.write(key, codec_for("teacher_model"), teacher)
+        store.write(key, codec_for("teacher_labels"), labels)
+
+        # student_model (as sensequant_assets/assets/student.py); the teacher's metadata as stored
+        # (with its model_sha256), which is what the asset reads back.
+        teacher_metadata = json.loads((directory / "metadata.json").read_text())
+        student = train_student(labels, labels["teacher_proba"].to_numpy(), student_params, horizon)
+        student_metadata = {
+            "symbol": symbol,
+            "partition_key": key,
+            "date_range": {"start": start.isoformat(), "end": end.isoformat()},
+            "teacher": {
+                "model_sha256": teacher_metadata.get("model_sha256"),
+                "data_sha256": teacher_metadata.get("data_sha256"),
+                "metrics": teacher_metadata.get("metrics"),
+                "hyperparameters": teacher_metadata.get("hyperparameters"),
+            },
+            "train_rows": int(student.train_rows),
+            "holdout_rows": int(student.holdout_rows),
+            "train_base_rate": float(labels["label"].mean()),
+            "hyperparameters": student.params_used,
+            "code_version": f"{__version__}+student.{STUDENT_CODE_VERSION}",
+        }
+        artifact = StudentArtifact(model=student.model, metrics=student.metrics, metadata=student_metadata)
+        store.write(key, codec_for("student_model"), artifact)
+
+    done = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "seconds": done - imported,
+                "import_seconds": imported - began,
+                "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+        )
+    )
+
+
+def run_loop(universe: Universe, workdir: Path, repeat: int) -> tuple[Result, Path]:
+    artifacts = workdir / "artifacts"
+    spec = workdir / "loop.json"
+    workdir.mkdir(parents=True)
+    spec.write_text(json.dumps({"artifacts": str(artifacts), "keys": universe.keys}))
+    env = {**os.environ, **universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts)}
+    log = workdir / "loop.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--loop-worker", str(spec)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            with MemorySampler(proc.pid) as memory:
+                out, _ = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise BenchError(f"loop repeat {repeat}: the loop process exited with {proc.returncode}\n{tail}")
+    timings = json.loads(out.decode().strip().splitlines()[-1])
+    result = Result(
+        "loop",
+        repeat,
+        timings["seconds"],
+        len(universe.keys),
+        max(memory.peak_rss, timings["maxrss"]),
+        memory.peak_pss,
+        memory.peak_procs,
+        {"import_s": timings["import_seconds"]},
+    )
+    return result, artifacts
+
+
+# --- (b), (c) a backfill through dagster dev ---------------------------------------------------
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { stack }
+  }
+}"""
+
+DAEMONS = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""
+
+PROGRESS = """
+query Progress($keys: [AssetKeyInput!], $bad: RunsFilter) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    partitionStats { numMaterialized numPartitions numFailed numMaterializing }
+  }
+  runsOrError(filter: $bad) { __typename ... on Runs { results { runId status } } }
+}"""
+
+RUNS = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status creationTime startTime endTime tags { key value } } }
+  }
+}"""
+
+RUN_EVENTS = """
+query Events($runId: ID!, $cursor: String) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection(afterCursor: $cursor, limit: 1000) {
+        cursor hasMore
+        events { __typename ... on MessageEvent { timestamp stepKey eventType message } }
+      }
+    }
+  }
+}"""
+
+STEP_FAILURES = """
+query Failures($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection(limit: 5000) {
+        events { ... on ExecutionStepFailureEvent { stepKey error { message } } }
+      }
+    }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions }
+    ... on Error { message }
+  }
+}"""
+
+
+def last_materialisation_query(assets: Sequence[str]) -> str:
+    parts = [
+        f'a{i}: assetOrError(assetKey: {{path: ["{name}"]}}) '
+        "{ ... on Asset { assetMaterializations(limit: 1) { timestamp partition } } }"
+        for i, name in enumerate(assets)
+    ]
+    return "{ " + "\n".join(parts) + " }"
+
+
+def register_symbols(home: Path, symbols: Sequence[str]) -> None:
+    """Add the universe to the `symbols` dynamic partitions before the server starts."""
+    from dagster import DagsterInstance
+
+    from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, step: float = 0.5, log: Path | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
+        time.sleep(step)
+
+
+def backfill_runs(dev: Any, backfill_id: str | None = None) -> list[dict[str, Any]]:
+    variables = (
+        {"filter": {"tags": [{"key": "dagster/backfill", "value": backfill_id}]}} if backfill_id else {}
+    )
+    data = dev.graphql(RUNS, variables, timeout=120)["runsOrError"]
+    if data["__typename"] != "Runs":
+        raise BenchError(f"runs query failed: {data}")
+    return data["results"]
+
+
+def run_failure_messages(dev: Any, run_id: str) -> list[str]:
+    try:
+        events = dev.graphql(STEP_FAILURES, {"runId": run_id})["runOrError"]["eventConnection"]["events"]
+    except Exception as exc:  # only for the error message
+        return [f"(could not fetch its events: {exc})"]
+    return [f"{e['stepKey']}: {e['error']['message'].strip()[:500]}" for e in events if e.get("stepKey")]
+
+
+def run_milestones(dev: Any, run_id: str) -> list[tuple[float, str, str | None]]:
+    """(time, event type, step) of one run's milestone events, in time order."""
+    found: list[tuple[float, str, str | None]] = []
+    cursor = None
+    while True:
+        conn = dev.graphql(RUN_EVENTS, {"runId": run_id, "cursor": cursor}, timeout=120)["runOrError"]
+        conn = conn["eventConnection"]
+        for event in conn["events"]:
+            kind = event.get("eventType")
+            if kind in MILESTONES:
+                found.append((int(event["timestamp"]) / 1000, kind, event.get("stepKey")))
+        if not conn["hasMore"]:
+            return sorted(found, key=lambda e: e[0])
+        cursor = conn["cursor"]
+
+
+def time_breakdown(dev: Any, runs: Sequence[dict[str, Any]], sample: int) -> dict[str, Any]:
+    """Where a run's time goes: mean seconds between consecutive milestones, over sampled runs."""
+    if not runs or sample <= 0:
+        return {}
+    ordered = sorted(runs, key=lambda r: r["creationTime"])
+    stride = max(1, len(ordered) // sample)
+    chosen = ordered[::stride][:sample]
+    segments: dict[str, list[float]] = defaultdict(list)
+    for run in chosen:
+        events = run_milestones(dev, run["runId"])
+        for (t0, k0, s0), (t1, k1, s1) in itertools.pairwise(events):
+            step = s1 or s0
+            segments[f"{k0} -> {k1}" + (f" [{step}]" if step else "")].append(t1 - t0)
+    return {
+        "sampled_runs": len(chosen),
+        "segments": {
+            name: {"mean_s": statistics.fmean(v), "count": len(v)}
+            for name, v in sorted(segments.items(), key=lambda kv: -statistics.fmean(kv[1]) * len(kv[1]))
+        },
+    }
+
+
+def run_backfill(
+    mode: str,
+    universe: Universe,
+    workdir: Path,
+    repeat: int,
+    args: argparse.Namespace,
+) -> tuple[Result, Path]:
+    from sensequant_assets.devserver import DagsterDev
+
+    home, artifacts = workdir / "dagster_home", workdir / "artifacts"
+    home.mkdir(parents=True)
+    if mode == "backfill":
+        if args.dagster_yaml:
+            shutil.copy(args.dagster_yaml, home / "dagster.yaml")
+        else:
+            text = TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs)
+            (home / "dagster.yaml").write_text(text)
+    register_symbols(home, universe.symbols)
+    extra_env = dict(args.backfill_env if mode == "backfill" else args.default_env)
+    env = {**universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts), **extra_env}
+    keys = universe.keys
+    n = len(keys)
+    asset_keys = [{"path": [a]} for a in BACKFILL_ASSETS]
+    what = f"{mode} repeat {repeat}"
+
+    dev = DagsterDev(home, env=env)
+    try:
+        t_start = time.monotonic()
+        dev.start(timeout=args.server_timeout)
+
+        def daemons_healthy() -> bool:
+            data = dev.graphql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+            required = [d for d in data if d["required"]]
+            return bool(required) and all(d["healthy"] for d in required)
+
+        wait_for(daemons_healthy, args.server_timeout, "the daemons to report healthy", log=dev.log)
+        startup_s = time.monotonic() - t_start
+        params = {"assetSelection": asset_keys, "partitionNames": keys, "fromFailure": False, "tags": []}
+
+        with MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid)) as memory:
+            launched = time.time()
+            reply = dev.graphql(LAUNCH, {"params": params}, timeout=120)["launchPartitionBackfill"]
+            if reply["__typename"] != "LaunchBackfillSuccess":
+                raise BenchError(f"{what}: launchPartitionBackfill failed: {reply}")
+            backfill_id = reply["backfillId"]
+            bad_filter = {
+                "tags": [{"key": "dagster/backfill", "value": backfill_id}],
+                "statuses": BAD_RUN_STATUSES,
+            }
+
+            def materialised() -> bool:
+                data = dev.graphql(PROGRESS, {"keys": asset_keys, "bad": bad_filter}, timeout=120)
+                bad = data["runsOrError"].get("results") or []
+                if bad:
+                    details = "\n".join(
+                        f"  run {r['runId']} {r['status']}:\n    "
+                        + "\n    ".join(run_failure_messages(dev, r["runId"]) or ["(no step failure)"])
+                        for r in bad[:5]
+                    )
+                    raise BenchError(f"{what}: {len(bad)} run(s) of the backfill failed\n{details}")
+                done = True
+                for node in data["assetNodes"]:
+                    stats, name = node["partitionStats"], "/".join(node["assetKey"]["path"])
+                    if stats["numPartitions"] != n:
+                        raise BenchError(f"{what}: {name} has {stats['numPartitions']} partitions, not {n}")
+                    if stats["numFailed"]:
+                        raise BenchError(f"{what}: {name} has {stats['numFailed']} failed partition(s)")
+                    done = done and stats["numMaterialized"] == n
+                return done and len(data["assetNodes"]) == len(BACKFILL_ASSETS)
+
+            wait_for(materialised, args.timeout, f"{what}: every partition materialised", args.poll, dev.log)
+            observed = time.time()
+
+        # Untimed from here: when exactly did the last materialisation land, and did every run succeed?
+        last = dev.graphql(last_materialisation_query(BACKFILL_ASSETS))
+        finished = max(int(v["assetMaterializations"][0]["timestamp"]) / 1000 for v in last.values())
+        seconds = finished - launched
+
+        def runs_terminal() -> list[dict[str, Any]] | None:
+            runs = backfill_runs(dev, backfill_id)
+            return runs if runs and all(r["status"] in TERMINAL_RUN_STATUSES for r in runs) else None
+
+        runs = wait_for(runs_terminal, 300, f"{what}: the backfill's runs to finish", 1.0, dev.log)
+        failed = [r for r in runs if r["status"] != "SUCCESS"]
+        if failed:
+            raise BenchError(f"{what}: {len(failed)} of {len(runs)} runs did not succeed: {failed[:5]}")
+        status = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if status.get("status") in BAD_BACKFILL_STATUSES or status["__typename"] != "PartitionBackfill":
+            raise BenchError(f"{what}: backfill {backfill_id} is {status}")
+        foreign = [r for r in backfill_runs(dev) if r["runId"] not in {x["runId"] for x in runs}]
+        breakdown = time_breakdown(dev, runs, args.detail_runs)
+    finally:
+        dev.stop()
+
+    first_run = min(r["creationTime"] for r in runs)
+    run_spans = [r["endTime"] - r["startTime"] for r in runs if r["startTime"] and r["endTime"]]
+    details = {
+        "startup_s": startup_s,
+        "observed_s": observed - launched,
+        "runs": len(runs),
+        "foreign_runs": len(foreign),
+        "pickup_s": first_run - launched,
+        "last_run_created_s": max(r["creationTime"] for r in runs) - launched,
+        "runs_done_s": max(r["endTime"] for r in runs) - launched,
+        "run_span_median_s": statistics.median(run_spans) if run_spans else float("nan"),
+        "run_seconds_total": sum(run_spans),
+        "backfill_status": status.get("status"),
+        "breakdown": breakdown,
+    }
+    result = Result(mode, repeat, seconds, n, memory.peak_rss, memory.peak_pss, memory.peak_procs, details)
+    return result, artifacts
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def fmt_mib(n: int) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+def describe(result: Result) -> str:
+    text = (
+        f"[{result.mode} {result.repeat}] {result.seconds:.2f} s "
+        f"({result.per_partition:.3f} s/partition), peak RSS {fmt_mib(result.peak_rss)}, "
+        f"PSS {fmt_mib(result.peak_pss)}, {result.peak_procs} process(es)"
+    )
+    d = result.details
+    if result.mode == "loop":
+        return text + f"; imports {d['import_s']:.2f} s (not timed)"
+    text += (
+        f"\n    runs={d['runs']} pickup={d['pickup_s']:.1f}s (daemon loop every {DAEMON_INTERVAL_S:.0f}s)"
+        f" last_run_created={d['last_run_created_s']:.1f}s runs_done={d['runs_done_s']:.1f}s"
+        f" run_span_median={d['run_span_median_s']:.1f}s run_seconds_total={d['run_seconds_total']:.1f}"
+        f" server_startup={d['startup_s']:.1f}s (not timed) backfill_status={d['backfill_status']}"
+    )
+    if d["foreign_runs"]:
+        text += f"\n    WARNING: {d['foreign_runs']} run(s) not started by the backfill ran meanwhile"
+    segments = d["breakdown"].get("segments", {})
+    if segments:
+        text += f"\n    where a run's time goes (mean over {d['breakdown']['sampled_runs']} sampled runs):"
+        for name, seg in list(segments.items())[:14]:
+            text += f"\n      {seg['mean_s']:7.2f} s  x{seg['count']:<4d} {name}"
+    return text
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    try:
+        from importlib.metadata import version
+
+        dagster = version("dagster")
+    except Exception:
+        dagster = "?"
+    return (
+        f"{os.cpu_count()} CPU(s) ({cpu}), {mem:.1f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, dagster {dagster}"
+    )
+
+
+def key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time a plain loop, a tuned Dagster backfill and a default one on a synthetic universe."
+    )
+    parser.add_argument("--symbols", type=int, default=20, help="synthetic symbols (default 20)")
+    parser.add_argument("--windows", type=int, default=8, help="half-year windows per symbol (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each mode (default 3)")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated subset of loop,backfill,default"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds allowed per backfill (default 3600)"
+    )
+    parser.add_argument(
+        "--server-timeout", type=float, default=240, help="seconds for dagster dev to come up"
+    )
+    parser.add_argument("--poll", type=float, default=0.5, help="progress poll interval in seconds")
+    parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="the tuned dagster.yaml's run queue cap (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--dagster-yaml", type=Path, help="use this dagster.yaml for the backfill mode instead"
+    )
+    parser.add_argument(
+        "--backfill-env",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the backfill mode's server (repeatable)",
+    )
+    parser.add_argument(
+        "--default-env",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the default mode's server, e.g. to switch off code-level "
+        "optimisations so it shows Dagster's defaults (repeatable)",
+    )
+    parser.add_argument(
+        "--detail-runs", type=int, default=20, help="runs sampled for the time breakdown (default 20)"
+    )
+    parser.add_argument("--workdir", type=Path, help="parent of the temporary directory (default: $TMPDIR)")
+    parser.add_argument("--loop-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        parser.error(f"--modes: unknown {unknown}; choose from {','.join(MODES)}")
+    args.modes = [m for m in MODES if m in modes]
+    for name in ("symbols", "windows", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.loop_worker:
+        loop_worker(args.loop_worker)
+        return 0
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)  # so that the servers are stopped on the way out
+
+    universe = make_universe(args.symbols, args.windows)
+    os.environ.update(universe.env())  # before sensequant_assets reads its settings at import
+    from sensequant_assets.partitions import window_partitions
+
+    expected = list(universe.windows)
+    actual = window_partitions.get_partition_keys()
+    if actual != expected:
+        raise SystemExit(f"window partitions {actual} are not the expected {expected}")
+
+    keys = universe.keys
+    root = Path(tempfile.mkdtemp(prefix="sensequant-bench-", dir=args.workdir))
+    print(f"machine: {machine()}")
+    print(
+        f"universe: {len(universe.symbols)} symbols x {len(universe.windows)} windows "
+        f"of {WINDOW_MONTHS} months "
+        f"({universe.windows[0]} .. {universe.windows[-1]}) = {len(keys)} partitions; "
+        f"assets {', '.join(BACKFILL_ASSETS)}"
+    )
+    print(f"modes: {', '.join(args.modes)}; repeats: {args.repeats}; work directory: {root}")
+    if "backfill" in args.modes:
+        source = args.dagster_yaml or "TUNED_DAGSTER_YAML"
+        print(f"backfill mode dagster.yaml: {source} (max_concurrent_runs={args.max_concurrent_runs})")
+    sys.stdout.flush()
+
+    results: dict[str, list[Result]] = defaultdict(list)
+    reference: dict[str, dict[str, str]] | None = None
+    began = time.monotonic()
+    ok = False
+    try:
+        for repeat in range(1, args.repeats + 1):
+            for mode in args.modes:
+                workdir = root / f"{mode}-{repeat}"
+                if mode == "loop":
+                    result, artifacts = run_loop(universe, workdir, repeat)
+                else:
+                    result, artifacts = run_backfill(mode, universe, workdir, repeat, args)
+                sums = verify_artifacts(artifacts, keys, f"{mode} repeat {repeat}")
+                if reference is None and mode == "loop":
+                    reference = sums
+                elif reference is not None:
+                    compare_answers(reference, sums, f"{mode} repeat {repeat}")
+                results[mode].append(result)
+                print(describe(result), flush=True)
+                if not args.keep and not (mode == "loop" and repeat == 1):
+                    shutil.rmtree(workdir, ignore_errors=True)
+        ok = True
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"work directory kept: {root}", file=sys.stderr)
+    if not ok:
+        return 1
+
+    n = len(keys)
+    wall = time.monotonic() - began
+    print(f"\nsummary (medians of {args.repeats} repeat(s); the benchmark took {wall:.0f} s of wall time)")
+    header = ("median s", "s/partition", "min s", "max s", "peak RSS", "peak PSS")
+    widths = (9, 12, 8, 8, 10, 10)
+    print(f"{'mode':<9} " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
+    medians: dict[str, float] = {}
+    for mode in MODES:
+        if not results[mode]:
+            continue
+        secs = [r.seconds for r in results[mode]]
+        medians[mode] = median(secs)
+        print(
+            f"{mode:<9} {medians[mode]:9.2f} {medians[mode] / n:12.3f} {min(secs):8.2f} {max(secs):8.2f} "
+            f"{fmt_mib(max(r.peak_rss for r in results[mode])):>10} "
+            f"{fmt_mib(max(r.peak_pss for r in results[mode])):>10}"
+        )
+        if mode != "loop":
+            pickups = [r.details["pickup_s"] for r in results[mode]]
+            print(
+                f"{'':<9} daemon pickup median {median(pickups):.1f} s; "
+                f"without it {median(r.seconds - r.details['pickup_s'] for r in results[mode]):.2f} s"
+            )
+    a, b, c = (medians.get(m, float("nan")) for m in MODES)
+    print(
+        f"backfill_ratio={b / a:.3f} default_ratio={c / a:.3f} partitions={n} "
+        f"loop_s={a:.3f} backfill_s={b:.3f} default_s={c:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Start and stop `dagster dev` reliably, for `make run`, the daemon tests and the benchmark.
+
+A `dagster dev` started in the background of a non-interactive shell inherits SIGINT as ignored,
+and Dagster maps SIGTERM onto its SIGINT handler, so neither would stop it. Run as a module, this
+resets both signals and execs `dagster dev`; `DagsterDev` runs that in its own process group,
+waits for the webserver, and stops the whole group with SIGINT, then SIGKILL after a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DagsterDev:
+    """A `dagster dev` (webserver + daemon) on a given DAGSTER_HOME, as a context manager."""
+
+    def __init__(
+        self,
+        dagster_home: Path,
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log: Path | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
+        self.home = Path(dagster_home)
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.home)}
+        self.env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+        self.log = log or self.home / "dagster_dev.log"
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> DagsterDev:
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "sensequant_assets.devserver", "-w", str(self.cwd / "workspace.yaml")]
+        cmd += ["-p", str(self.port), "-h", "127.0.0.1"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dagster dev exited with {self.proc.returncode}; see {self.log}")
+            try:
+                self.graphql("{ version }")
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"dagster dev did not answer on {self.url} within {timeout:.0f}s; see {self.log}")
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        req = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = json.loads(resp.read())
+        if payload.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {payload['errors']}")
+        return payload["data"]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = os.getpgid(self.proc.pid)
+        os.killpg(pgid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Children (daemon, webserver, run workers) share the group; make sure none outlives us.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def __enter__(self) -> DagsterDev:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    """Exec `dagster dev` with SIGINT/SIGTERM restored to their defaults (arguments passed on)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()

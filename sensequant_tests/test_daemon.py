@@ -1,0 +1,106 @@
+"""Against a real `dagster dev` (webserver + daemon): new daily bars retrain exactly their partition."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from sensequant_assets.devserver import ROOT, DagsterDev
+from sensequant_tests.daily_csv import write_daily
+from sensequant_tests.pipeline_helpers import PARTITIONED, resources
+
+SYMBOL = "RELIANCE"
+FIRST, SECOND = "2022-01-01", "2022-07-01"
+PARTITIONED_KEYS = ["market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation"]
+SENSOR_TICK = """
+query($name: String!) {
+  sensorOrError(sensorSelector: {repositoryLocationName: "sensequant", repositoryName: "__repository__",
+                                 sensorName: $name}) {
+    ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } }
+  }
+}"""
+
+
+def _wait(condition, timeout: float, what: str, dev: DagsterDev, step: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    tail = dev.log.read_text()[-3000:] if dev.log.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- dagster dev log tail ---\n{tail}")
+
+
+def _materialised(instance: DagsterInstance) -> dict[str, set[str]]:
+    return {a: set(instance.get_materialized_partitions(AssetKey(a))) for a in PARTITIONED_KEYS}
+
+
+def test_new_daily_bars_retrain_exactly_that_symbol_and_window(tmp_path: Path, monkeypatch) -> None:
+    data, artifacts, home = tmp_path / "historical", tmp_path / "models", tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    write_daily(data, SYMBOL, date(2021, 6, 1), date(2022, 6, 30))  # history + the first window
+    write_daily(data, "TCS", date(2021, 6, 1), date(2022, 6, 30))  # a bystander that must not run
+    env = {
+        "SENSEQUANT_DATA_SOURCE": "csv",
+        "SENSEQUANT_DATA_DIR": str(data),
+        "SENSEQUANT_ARTIFACTS_DIR": str(artifacts),
+        "SENSEQUANT_SYMBOLS": f"{SYMBOL},TCS",
+        "SENSEQUANT_SENSOR_INTERVAL_SECONDS": "3",
+        "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "0",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    # The first window is trained beforehand, on the same instance the daemon will use.
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("symbols", [SYMBOL, "TCS"])
+        result = materialize(
+            PARTITIONED,
+            partition_key=f"{SYMBOL}|{FIRST}",
+            resources=resources(artifacts, data_source="csv", data_dir=str(data)),
+            instance=instance,
+        )
+        assert result.success
+        before = _materialised(instance)
+
+    with DagsterDev(home, env={**os.environ, **env}) as dev:
+
+        def baseline() -> bool:
+            ticks = dev.graphql(SENSOR_TICK, {"name": "new_data"})["sensorOrError"]["sensorState"]["ticks"]
+            return any("baseline recorded" in (t["skipReason"] or "") for t in ticks)
+
+        _wait(baseline, 120, "the new_data sensor's baseline tick", dev)
+        dropped = time.monotonic()
+        write_daily(data, SYMBOL, date(2022, 7, 1), date(2022, 12, 30))  # completes the second window
+
+        with DagsterInstance.from_config(str(home)) as instance:
+            key = f"{SYMBOL}|{SECOND}"
+            _wait(
+                lambda: key in _materialised(instance)["student_evaluation"],
+                300,
+                f"student_evaluation {key}",
+                dev,
+            )
+            elapsed = time.monotonic() - dropped
+            time.sleep(8)  # a few more sensor ticks: nothing else may be requested
+            after = _materialised(instance)
+            runs = instance.get_runs()
+
+    new = {asset: after[asset] - before[asset] for asset in PARTITIONED_KEYS}
+    assert new == {asset: {key} for asset in PARTITIONED_KEYS}, new
+    assert before["student_model"] == {f"{SYMBOL}|{FIRST}"}
+    triggers = [r.tags.get("sensequant/trigger") for r in runs if r.tags.get("sensequant/trigger")]
+    assert triggers.count("new_data") == 1
+    partitioned_runs = [r for r in runs if r.tags.get("dagster/partition")]
+    assert {r.tags["dagster/partition"] for r in partitioned_runs} <= {f"{SYMBOL}|{FIRST}", key}
+    for name in ("model.pkl", "student/student_model.pkl", "evaluation/metrics.json"):
+        assert (artifacts / f"{SYMBOL}_{SECOND}_to_2022-12-31" / name).is_file()
+    print(f"file drop -> evaluation materialised: {elapsed:.1f}s")

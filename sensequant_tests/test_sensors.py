@@ -1,0 +1,178 @@
+"""Sensors on a test instance: the universe, new or corrected bars, and decay of promoted models."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
+from sklearn.linear_model import LogisticRegression
+
+from sensequant_assets import registry
+from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
+from sensequant_assets.definitions import defs
+from sensequant_assets.io_manager import ArtifactStore, codec_for
+from sensequant_assets.resources import MarketDataResource
+from sensequant_assets.sensors import model_decay, new_data, symbol_universe
+from sensequant_tests.daily_csv import write_daily
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:
+        yield inst
+
+
+def _tick(sensor, instance, cursor=None, **resources) -> SensorResult:
+    context = build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
+    return sensor(context)
+
+
+# --- universe ----------------------------------------------------------------------------------
+
+
+def test_universe_registers_then_backfills_the_history_of_new_symbols(instance, monkeypatch) -> None:
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE, m&m ,BAJAJ-AUTO")
+    first = _tick(symbol_universe, instance)
+    [request] = first.dynamic_partitions_requests
+    assert list(request.partition_keys) == ["RELIANCE", "M&M", "BAJAJ-AUTO"]
+    assert first.run_requests == []  # partitions do not exist yet: the backfill waits a tick
+    instance.add_dynamic_partitions("symbols", list(request.partition_keys))
+
+    second = _tick(symbol_universe, instance, first.cursor)
+    [backfill] = second.run_requests
+    subset = backfill.asset_graph_subset
+    assert backfill.tags["sensequant/trigger"] == "symbol_universe"
+    keys = {(k.asset_key.to_user_string(), k.partition_key) for k in subset.iterate_asset_partitions()}
+    windows = defs.resolve_job_def("train_job").partitions_def.get_partition_keys(
+        dynamic_partitions_store=instance
+    )
+    assert len(keys) == 5 * len(windows)  # 5 partitioned assets x 3 symbols x every window
+    assert {asset for asset, _ in keys} == {
+        "market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation"
+    }  # fmt: skip
+    assert {p.split("|")[0] for _, p in keys} == {"RELIANCE", "M&M", "BAJAJ-AUTO"}
+
+    third = _tick(symbol_universe, instance, second.cursor)
+    assert third.run_requests == [] and "all 3 symbols" in third.skip_reason.skip_message
+
+
+def test_universe_file_with_comments_and_no_backfill(instance, monkeypatch, tmp_path: Path) -> None:
+    universe = tmp_path / "universe.txt"
+    universe.write_text("# NIFTY sample\nTCS\n\nINFY  # IT\n")
+    monkeypatch.setenv("SENSEQUANT_UNIVERSE_FILE", str(universe))
+    monkeypatch.setenv("SENSEQUANT_BACKFILL_NEW_SYMBOLS", "0")
+    first = _tick(symbol_universe, instance)
+    assert list(first.dynamic_partitions_requests[0].partition_keys) == ["TCS", "INFY"]
+    instance.add_dynamic_partitions("symbols", ["TCS", "INFY"])
+    assert _tick(symbol_universe, instance, first.cursor).run_requests == []
+
+
+def test_universe_names_bad_symbols(instance, monkeypatch) -> None:
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE,A|B,X/Y")
+    bad = _tick(symbol_universe, instance)
+    assert "'A|B'" in bad.skip_message and "'X/Y'" in bad.skip_message
+
+
+# --- new data ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def csv_world(instance, tmp_path: Path):
+    """RELIANCE with daily files through the first window (2022-01-01..06-30), registered."""
+    data = tmp_path / "historical"
+    write_daily(data, "RELIANCE", date(2021, 6, 1), date(2022, 6, 30))
+    instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    baseline = _tick(new_data, instance, market_data=market)
+    assert baseline.run_requests == []
+    assert "baseline recorded for RELIANCE" in baseline.skip_reason.skip_message
+    return data, market, baseline.cursor
+
+
+def test_no_change_requests_nothing(instance, csv_world) -> None:
+    _, market, cursor = csv_world
+    again = _tick(new_data, instance, cursor, market_data=market)
+    assert again.run_requests == []
+    assert "no new or corrected bars" in again.skip_reason.skip_message
+    assert json.loads(again.cursor) == json.loads(cursor)  # the cursor round-trips unchanged
+
+
+def test_bars_completing_a_window_request_exactly_that_partition(instance, csv_world) -> None:
+    data, market, cursor = csv_world
+    write_daily(data, "RELIANCE", date(2022, 7, 1), date(2022, 9, 30))  # not complete yet
+    partial = _tick(new_data, instance, cursor, market_data=market)
+    assert partial.run_requests == []
+    write_daily(data, "RELIANCE", date(2022, 10, 1), date(2022, 12, 30))  # completes 2022-07-01
+    done = _tick(new_data, instance, partial.cursor, market_data=market)
+    [request] = done.run_requests
+    assert request.partition_key == "RELIANCE|2022-07-01"
+    assert request.tags["sensequant/trigger"] == "new_data"
+    assert "window completed" in request.tags["sensequant/reason"]
+    assert request.run_key.startswith("new_data:RELIANCE|2022-07-01:")
+    # The same tick evaluated again (e.g. after a crash, with the old cursor) asks with the same key.
+    retry = _tick(new_data, instance, partial.cursor, market_data=market)
+    assert [r.run_key for r in retry.run_requests] == [request.run_key]
+    assert _tick(new_data, instance, done.cursor, market_data=market).run_requests == []
+
+
+def test_corrected_bars_request_only_the_affected_window(instance, csv_world) -> None:
+    data, market, cursor = csv_world
+    write_daily(data, "RELIANCE", date(2022, 3, 14), date(2022, 3, 14), bump=1.05)  # a correction
+    result = _tick(new_data, instance, cursor, market_data=market)
+    [request] = result.run_requests
+    assert request.partition_key == "RELIANCE|2022-01-01"
+    assert "bars corrected" in request.tags["sensequant/reason"]
+
+
+def test_bad_files_become_a_skip_reason(instance, csv_world) -> None:
+    data, market, cursor = csv_world
+    (data / "RELIANCE" / "1day" / "notes.csv").write_text("hello\n")
+    result = _tick(new_data, instance, cursor, market_data=market)
+    assert result.run_requests == []
+    assert "RELIANCE" in result.skip_reason.skip_message
+    assert "notes.csv" in result.skip_reason.skip_message
+
+
+# --- decay -------------------------------------------------------------------------------------
+
+
+def _promote(base: Path, key: str) -> None:
+    model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    store = ArtifactStore(base)
+    importance = pd.DataFrame({"feature": ["x"], "importance": [1.0], "rank": [1]})
+    store.write(key, codec_for("teacher_model"), TeacherArtifact(model, {"symbol": key}, importance))
+    store.write(key, codec_for("student_model"), StudentArtifact(model, {"auc": 0.7}, {}))
+    registry.promote(base, key.split("|")[0], key, "PROMOTE", {}, reason="test")
+
+
+def _evaluated(instance, key: str, auc: float) -> None:
+    instance.report_runless_asset_event(
+        AssetMaterialization(asset_key="student_evaluation", partition=key, metadata={"auc": auc})
+    )
+
+
+def test_decay_requests_retraining_after_two_bad_windows(instance, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path))
+    instance.add_dynamic_partitions("symbols", ["TCS", "INFY"])
+    _promote(tmp_path, "TCS|2023-01-01")
+    _promote(tmp_path, "INFY|2023-01-01")
+    for window, auc in (("2023-01-01", 0.61), ("2023-07-01", 0.44), ("2024-01-01", 0.47)):
+        _evaluated(instance, f"TCS|{window}", auc)
+    for window, auc in (("2023-07-01", 0.45), ("2024-01-01", 0.58)):
+        _evaluated(instance, f"INFY|{window}", auc)
+    result = _tick(model_decay, instance)
+    [request] = result.run_requests
+    assert request.partition_key == "TCS|2024-01-01"
+    assert request.tags["sensequant/trigger"] == "model_decay"
+    assert "0.470" in request.tags["sensequant/reason"] and "0.440" in request.tags["sensequant/reason"]
+    # A new evaluation that recovers ends the alarm.
+    _evaluated(instance, "TCS|2024-01-01", 0.66)
+    assert _tick(model_decay, instance).run_requests == []
+
+
+def test_decay_without_production_models_says_so(instance) -> None:
+    assert "no production model" in _tick(model_decay, instance).skip_reason.skip_message
