@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
@@ -19,7 +19,10 @@ from sensequant_assets.settings import env
 
 def build_definitions() -> Definitions:
     """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables)."""
+    # In-process: a run's steps share one process (no per-step Python start-up); parallelism comes
+    # from concurrent runs (deploy/dagster.yaml), each training on one core.
     return Definitions(
+        executor=in_process_executor,
         assets=[
             market_bars,
             teacher,

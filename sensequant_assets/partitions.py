@@ -79,3 +79,10 @@ def latest_by_symbol(partition_keys: Iterable[str]) -> dict[str, str]:
         if symbol not in latest or window > split_key(latest[symbol])[1]:
             latest[symbol] = str(key)
     return latest
+
+
+def previous_window(window_key: str) -> str | None:
+    """The window before `window_key`, or None for the first window."""
+    keys = window_partitions.get_partition_keys()
+    i = keys.index(window_key)
+    return keys[i - 1] if i > 0 else None

@@ -23,6 +23,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from sensequant_assets import registry
+from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.jobs import PARTITION_ASSETS, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -199,9 +200,8 @@ def latest_aucs(context: SensorEvaluationContext, symbol: str) -> list[tuple[str
         if not page.records:
             continue
         record = page.records[0]
-        auc = record.asset_materialization.metadata.get("auc")
-        value = auc.value if auc is not None and isinstance(auc.value, float) else None
-        out.append((split_key(key)[1], value, record.storage_id))
+        auc = partition_metadata(record.asset_materialization).get("auc")
+        out.append((split_key(key)[1], auc if isinstance(auc, float) else None, record.storage_id))
     return out
 
 

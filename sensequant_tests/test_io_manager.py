@@ -110,9 +110,7 @@ def test_several_partitions_per_call_write_and_load_as_dict(
     assert [len(loaded[k]) for k in keys] == [3, 4, 5]
 
 
-def test_several_partitions_need_a_dict_with_exactly_their_keys(
-    tmp_path: Path, instance: DagsterInstance
-) -> None:
+def test_several_partitions_need_a_dict_of_their_keys(tmp_path: Path, instance: DagsterInstance) -> None:
     io = PartitionDirIOManager(base_dir=str(tmp_path))
     out = build_output_context(
         asset_key="market_bars",
@@ -120,9 +118,14 @@ def test_several_partitions_need_a_dict_with_exactly_their_keys(
         asset_partition_key_range=PartitionKeyRange("TCS|2023-01-01", "TCS|2023-07-01"),
         instance=instance,
     )
-    with pytest.raises(ArtifactError, match="dict keyed by exactly those partition keys"):
-        io.handle_output(out, {"TCS|2023-01-01": _bars()})
-    assert not any(p.name.startswith("TCS") for p in tmp_path.iterdir())
+    with pytest.raises(ArtifactError, match="dict keyed by some of those partition keys"):
+        io.handle_output(out, {"TCS|2023-01-01": _bars(), "INFY|2023-01-01": _bars()})
+    with pytest.raises(ArtifactError, match="got DataFrame"):
+        io.handle_output(out, _bars())
+    assert not any(p.name.startswith(("TCS", "INFY")) for p in tmp_path.iterdir())
+    # A batch that skipped a partition writes the others only.
+    io.handle_output(out, {"TCS|2023-07-01": _bars()})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name[0] != ".") == ["TCS_2023-07-01_to_2023-12-31"]
 
 
 def test_outputs_of_one_partition_share_its_directory(tmp_path: Path) -> None:

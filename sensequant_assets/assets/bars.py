@@ -2,33 +2,38 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+import pandas as pd
+from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
 
-from sensequant_assets.assets.partition_context import partition_window, skip
+from sensequant_assets.assets.partition_context import emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
+
+
+def _metadata(bars: pd.DataFrame) -> dict:
+    return {
+        "rows": len(bars),
+        "first_bar": str(bars.index[0].date()),
+        "last_bar": str(bars.index[-1].date()),
+        "last_close": MetadataValue.float(float(bars["close"].iloc[-1])),
+    }
 
 
 @asset(
     partitions_def=symbol_window_partitions,
     io_manager_key="artifacts_io_manager",
     output_required=False,
+    backfill_policy=BackfillPolicy.single_run(),
     code_version="1",
     group_name="training",
     description="Daily OHLCV bars of one symbol and window, validated, stored as bars.parquet.",
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
-    pw = partition_window(context)
-    bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
-    if bars.empty:
-        yield from skip(context, ["market_bars"], f"{pw.label}: the data source has no bars in this window")
-        return
-    yield Output(
-        bars,
-        metadata={
-            "rows": len(bars),
-            "first_bar": str(bars.index[0].date()),
-            "last_bar": str(bars.index[-1].date()),
-            "last_close": MetadataValue.float(float(bars["close"].iloc[-1])),
-        },
-    )
+    values, skipped = {}, {}
+    for pw in partition_windows(context):
+        bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
+        if bars.empty:
+            skipped[pw.key] = f"{pw.label}: the data source has no bars in this window"
+        else:
+            values[pw.key] = bars
+    yield from emit(context, "result", values, skipped, _metadata, ["market_bars"])

@@ -16,6 +16,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
+from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.ml.briefing import PromotionGates, render_markdown, symbol_briefing
@@ -58,9 +59,9 @@ def configurations_tried(context: AssetExecutionContext, symbol: str) -> int:
             mat = record.asset_materialization
             if mat is None or mat.partition is None or split_key(mat.partition)[0] != symbol:
                 continue
-            config_id = mat.metadata.get(CONFIG_ID_KEY)
+            config_id = partition_metadata(mat).get(CONFIG_ID_KEY)
             if config_id is not None:
-                seen.add(str(config_id.value))
+                seen.add(str(config_id))
         if not page.has_more:
             return max(len(seen), 1)
         cursor = page.cursor

@@ -8,21 +8,28 @@ import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    BackfillPolicy,
     Config,
     DimensionPartitionMapping,
     IdentityPartitionMapping,
     MetadataValue,
     MultiPartitionMapping,
-    Output,
     TimeWindowPartitionMapping,
     asset,
 )
 
 from sensequant_assets.artifacts import EvaluationArtifact, StudentArtifact
-from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
+from sensequant_assets.assets.partition_context import (
+    BATCH_INPUT,
+    PartitionWindow,
+    by_key,
+    emit,
+    metadata_value,
+    partition_windows,
+)
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.walk_forward import evaluate_window
-from sensequant_assets.partitions import symbol_window_partitions, window_partitions
+from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
 from sensequant_assets.plots import equity_png, png_markdown
 
 EVALUATION_CODE_VERSION = "1"
@@ -64,14 +71,13 @@ class EvaluationConfig(Config):
     partitions_def=symbol_window_partitions,
     ins={
         "previous_student": AssetIn(
-            "student_model",
-            partition_mapping=PREVIOUS_WINDOW_SAME_SYMBOL,
-            metadata={"allow_missing": True},
+            "student_model", partition_mapping=PREVIOUS_WINDOW_SAME_SYMBOL, metadata=BATCH_INPUT
         ),
-        "teacher_labels": AssetIn(metadata={"allow_missing": True}),
+        "teacher_labels": AssetIn(metadata=BATCH_INPUT),
     },
     io_manager_key="artifacts_io_manager",
     output_required=False,
+    backfill_policy=BackfillPolicy.single_run(),
     automation_condition=EVERY_WINDOW_EAGER,
     code_version=EVALUATION_CODE_VERSION,
     group_name="evaluation",
@@ -83,46 +89,54 @@ class EvaluationConfig(Config):
 def student_evaluation(
     context: AssetExecutionContext,
     config: EvaluationConfig,
-    previous_student: StudentArtifact | None,
-    teacher_labels: pd.DataFrame | None,
+    previous_student: dict[str, StudentArtifact],
+    teacher_labels: dict[str, pd.DataFrame],
 ) -> Iterator:
-    pw = partition_window(context)
-    if previous_student is None:
-        first = window_partitions.get_first_partition_key()
-        reason = (
-            f"{pw.label}: first window, no earlier student to evaluate"
-            if pw.window_key == first
-            else f"{pw.label}: the previous window's student_model was not materialised"
-        )
-        yield from skip(context, ["student_evaluation"], reason)
-        return
-    if teacher_labels is None:
-        reason = f"{pw.label}: this window's teacher_labels were not materialised (nothing to score)"
-        yield from skip(context, ["student_evaluation"], reason)
-        return
+    students, labels = by_key(previous_student), by_key(teacher_labels)
+    values, skipped = {}, {}
+    for pw in partition_windows(context):
+        previous = previous_window(pw.window_key)
+        student = students.get(str(make_key(pw.symbol, previous))) if previous else None
+        if previous is None:
+            skipped[pw.key] = f"{pw.label}: first window, no earlier student to evaluate"
+        elif student is None:
+            skipped[pw.key] = f"{pw.label}: the previous window's student_model was not materialised"
+        elif pw.key not in labels:
+            skipped[pw.key] = (
+                f"{pw.label}: this window's teacher_labels were not materialised (nothing to score)"
+            )
+        else:
+            values[pw.key] = evaluate(pw, student, labels[pw.key], config.cost_bps)
+    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"])
+
+
+def evaluate(
+    pw: PartitionWindow, student: StudentArtifact, labels: pd.DataFrame, cost_bps: float
+) -> EvaluationArtifact:
+    """Score the previous window's student on this window's rows, with an equity curve."""
     result = evaluate_window(
-        previous_student.model,
-        teacher_labels,
-        train_base_rate=float(previous_student.metadata["train_base_rate"]),
-        cost_bps=config.cost_bps,
-        window=str(context.partition_key),
+        student.model,
+        labels,
+        train_base_rate=float(student.metadata["train_base_rate"]),
+        cost_bps=cost_bps,
+        window=pw.key,
     )
-    config_id = configuration_id(previous_student.metadata)
     metrics = {
         **result.metrics,
-        "evaluated_partition": str(context.partition_key),
-        "model_partition": previous_student.metadata.get("partition_key"),
-        "model_sha256": previous_student.metadata.get("model_sha256"),
-        CONFIG_ID_KEY: config_id,
+        "evaluated_partition": pw.key,
+        "model_partition": student.metadata.get("partition_key"),
+        "model_sha256": student.metadata.get("model_sha256"),
+        CONFIG_ID_KEY: configuration_id(student.metadata),
     }
     png = equity_png(result.equity, f"{pw.label}: student of the previous window, out of sample")
-    headline = {k: metadata_value(v) for k, v in result.metrics.items() if not isinstance(v, dict)}
-    yield Output(
-        EvaluationArtifact(metrics, result.predictions, result.equity, png),
-        metadata={
-            **headline,
-            "model_partition": MetadataValue.text(str(metrics["model_partition"])),
-            CONFIG_ID_KEY: MetadataValue.text(config_id),
-            "equity_curve": MetadataValue.md(png_markdown(png, "equity curve")),
-        },
-    )
+    return EvaluationArtifact(metrics, result.predictions, result.equity, png)
+
+
+def _metadata(artifact: EvaluationArtifact) -> dict:
+    metrics = artifact.metrics
+    return {
+        **{k: metadata_value(v) for k, v in metrics.items() if isinstance(v, int | float | type(None))},
+        "model_partition": MetadataValue.text(str(metrics["model_partition"])),
+        CONFIG_ID_KEY: MetadataValue.text(metrics[CONFIG_ID_KEY]),
+        "equity_curve": MetadataValue.md(png_markdown(artifact.equity_png, "equity curve")),
+    }

@@ -1,20 +1,33 @@
-"""What every partitioned asset needs from its context: symbol, window bounds, and a Dagster skip."""
+"""What every partitioned asset needs from its context: its partitions, their windows, and skips.
+
+A run covers one partition (a UI click, a sensor) or several (a batched backfill). Assets compute
+per partition and hand `emit` a dict of results plus the reasons of the partitions they skipped:
+one partition becomes a plain output (or no output, so downstream steps skip); several become
+one dict output, which the IO manager writes partition by partition.
+
+Dagster records every partition of a batched run as materialised (it has no per-partition
+outcome within one output, dagster-io/dagster#17836); skipped partitions get no files and are
+listed with their reasons in the metadata and as observations, and downstream steps skip them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetObservation, MetadataValue
+from dagster import AssetExecutionContext, AssetKey, AssetObservation, MetadataValue, Output
 
 from sensequant_assets.partitions import split_key, window_bounds
 
 SKIP_METADATA_KEY = "skipped"
+PER_PARTITION_KEY = "per_partition"
 
 
 @dataclass(frozen=True)
 class PartitionWindow:
+    key: str
     symbol: str
     window_key: str
     start: date
@@ -26,25 +39,81 @@ class PartitionWindow:
         return f"{self.symbol}_{self.start.isoformat()}_to_{self.end.isoformat()}"
 
 
-def partition_window(context: AssetExecutionContext) -> PartitionWindow:
-    symbol, window_key = split_key(context.partition_key)
+def window_of(partition_key: str) -> PartitionWindow:
+    symbol, window_key = split_key(partition_key)
     start, end = window_bounds(window_key)
-    return PartitionWindow(symbol, window_key, start, end)
+    return PartitionWindow(str(partition_key), symbol, window_key, start, end)
 
 
-def skip(context: AssetExecutionContext, assets: Sequence[str], reason: str) -> Iterator[AssetObservation]:
-    """Skip a partition the Dagster way: no output (downstream steps skip), the reason recorded.
+def partition_windows(context: AssetExecutionContext) -> list[PartitionWindow]:
+    """The run's partitions in (symbol, window) order, so earlier windows come first."""
+    return [window_of(str(k)) for k in sorted(map(str, context.partition_keys))]
 
-    The reason is logged and attached as an observation of each asset, so it shows on the asset's
-    page in the UI and in the CLI summary, while the run itself succeeds.
-    """
-    context.log.warning(f"skipped: {reason}")
+
+# How every partitioned input is loaded: a dict by partition key, without the partitions that
+# were never materialised (or were skipped earlier in a batch); the asset then skips those.
+BATCH_INPUT = {"allow_missing": True, "as_dict": True}
+
+
+def by_key(values: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """A `BATCH_INPUT` input keyed by partition key strings."""
+    return {str(k): v for k, v in (values or {}).items()}
+
+
+def skip_events(context: AssetExecutionContext, assets: Sequence[str], key: str, reason: str) -> Iterator:
+    """The reason, logged and attached as an observation of each asset for that partition."""
+    context.log.warning(f"skipped {key}: {reason}")
     for asset in assets:
-        yield AssetObservation(
-            asset_key=AssetKey(asset),
-            partition=context.partition_key,
-            metadata={SKIP_METADATA_KEY: reason},
-        )
+        yield AssetObservation(asset_key=AssetKey(asset), partition=key, metadata={SKIP_METADATA_KEY: reason})
+
+
+def emit(
+    context: AssetExecutionContext,
+    output_name: str,
+    values: Mapping[str, Any],
+    skipped: Mapping[str, str],
+    metadata: Callable[[Any], dict[str, Any]],
+    skip_assets: Sequence[str],
+) -> Iterator:
+    """Yield skip observations and the output: the value for one partition, a dict for several."""
+    for key, reason in sorted(skipped.items()):
+        yield from skip_events(context, skip_assets, key, reason)
+    if not values:
+        return  # nothing materialised: with `output_required=False` downstream steps skip
+    if len(context.partition_keys) == 1:
+        (value,) = values.values()
+        yield Output(value, output_name=output_name, metadata=metadata(value))
+        return
+    per_partition = {key: _plain(metadata(value)) for key, value in sorted(values.items())}
+    yield Output(
+        dict(values),
+        output_name=output_name,
+        metadata={
+            "partitions_written": len(values),
+            "partitions_skipped": MetadataValue.json(dict(sorted(skipped.items()))),
+            PER_PARTITION_KEY: MetadataValue.json(per_partition),
+        },
+    )
+
+
+def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-partition metadata as JSON values (the numbers; markdown and images stay out)."""
+    out = {}
+    for name, value in meta.items():
+        raw = value.value if isinstance(value, MetadataValue) else value
+        short = not isinstance(raw, str) or len(raw) <= 200
+        if (isinstance(raw, int | float | str | bool) or raw is None) and short:
+            out[name] = raw
+    return out
+
+
+def partition_metadata(materialization: Any) -> dict[str, Any]:
+    """The metadata of one partition's materialisation, from a single or a batched run."""
+    meta = materialization.metadata
+    batch = meta.get(PER_PARTITION_KEY)
+    if batch is not None:
+        return dict(batch.value.get(str(materialization.partition), {}))
+    return {name: value.value for name, value in meta.items()}
 
 
 def metadata_value(value: object) -> MetadataValue:

@@ -1,15 +1,21 @@
 """`student_model`: a small model distilled from the teacher's out-of-fold soft labels."""
 
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Literal
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, asset
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
-from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
+from sensequant_assets.assets.partition_context import (
+    BATCH_INPUT,
+    PartitionWindow,
+    by_key,
+    emit,
+    metadata_value,
+    partition_windows,
+)
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TooFewRowsError
@@ -36,9 +42,13 @@ class StudentConfig(Config):
 
 @asset(
     partitions_def=symbol_window_partitions,
-    ins={"teacher_labels": AssetIn(), "teacher_model": AssetIn()},
+    ins={
+        "teacher_labels": AssetIn(metadata=BATCH_INPUT),
+        "teacher_model": AssetIn(metadata=BATCH_INPUT),
+    },
     io_manager_key="artifacts_io_manager",
     output_required=False,
+    backfill_policy=BackfillPolicy.single_run(),
     automation_condition=EVERY_WINDOW_EAGER,
     code_version=STUDENT_CODE_VERSION,
     group_name="training",
@@ -47,43 +57,58 @@ class StudentConfig(Config):
 def student_model(
     context: AssetExecutionContext,
     config: StudentConfig,
-    teacher_labels: pd.DataFrame,
-    teacher_model: TeacherArtifact,
+    teacher_labels: dict[str, pd.DataFrame],
+    teacher_model: dict[str, TeacherArtifact],
     settings: PipelineSettings,
 ) -> Iterator:
-    pw = partition_window(context)
+    labels_by_key, teachers = by_key(teacher_labels), by_key(teacher_model)
+    values, skipped = {}, {}
+    for pw in partition_windows(context):
+        if pw.key not in labels_by_key or pw.key not in teachers:
+            skipped[pw.key] = f"{pw.label}: the teacher was not materialised (nothing to distil)"
+            continue
+        try:
+            values[pw.key] = distil(
+                pw, labels_by_key[pw.key], teachers[pw.key], config, settings.forecast_horizon
+            )
+        except TooFewRowsError as exc:
+            skipped[pw.key] = str(exc)
+    yield from emit(context, "result", values, skipped, _metadata, ["student_model"])
+
+
+def distil(
+    pw: PartitionWindow, labels: pd.DataFrame, teacher: TeacherArtifact, config: StudentConfig, horizon: int
+) -> StudentArtifact:
+    """One partition's student; raises TooFewRowsError when it must be skipped."""
     params = config.params()
-    try:
-        result = train_student(
-            teacher_labels, teacher_labels["teacher_proba"].to_numpy(), params, settings.forecast_horizon
-        )
-    except TooFewRowsError as exc:
-        yield from skip(context, ["student_model"], str(exc))
-        return
+    result = train_student(labels, labels["teacher_proba"].to_numpy(), params, horizon)
     metadata = {
         "symbol": pw.symbol,
-        "partition_key": str(context.partition_key),
+        "partition_key": pw.key,
         "date_range": {"start": pw.start.isoformat(), "end": pw.end.isoformat()},
         "teacher": {
-            "model_sha256": teacher_model.metadata.get("model_sha256"),
-            "data_sha256": teacher_model.metadata.get("data_sha256"),
-            "metrics": teacher_model.metadata.get("metrics"),
-            "hyperparameters": teacher_model.metadata.get("hyperparameters"),
+            "model_sha256": teacher.metadata.get("model_sha256"),
+            "data_sha256": teacher.metadata.get("data_sha256"),
+            "metrics": teacher.metadata.get("metrics"),
+            "hyperparameters": teacher.metadata.get("hyperparameters"),
         },
+        "rows": len(labels),
         "train_rows": int(result.train_rows),
         "holdout_rows": int(result.holdout_rows),
         # The naive forecaster the out-of-sample evaluation compares against.
-        "train_base_rate": float(teacher_labels["label"].mean()),
+        "train_base_rate": float(labels["label"].mean()),
         "hyperparameters": result.params_used,
         "code_version": f"{__version__}+student.{STUDENT_CODE_VERSION}",
     }
-    yield Output(
-        StudentArtifact(model=result.model, metrics=result.metrics, metadata=metadata),
-        metadata={
-            "rows": len(teacher_labels),
-            "train_rows": int(result.train_rows),
-            "holdout_rows": int(result.holdout_rows),
-            **{k: metadata_value(v) for k, v in result.metrics.items()},
-            "params": MetadataValue.json(asdict(params)),
-        },
-    )
+    return StudentArtifact(model=result.model, metrics=result.metrics, metadata=metadata)
+
+
+def _metadata(artifact: StudentArtifact) -> dict:
+    meta = artifact.metadata
+    return {
+        "rows": meta["rows"],
+        "train_rows": meta["train_rows"],
+        "holdout_rows": meta["holdout_rows"],
+        **{k: metadata_value(v) for k, v in artifact.metrics.items()},
+        "params": MetadataValue.json(meta["hyperparameters"]),
+    }

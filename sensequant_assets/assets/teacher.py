@@ -3,15 +3,29 @@
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    BackfillPolicy,
+    Config,
+    MetadataValue,
+    multi_asset,
+)
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import TeacherArtifact
-from sensequant_assets.assets.partition_context import metadata_value, partition_window, skip
+from sensequant_assets.assets.partition_context import (
+    BATCH_INPUT,
+    PartitionWindow,
+    by_key,
+    emit,
+    metadata_value,
+    partition_windows,
+)
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
 from sensequant_assets.ml.leakage import ensure_point_in_time
@@ -71,45 +85,64 @@ def _history_days() -> int:
             description="labels.csv.gz: features, labels, forward returns and out-of-fold teacher_proba.",
         ),
     },
-    ins={"market_bars": AssetIn()},
+    ins={"market_bars": AssetIn(metadata=BATCH_INPUT)},
     partitions_def=symbol_window_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
     group_name="training",
 )
 def teacher(
     context: AssetExecutionContext,
     config: TeacherConfig,
-    market_bars: pd.DataFrame,
+    market_bars: dict[str, pd.DataFrame],
     market_data: MarketDataResource,
     settings: PipelineSettings,
 ) -> Iterator:
-    pw = partition_window(context)
-    horizon = settings.forecast_horizon
+    bars_by_key = by_key(market_bars)
+    models, labels, skipped = {}, {}, {}
+    for pw in partition_windows(context):
+        if pw.key not in bars_by_key:
+            skipped[pw.key] = f"{pw.label}: market_bars not materialised (nothing to train on)"
+            continue
+        try:
+            models[pw.key], labels[pw.key] = train_partition(
+                pw, bars_by_key[pw.key], config, market_data, settings.forecast_horizon
+            )
+        except TooFewRowsError as exc:
+            skipped[pw.key] = str(exc)
+    outputs = ("teacher_model", "teacher_labels")
+    yield from emit(context, "teacher_model", models, skipped, _model_metadata, outputs)
+    yield from emit(context, "teacher_labels", labels, {}, _labels_metadata, outputs)
+
+
+def train_partition(
+    pw: PartitionWindow,
+    window_bars: pd.DataFrame,
+    config: TeacherConfig,
+    market_data: MarketDataResource,
+    horizon: int,
+) -> tuple[TeacherArtifact, pd.DataFrame]:
+    """One partition's teacher and soft labels; raises TooFewRowsError when it must be skipped."""
     history_start = pw.start - timedelta(days=_history_days())
     history = market_data.source_for(pw.symbol).bars(pw.symbol, history_start, pw.start - timedelta(days=1))
-    bars = pd.concat([history, market_bars]) if len(history) else market_bars
+    bars = pd.concat([history, window_bars]) if len(history) else window_bars
     ds = build_dataset(bars, pw.start, pw.end, horizon, config.label_threshold, pw.symbol)
     params = config.params()
-    try:
-        check_rows(ds.frame, config.min_rows, pw.symbol, pw.label)
-        ensure_point_in_time(model_features, bars)  # refuse features that read future bars
-        result = train_teacher(ds.frame, params, horizon)
-    except TooFewRowsError as exc:
-        yield from skip(context, ["teacher_model", "teacher_labels"], str(exc))
-        return
+    check_rows(ds.frame, config.min_rows, pw.symbol, pw.label)
+    ensure_point_in_time(model_features, bars)  # refuse features that read future bars
+    result = train_teacher(ds.frame, params, horizon)
     frame = ds.frame
     label_counts = frame["label"].value_counts().to_dict()
-    distribution = {str(int(k)): int(v) for k, v in sorted(label_counts.items())}
     metadata = {
         "training_date": datetime.now(UTC).isoformat(timespec="seconds"),
         "symbol": pw.symbol,
-        "partition_key": str(context.partition_key),
+        "partition_key": pw.key,
         "date_range": {"start": pw.start.isoformat(), "end": pw.end.isoformat()},
         "total_samples": len(frame),
         "train_samples": int(result.train_rows),
         "val_samples": int(result.val_rows),
         "purged_gap_rows": int(result.gap_rows),
         "rows": ds.counts(),
-        "label_distribution": distribution,
+        "label_distribution": {str(int(k)): int(v) for k, v in sorted(label_counts.items())},
         "features": list(FEATURE_COLUMNS),
         "config": {
             "label_window_days": horizon,
@@ -123,28 +156,27 @@ def teacher(
         "data_sha256": bars_hash(bars),
         "code_version": f"{__version__}+teacher.{TEACHER_CODE_VERSION}",
     }
-    labels = frame.assign(teacher_proba=result.oof_proba)
-    top = result.importance.head(5)
-    yield Output(
-        TeacherArtifact(model=result.model, metadata=metadata, importance=result.importance),
-        output_name="teacher_model",
-        metadata={
-            "rows": len(frame),
-            "train_rows": int(result.train_rows),
-            "val_rows": int(result.val_rows),
-            "label_balance": MetadataValue.float(float(frame["label"].mean())),
-            **{k: metadata_value(v) for k, v in result.metrics.items()},
-            "top_features": MetadataValue.md(top.to_markdown(index=False)),
-            "hyperparameters": MetadataValue.json(asdict(params)),
-        },
-    )
-    yield Output(
-        labels,
-        output_name="teacher_labels",
-        metadata={
-            "rows": len(labels),
-            "positives": int(labels["label"].sum()),
-            "label_balance": MetadataValue.float(float(labels["label"].mean())),
-            "mean_teacher_proba": MetadataValue.float(float(labels["teacher_proba"].mean())),
-        },
-    )
+    artifact = TeacherArtifact(model=result.model, metadata=metadata, importance=result.importance)
+    return artifact, frame.assign(teacher_proba=result.oof_proba)
+
+
+def _model_metadata(artifact: TeacherArtifact) -> dict:
+    meta = artifact.metadata
+    return {
+        "rows": meta["total_samples"],
+        "train_rows": meta["train_samples"],
+        "val_rows": meta["val_samples"],
+        "label_balance": MetadataValue.float(meta["label_distribution"].get("1", 0) / meta["total_samples"]),
+        **{k: metadata_value(v) for k, v in meta["metrics"].items()},
+        "top_features": MetadataValue.md(artifact.importance.head(5).to_markdown(index=False)),
+        "hyperparameters": MetadataValue.json(meta["hyperparameters"]),
+    }
+
+
+def _labels_metadata(labels: pd.DataFrame) -> dict:
+    return {
+        "rows": len(labels),
+        "positives": int(labels["label"].sum()),
+        "label_balance": MetadataValue.float(float(labels["label"].mean())),
+        "mean_teacher_proba": MetadataValue.float(float(labels["teacher_proba"].mean())),
+    }

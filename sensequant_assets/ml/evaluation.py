@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import rankdata
 
 from sensequant_assets.ml.stats import as_1d
 
@@ -76,6 +75,8 @@ def auc_rows(proba: NDArray[np.float64], labels: NDArray[np.float64]) -> NDArray
     McNeil 1982). Vectorised over rows so a bootstrap scores all its replicates at once. NaN
     where a row holds one class. No validation: :func:`auc` is the checked entry point.
     """
+    from scipy.stats import rankdata  # lazy: scipy.stats is slow to import
+
     ranks = rankdata(proba, axis=1)
     n_pos = labels.sum(axis=1)
     n_neg = labels.shape[1] - n_pos
@@ -102,6 +103,8 @@ def spearman_rows(pred: NDArray[np.float64], realised: NDArray[np.float64]) -> N
     Vectorised for the bootstrap like :func:`auc_rows`; NaN where a row of either side is
     constant. No validation: :func:`spearman_ic` is the checked entry point.
     """
+    from scipy.stats import rankdata
+
     a = rankdata(pred, axis=1)
     b = rankdata(realised, axis=1)
     a -= a.mean(axis=1, keepdims=True)

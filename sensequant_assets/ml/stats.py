@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats as sps
 
 EULER_MASCHERONI = 0.5772156649015329
 """Euler-Mascheroni constant (gamma) used by the expected-maximum-Sharpe approximation."""
@@ -245,7 +245,7 @@ def probabilistic_sharpe_ratio(returns: ArrayLike, sr_benchmark: float = 0.0) ->
         return None
     sr, _g3, _g4, denom = parts
     z = (sr - sr_benchmark) * math.sqrt(arr.size - 1) / math.sqrt(denom)
-    return float(sps.norm.cdf(z))
+    return float(NormalDist().cdf(z))
 
 
 def expected_max_sharpe(n_trials: int, var_sr: float) -> float:
@@ -263,8 +263,8 @@ def expected_max_sharpe(n_trials: int, var_sr: float) -> float:
     if n_trials == 1 or var_sr == 0:
         return 0.0
     g = EULER_MASCHERONI
-    z1 = sps.norm.ppf(1.0 - 1.0 / n_trials)
-    z2 = sps.norm.ppf(1.0 - 1.0 / (n_trials * math.e))
+    z1 = NormalDist().inv_cdf(1.0 - 1.0 / n_trials)
+    z2 = NormalDist().inv_cdf(1.0 - 1.0 / (n_trials * math.e))
     return float(math.sqrt(var_sr) * ((1.0 - g) * z1 + g * z2))
 
 
@@ -393,6 +393,8 @@ def diebold_mariano(
     dm = dbar / math.sqrt(var_long / n)
     hln = math.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)
     stat = float(hln * dm)
-    p_value = float(2.0 * sps.t.sf(abs(stat), df=n - 1))
+    from scipy.stats import t as student_t  # lazy: scipy.stats costs most of a second to import
+
+    p_value = float(2.0 * student_t.sf(abs(stat), df=n - 1))
     out.update(stat=stat, p_value=p_value)
     return out

@@ -29,12 +29,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from statistics import NormalDist
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
-from scipy.special import ndtri
 
 from .base import (
     BAR_COLUMNS,
@@ -121,8 +120,12 @@ def _planted_deviation(u: np.ndarray, p: _Params, signal_strength: float) -> np.
     against its recent average (E[x_{t+h} - x_t] = -(1 - (1 - k)^h) x_t), which is exactly what
     the SMA/Bollinger/RSI features see, in every window alike.
     """
-    innovations = signal_strength * p.daily_vol * ndtri(np.clip(u, 1e-12, 1 - 1e-12))
-    return lfilter([1.0], [1.0, -(1.0 - _REVERSION_SPEED)], innovations)
+    scale, inv_cdf = signal_strength * p.daily_vol, NormalDist().inv_cdf
+    keep, x, out = 1.0 - _REVERSION_SPEED, 0.0, []
+    for v in np.clip(u, 1e-12, 1 - 1e-12).tolist():  # plain Python: scipy would cost ~1 s of import
+        x = keep * x + scale * inv_cdf(v)
+        out.append(x)
+    return np.asarray(out)
 
 
 @lru_cache(maxsize=64)

@@ -1,0 +1,82 @@
+"""A run covering several partitions (a batched backfill) writes every partition's directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dagster import Definitions, in_process_executor
+
+from sensequant_assets.jobs import train_job
+from sensequant_tests.pipeline_helpers import ALL_ASSETS, instance_with, resources
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+DIRS = {
+    "2023-01-01": "RELIANCE_2023-01-01_to_2023-06-30",
+    "2023-07-01": "RELIANCE_2023-07-01_to_2023-12-31",
+    "2024-01-01": "RELIANCE_2024-01-01_to_2024-06-30",
+}
+
+
+def _run_range(artifacts: Path, start: str, end: str, **market):
+    defs = Definitions(
+        assets=ALL_ASSETS,
+        jobs=[train_job],
+        resources=resources(artifacts, **market),
+        executor=in_process_executor,
+    )
+    return defs.resolve_job_def("train_job").execute_in_process(
+        instance=instance_with("RELIANCE"), tags={RANGE_START: start, RANGE_END: end}, raise_on_error=False
+    )
+
+
+def test_one_run_over_three_windows_writes_three_directories(tmp_path: Path) -> None:
+    result = _run_range(tmp_path, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01")
+    assert result.success
+    for window, name in DIRS.items():
+        directory = tmp_path / name
+        for rel in (
+            "bars.parquet",
+            "model.pkl",
+            "labels.csv.gz",
+            "metadata.json",
+            "student/student_model.pkl",
+        ):
+            assert (directory / rel).is_file(), f"{name}/{rel}"
+        meta = json.loads((directory / "metadata.json").read_text())
+        assert meta["partition_key"] == f"RELIANCE|{window}"
+        assert meta["date_range"]["start"] == window
+    # Inside the batch, the second and third windows are evaluated with the previous window's student.
+    assert not (tmp_path / DIRS["2023-01-01"] / "evaluation").exists()
+    metrics = json.loads((tmp_path / DIRS["2024-01-01"] / "evaluation" / "metrics.json").read_text())
+    assert metrics["model_partition"] == "RELIANCE|2023-07-01"
+    # One materialisation event per partition, each carrying its own numbers.
+    events = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "teacher_model"
+    ]
+    assert sorted(e.partition for e in events) == [f"RELIANCE|{w}" for w in DIRS]
+    per = events[0].materialization.metadata["per_partition"].value
+    assert {k: v["rows"] for k, v in per.items()} == {
+        f"RELIANCE|{w}": json.loads((tmp_path / DIRS[w] / "metadata.json").read_text())["total_samples"]
+        for w in DIRS
+    }
+
+
+def test_a_skipped_partition_in_a_batch_gets_no_files_and_a_reason(tmp_path: Path) -> None:
+    result = _run_range(
+        tmp_path, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01", synthetic_end_date="2023-12-31"
+    )
+    assert result.success
+    assert (tmp_path / DIRS["2023-07-01"] / "student" / "student_model.pkl").is_file()
+    assert not (tmp_path / DIRS["2024-01-01"]).exists()
+    reasons = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            obs = event.asset_observation_data.asset_observation
+            reasons[(obs.asset_key.to_user_string(), obs.partition)] = obs.metadata["skipped"].value
+    assert "no bars in this window" in reasons[("market_bars", "RELIANCE|2024-01-01")]
+    assert "market_bars not materialised" in reasons[("teacher_model", "RELIANCE|2024-01-01")]
+    assert "teacher was not materialised" in reasons[("student_model", "RELIANCE|2024-01-01")]
