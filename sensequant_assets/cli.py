@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -87,8 +88,12 @@ def _export(args: argparse.Namespace) -> None:
             os.environ[var] = str(Path(value).resolve()) if flag != "data_source" else value
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # a new instance: keep its first run quiet and local
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    # Dagster's beta/preview notices about APIs we chose knowingly would bury the summary.
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview)")
 
 
 def _instance():
@@ -206,6 +211,8 @@ def _brief(defs, instance, symbols: list[str]) -> bool:
         return False
     briefing = result.output_for_node("promotion_briefing")
     print("promotion briefing:")
+    if not any(entry["symbol"] in symbols for entry in briefing.symbols):
+        print("  (no evaluated window yet: a symbol needs two consecutive trained windows)")
     for entry in briefing.symbols:
         if entry["symbol"] not in symbols:
             continue

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, in_process_executor, multiprocess_executor
 
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
 from sensequant_assets.assets.evaluation import student_evaluation
+from sensequant_assets.assets.partition_context import BATCHED
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
@@ -22,7 +23,7 @@ def build_definitions() -> Definitions:
     # In-process: a run's steps share one process (no per-step Python start-up); parallelism comes
     # from concurrent runs (deploy/dagster.yaml), each training on one core.
     return Definitions(
-        executor=in_process_executor,
+        executor=in_process_executor if BATCHED else multiprocess_executor,
         assets=[
             market_bars,
             teacher,

@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 
 import pandas as pd
-from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue, asset
 
-from sensequant_assets.assets.partition_context import emit, partition_windows
+from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
 
@@ -23,7 +23,7 @@ def _metadata(bars: pd.DataFrame) -> dict:
     partitions_def=symbol_window_partitions,
     io_manager_key="artifacts_io_manager",
     output_required=False,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     code_version="1",
     group_name="training",
     description="Daily OHLCV bars of one symbol and window, validated, stored as bars.parquet.",

@@ -8,7 +8,6 @@ import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    BackfillPolicy,
     Config,
     DimensionPartitionMapping,
     IdentityPartitionMapping,
@@ -20,6 +19,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import EvaluationArtifact, StudentArtifact
 from sensequant_assets.assets.partition_context import (
+    BACKFILL_POLICY,
     BATCH_INPUT,
     PartitionWindow,
     by_key,
@@ -77,7 +77,7 @@ class EvaluationConfig(Config):
     },
     io_manager_key="artifacts_io_manager",
     output_required=False,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     automation_condition=EVERY_WINDOW_EAGER,
     code_version=EVALUATION_CODE_VERSION,
     group_name="evaluation",

@@ -4,11 +4,12 @@ from collections.abc import Iterator
 from typing import Literal
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
 from sensequant_assets.assets.partition_context import (
+    BACKFILL_POLICY,
     BATCH_INPUT,
     PartitionWindow,
     by_key,
@@ -48,7 +49,7 @@ class StudentConfig(Config):
     },
     io_manager_key="artifacts_io_manager",
     output_required=False,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     automation_condition=EVERY_WINDOW_EAGER,
     code_version=STUDENT_CODE_VERSION,
     group_name="training",

@@ -10,7 +10,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    BackfillPolicy,
     Config,
     MetadataValue,
     multi_asset,
@@ -19,6 +18,7 @@ from dagster import (
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import TeacherArtifact
 from sensequant_assets.assets.partition_context import (
+    BACKFILL_POLICY,
     BATCH_INPUT,
     PartitionWindow,
     by_key,
@@ -87,7 +87,7 @@ def _history_days() -> int:
     },
     ins={"market_bars": AssetIn(metadata=BATCH_INPUT)},
     partitions_def=symbol_window_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     group_name="training",
 )
 def teacher(
