@@ -16,7 +16,18 @@ symbols x 8 half-year windows = 160 partitions):
             and the work itself are all in; the server's own start-up is not.
 - default:  the same backfill against another fresh `dagster dev` whose DAGSTER_HOME has no
             `dagster.yaml` (Dagster's defaults: QueuedRunCoordinator, 10 concurrent runs, 5 s
-            dequeue interval).
+            dequeue interval) and with the project's batching switched off (`DEFAULT_MODE_ENV`):
+            one run per partition, multiprocess executor.
+
+The backfill daemon looks for new backfills every 30 s (fixed in Dagster), so the pickup depends on
+when in that loop the backfill is launched. By default (`--launch-phase mid`) the launch is placed
+half-way through the loop, using the daemon's heartbeats, so the pickup is the 15 s a user waits
+on average; the measured pickup is printed with every repeat.
+
+All modes run a snapshot of `sensequant_assets/` copied at the start (`--live`: the working tree),
+so edits made while the benchmark runs change nothing. Before each launch every sensor (the
+automation sensor included) is stopped through GraphQL, so that only the backfill starts runs
+(`--keep-sensors` leaves them running); any other run is reported.
 
 Every mode repeats `--repeats` times with fresh artifacts and a fresh DAGSTER_HOME; after every
 repeat each partition directory is checked (every file present, checksums valid, the metadata
@@ -41,6 +52,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -97,6 +109,11 @@ run_monitoring:
   enabled: false
 """
 
+# The `default` mode also switches off the project's own batching (single-run backfill policy,
+# in-process executor), so it shows what Dagster does by default: one run per partition, each with
+# the multiprocess executor. `--default-env NAME=VALUE` adds to or overrides this.
+DEFAULT_MODE_ENV = {"SENSEQUANT_BATCH_BACKFILLS": "0"}
+
 TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 BAD_RUN_STATUSES = ["FAILURE", "CANCELED", "CANCELING"]
 BAD_BACKFILL_STATUSES = {"FAILED", "COMPLETED_FAILED", "CANCELED", "CANCELING", "FAILING"}
@@ -149,6 +166,7 @@ class Universe:
             # Nothing but the benchmark's backfill may start runs (a sensor backfilling newly
             # registered symbols would compete with it).
             "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "0",
+            "SENSEQUANT_UNIVERSE_FILE": "",
             "DAGSTER_DISABLE_TELEMETRY": "1",
         }
 
@@ -310,7 +328,7 @@ def verify_artifacts(artifacts: Path, keys: Sequence[str], what: str) -> dict[st
             named = json.loads((directory / rel).read_text()).get("partition_key")
             if named != key:
                 problems.append(f"{directory.name}/{rel}: partition_key {named!r}, expected {key!r}")
-        sums[key] = {rel: recorded[rel] for rel in COMPARED_FILES}
+        sums[key] = {rel: recorded.get(rel, "") for rel in COMPARED_FILES}
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -462,17 +480,48 @@ def loop_worker(spec_path: str) -> None:
     )
 
 
-def run_loop(universe: Universe, workdir: Path, repeat: int) -> tuple[Result, Path]:
+def code_env(code: Path) -> dict[str, str]:
+    """Make child processes import sensequant_assets from `code` (ahead of the editable install)."""
+    paths = [str(code), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+def snapshot_code(dest: Path) -> Path:
+    """Copy the code location, so edits to the working tree during a long benchmark change nothing."""
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "sensequant_assets", dest / "sensequant_assets", ignore=ignore)
+    for name in ("workspace.yaml", "pyproject.toml", "setup.cfg"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def code_description(code: Path) -> str:
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    changed = [line for line in git("status", "--porcelain", "--", "sensequant_assets").splitlines() if line]
+    where = "the working tree" if code == ROOT else f"a snapshot of the working tree in {code}"
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return f"{where}; git {head}, {len(changed)} changed file(s) in sensequant_assets/"
+
+
+def run_loop(universe: Universe, workdir: Path, repeat: int, code: Path) -> tuple[Result, Path]:
     artifacts = workdir / "artifacts"
     spec = workdir / "loop.json"
     workdir.mkdir(parents=True)
     spec.write_text(json.dumps({"artifacts": str(artifacts), "keys": universe.keys}))
-    env = {**os.environ, **universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts)}
+    env = {**os.environ, **universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts), **code_env(code)}
     log = workdir / "loop.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--loop-worker", str(spec)],
-            cwd=ROOT,
+            cwd=code,
             env=env,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -514,6 +563,9 @@ mutation Launch($params: LaunchBackfillParams!) {
   }
 }"""
 
+BACKFILL_HEARTBEAT = """
+{ instance { daemonHealth { daemonStatus(daemonType: "BACKFILL") { lastHeartbeatTime } } } }"""
+
 DAEMONS = """
 { instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""
 
@@ -551,7 +603,10 @@ query Failures($runId: ID!) {
   runOrError(runId: $runId) {
     ... on Run {
       eventConnection(limit: 5000) {
-        events { ... on ExecutionStepFailureEvent { stepKey error { message } } }
+        events {
+          ... on ExecutionStepFailureEvent { stepKey error { message } }
+          ... on RunFailureEvent { message error { message } }
+        }
       }
     }
   }
@@ -565,6 +620,84 @@ query Backfill($id: String!) {
     ... on Error { message }
   }
 }"""
+
+
+WORKSPACE = """
+{
+  workspaceOrError {
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError {
+          ... on RepositoryLocation { repositories { name } }
+          ... on PythonError { message }
+        }
+      }
+    }
+  }
+}"""
+
+SENSORS = """
+query Sensors($repo: RepositorySelector!) {
+  sensorsOrError(repositorySelector: $repo) {
+    __typename
+    ... on Sensors { results { name sensorType sensorState { id status } } }
+  }
+}"""
+
+STOP_SENSOR = """
+mutation Stop($id: String) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def stop_sensors(dev: Any) -> list[str]:
+    """Stop every running sensor (automation included), so only the backfill starts runs."""
+    stopped = []
+    entries = dev.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]
+    for entry in entries:
+        location = entry["locationOrLoadError"] or {}
+        if "repositories" not in location:
+            raise BenchError(f"code location {entry['name']} did not load: {location.get('message')}")
+        for repo in location["repositories"]:
+            selector = {"repositoryLocationName": entry["name"], "repositoryName": repo["name"]}
+            sensors = dev.graphql(SENSORS, {"repo": selector})["sensorsOrError"]
+            for sensor in sensors.get("results", []):
+                if sensor["sensorState"]["status"] != "RUNNING":
+                    continue
+                reply = dev.graphql(STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
+                if reply["__typename"] != "StopSensorMutationResult":
+                    raise BenchError(f"could not stop sensor {sensor['name']}: {reply}")
+                stopped.append(f"{sensor['name']} ({sensor['sensorType'].lower()})")
+    return stopped
+
+
+def wait_for_launch_phase(dev: Any, phase: str, rng: random.Random) -> float | None:
+    """Sleep so the launch falls where `phase` says in the backfill daemon's 30 s loop.
+
+    The daemon picks a new backfill up on its next iteration, so the pickup is however much of the
+    30 s sleep is left. Right after start-up (`asap`) that is nearly all of it; a user launching at
+    a random moment waits 15 s on average, which `mid` reproduces without `random`'s noise: the
+    daemon's heartbeats are written as its iterations start, so they give the loop's phase.
+    Returns the expected pickup in seconds (None when unknown).
+    """
+    if phase == "asap":
+        return None
+    if phase == "random":
+        wait = rng.uniform(0, DAEMON_INTERVAL_S)
+        time.sleep(wait)
+        return None
+    beat = dev.graphql(BACKFILL_HEARTBEAT)["instance"]["daemonHealth"]["daemonStatus"]["lastHeartbeatTime"]
+    if beat is None:
+        print("    (no backfill-daemon heartbeat yet: launching at once)", flush=True)
+        return None
+    since = (time.time() - beat) % DAEMON_INTERVAL_S
+    time.sleep((DAEMON_INTERVAL_S / 2 - since) % DAEMON_INTERVAL_S)
+    return DAEMON_INTERVAL_S / 2
 
 
 def last_materialisation_query(assets: Sequence[str]) -> str:
@@ -615,7 +748,14 @@ def run_failure_messages(dev: Any, run_id: str) -> list[str]:
         events = dev.graphql(STEP_FAILURES, {"runId": run_id})["runOrError"]["eventConnection"]["events"]
     except Exception as exc:  # only for the error message
         return [f"(could not fetch its events: {exc})"]
-    return [f"{e['stepKey']}: {e['error']['message'].strip()[:500]}" for e in events if e.get("stepKey")]
+    found = []
+    for event in events:
+        if "error" not in event:
+            continue
+        where = event.get("stepKey") or "run"
+        error = (event["error"] or {}).get("message") or event.get("message") or ""
+        found.append(f"{where}: {error.strip()[:800]}")
+    return found
 
 
 def run_milestones(dev: Any, run_id: str) -> list[tuple[float, str, str | None]]:
@@ -674,14 +814,16 @@ def run_backfill(
             text = TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs)
             (home / "dagster.yaml").write_text(text)
     register_symbols(home, universe.symbols)
-    extra_env = dict(args.backfill_env if mode == "backfill" else args.default_env)
+    extra_env = (
+        dict(args.backfill_env) if mode == "backfill" else {**DEFAULT_MODE_ENV, **dict(args.default_env)}
+    )
     env = {**universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts), **extra_env}
     keys = universe.keys
     n = len(keys)
     asset_keys = [{"path": [a]} for a in BACKFILL_ASSETS]
     what = f"{mode} repeat {repeat}"
 
-    dev = DagsterDev(home, env=env)
+    dev = DagsterDev(home, env={**env, **code_env(args.code)}, cwd=args.code)
     try:
         t_start = time.monotonic()
         dev.start(timeout=args.server_timeout)
@@ -692,9 +834,19 @@ def run_backfill(
             return bool(required) and all(d["healthy"] for d in required)
 
         wait_for(daemons_healthy, args.server_timeout, "the daemons to report healthy", log=dev.log)
+        stopped = [] if args.keep_sensors else stop_sensors(dev)
+        early = backfill_runs(dev)
+        if early:
+            tags = [{t["key"]: t["value"] for t in r["tags"] if not t["key"].startswith(".")} for r in early]
+            raise BenchError(
+                f"{what}: {len(early)} run(s) started before the backfill was launched: {tags[:3]}"
+            )
         startup_s = time.monotonic() - t_start
         params = {"assetSelection": asset_keys, "partitionNames": keys, "fromFailure": False, "tags": []}
 
+        expected_pickup = wait_for_launch_phase(dev, args.launch_phase, random.Random(repeat))
+        idle = MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid))
+        idle.sample()
         with MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid)) as memory:
             launched = time.time()
             reply = dev.graphql(LAUNCH, {"params": params}, timeout=120)["launchPartitionBackfill"]
@@ -715,7 +867,9 @@ def run_backfill(
                         + "\n    ".join(run_failure_messages(dev, r["runId"]) or ["(no step failure)"])
                         for r in bad[:5]
                     )
-                    raise BenchError(f"{what}: {len(bad)} run(s) of the backfill failed\n{details}")
+                    raise BenchError(
+                        f"{what}: {len(bad)} run(s) of the backfill failed (server log: {dev.log})\n{details}"
+                    )
                 done = True
                 for node in data["assetNodes"]:
                     stats, name = node["partitionStats"], "/".join(node["assetKey"]["path"])
@@ -758,11 +912,16 @@ def run_backfill(
         "runs": len(runs),
         "foreign_runs": len(foreign),
         "pickup_s": first_run - launched,
+        "expected_pickup_s": expected_pickup,
         "last_run_created_s": max(r["creationTime"] for r in runs) - launched,
         "runs_done_s": max(r["endTime"] for r in runs) - launched,
         "run_span_median_s": statistics.median(run_spans) if run_spans else float("nan"),
         "run_seconds_total": sum(run_spans),
         "backfill_status": status.get("status"),
+        "stopped_sensors": stopped,
+        "idle_rss": idle.peak_rss,
+        "idle_pss": idle.peak_pss,
+        "idle_procs": idle.peak_procs,
         "breakdown": breakdown,
     }
     result = Result(mode, repeat, seconds, n, memory.peak_rss, memory.peak_pss, memory.peak_procs, details)
@@ -786,11 +945,23 @@ def describe(result: Result) -> str:
     if result.mode == "loop":
         return text + f"; imports {d['import_s']:.2f} s (not timed)"
     text += (
-        f"\n    runs={d['runs']} pickup={d['pickup_s']:.1f}s (daemon loop every {DAEMON_INTERVAL_S:.0f}s)"
-        f" last_run_created={d['last_run_created_s']:.1f}s runs_done={d['runs_done_s']:.1f}s"
+        f"\n    runs={d['runs']} pickup={d['pickup_s']:.1f}s"
+        + (f" (launch phase aimed at {d['expected_pickup_s']:.0f}s)" if d["expected_pickup_s"] else "")
+        + f" last_run_created={d['last_run_created_s']:.1f}s runs_done={d['runs_done_s']:.1f}s"
         f" run_span_median={d['run_span_median_s']:.1f}s run_seconds_total={d['run_seconds_total']:.1f}"
         f" server_startup={d['startup_s']:.1f}s (not timed) backfill_status={d['backfill_status']}"
     )
+    text += (
+        f"\n    idle deployment before the launch: RSS {fmt_mib(d['idle_rss'])}, "
+        f"PSS {fmt_mib(d['idle_pss'])}, {d['idle_procs']} process(es)"
+    )
+    if d["stopped_sensors"]:
+        text += f"\n    sensors stopped before the launch: {', '.join(d['stopped_sensors'])}"
+    if result.mode == "default" and d["runs"] != result.partitions:
+        text += (
+            f"\n    WARNING: {d['runs']} runs for {result.partitions} partitions: not Dagster's default "
+            "of one run per partition (see DEFAULT_MODE_ENV / --default-env)"
+        )
     if d["foreign_runs"]:
         text += f"\n    WARNING: {d['foreign_runs']} run(s) not started by the backfill ran meanwhile"
     segments = d["breakdown"].get("segments", {})
@@ -841,11 +1012,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=8, help="half-year windows per symbol (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each mode (default 3)")
     parser.add_argument(
+        "--default-repeats",
+        type=int,
+        help="repeats of the default mode, the slowest by far (default: --repeats)",
+    )
+    parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated subset of loop,backfill,default"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     parser.add_argument(
-        "--timeout", type=float, default=3600, help="seconds allowed per backfill (default 3600)"
+        "--timeout", type=float, help="seconds allowed per backfill (default: 60 per partition, at least 900)"
     )
     parser.add_argument(
         "--server-timeout", type=float, default=240, help="seconds for dagster dev to come up"
@@ -874,13 +1050,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra environment for the default mode's server, e.g. to switch off code-level "
-        "optimisations so it shows Dagster's defaults (repeatable)",
+        help="extra environment for the default mode's server, on top of DEFAULT_MODE_ENV (which "
+        "switches the project's batching off so the mode shows Dagster's defaults) (repeatable)",
     )
     parser.add_argument(
         "--detail-runs", type=int, default=20, help="runs sampled for the time breakdown (default 20)"
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary directory (default: $TMPDIR)")
+    parser.add_argument(
+        "--launch-phase",
+        choices=("mid", "asap", "random"),
+        default="mid",
+        help="when to launch within the backfill daemon's 30 s loop: mid (default; the pickup is the "
+        "15 s a user waits on average), asap (right after start-up: nearly 30 s), random",
+    )
+    parser.add_argument(
+        "--keep-sensors",
+        action="store_true",
+        help="leave the sensors (automation included) running during the backfills; by default they are "
+        "stopped before the launch so that only the backfill starts runs",
+    )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="run the working tree itself instead of a snapshot of sensequant_assets/ taken at the start",
+    )
     parser.add_argument("--loop-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -888,9 +1082,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown or not modes:
         parser.error(f"--modes: unknown {unknown}; choose from {','.join(MODES)}")
     args.modes = [m for m in MODES if m in modes]
-    for name in ("symbols", "windows", "repeats"):
+    if args.default_repeats is None:
+        args.default_repeats = args.repeats
+    for name in ("symbols", "windows", "repeats", "default_repeats"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.timeout is None:
+        args.timeout = max(900.0, 60.0 * args.symbols * args.windows)
     return args
 
 
@@ -906,24 +1104,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)  # so that the servers are stopped on the way out
 
     universe = make_universe(args.symbols, args.windows)
+    root = Path(tempfile.mkdtemp(prefix="sensequant-bench-", dir=args.workdir))
+    args.code = ROOT if args.live else snapshot_code(root / "code")
+    sys.path.insert(0, str(args.code))
     os.environ.update(universe.env())  # before sensequant_assets reads its settings at import
     from sensequant_assets.partitions import window_partitions
 
     expected = list(universe.windows)
     actual = window_partitions.get_partition_keys()
     if actual != expected:
+        shutil.rmtree(root, ignore_errors=True)
         raise SystemExit(f"window partitions {actual} are not the expected {expected}")
 
     keys = universe.keys
-    root = Path(tempfile.mkdtemp(prefix="sensequant-bench-", dir=args.workdir))
     print(f"machine: {machine()}")
+    print(f"code: {code_description(args.code)}")
     print(
         f"universe: {len(universe.symbols)} symbols x {len(universe.windows)} windows "
         f"of {WINDOW_MONTHS} months "
         f"({universe.windows[0]} .. {universe.windows[-1]}) = {len(keys)} partitions; "
         f"assets {', '.join(BACKFILL_ASSETS)}"
     )
-    print(f"modes: {', '.join(args.modes)}; repeats: {args.repeats}; work directory: {root}")
+    repeats = f"{args.repeats}" + (
+        f" (default mode: {args.default_repeats})" if args.default_repeats != args.repeats else ""
+    )
+    print(f"modes: {', '.join(args.modes)}; repeats: {repeats}; work directory: {root}")
+    if set(args.modes) - {"loop"}:
+        sensors = "left running" if args.keep_sensors else "stopped before each launch"
+        print(f"launch phase: {args.launch_phase}; sensors: {sensors}")
+    if args.backfill_env and "backfill" in args.modes:
+        print(f"backfill mode environment: {dict(args.backfill_env)}")
+    if "default" in args.modes:
+        print(f"default mode environment: {DEFAULT_MODE_ENV | dict(args.default_env)}; no dagster.yaml")
     if "backfill" in args.modes:
         source = args.dagster_yaml or "TUNED_DAGSTER_YAML"
         print(f"backfill mode dagster.yaml: {source} (max_concurrent_runs={args.max_concurrent_runs})")
@@ -934,11 +1146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     ok = False
     try:
-        for repeat in range(1, args.repeats + 1):
+        for repeat in range(1, max(args.repeats, args.default_repeats) + 1):
             for mode in args.modes:
+                if repeat > (args.default_repeats if mode == "default" else args.repeats):
+                    continue
                 workdir = root / f"{mode}-{repeat}"
                 if mode == "loop":
-                    result, artifacts = run_loop(universe, workdir, repeat)
+                    result, artifacts = run_loop(universe, workdir, repeat, args.code)
                 else:
                     result, artifacts = run_backfill(mode, universe, workdir, repeat, args)
                 sums = verify_artifacts(artifacts, keys, f"{mode} repeat {repeat}")
@@ -965,7 +1179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     n = len(keys)
     wall = time.monotonic() - began
-    print(f"\nsummary (medians of {args.repeats} repeat(s); the benchmark took {wall:.0f} s of wall time)")
+    print(f"\nsummary (medians over the repeats; the benchmark took {wall:.0f} s of wall time)")
     header = ("median s", "s/partition", "min s", "max s", "peak RSS", "peak PSS")
     widths = (9, 12, 8, 8, 10, 10)
     print(f"{'mode':<9} " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))

@@ -81,8 +81,14 @@ def emit(
     skipped: Mapping[str, str],
     metadata: Callable[[Any], dict[str, Any]],
     skip_assets: Sequence[str],
+    per_partition: bool = False,
 ) -> Iterator:
-    """Yield skip observations and the output: the value for one partition, a dict for several."""
+    """Yield skip observations and the output: the value for one partition, a dict for several.
+
+    In a batch, Dagster copies the output's metadata onto every partition's event, so the
+    per-partition numbers (quadratic in the batch size) are attached only where something reads
+    them back (`per_partition=True`: the evaluations, for the briefing and the decay sensor).
+    """
     for key, reason in sorted(skipped.items()):
         yield from skip_events(context, skip_assets, key, reason)
     if not values:
@@ -91,16 +97,14 @@ def emit(
         (value,) = values.values()
         yield Output(value, output_name=output_name, metadata=metadata(value))
         return
-    per_partition = {key: _plain(metadata(value)) for key, value in sorted(values.items())}
-    yield Output(
-        dict(values),
-        output_name=output_name,
-        metadata={
-            "partitions_written": len(values),
-            "partitions_skipped": MetadataValue.json(dict(sorted(skipped.items()))),
-            PER_PARTITION_KEY: MetadataValue.json(per_partition),
-        },
-    )
+    batch_metadata = {
+        "partitions_written": len(values),
+        "partitions_skipped": MetadataValue.json(dict(sorted(skipped.items()))),
+    }
+    if per_partition:
+        numbers = {key: _plain(metadata(value)) for key, value in sorted(values.items())}
+        batch_metadata[PER_PARTITION_KEY] = MetadataValue.json(numbers)
+    yield Output(dict(values), output_name=output_name, metadata=batch_metadata)
 
 
 def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
