@@ -65,7 +65,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -358,24 +358,11 @@ def loop_worker(spec_path: str) -> None:
     began = time.perf_counter()
     spec = json.loads(Path(spec_path).read_text())
 
-    import pandas as pd
-
-    from sensequant_assets import __version__
-    from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
-    from sensequant_assets.assets.student import STUDENT_CODE_VERSION, StudentConfig
-    from sensequant_assets.assets.teacher import (
-        TEACHER_CODE_VERSION,
-        TeacherConfig,
-        _history_days,
-        bars_hash,
-    )
+    from sensequant_assets.assets.partition_context import window_of
+    from sensequant_assets.assets.student import StudentConfig, distil
+    from sensequant_assets.assets.teacher import TeacherConfig, train_partition
     from sensequant_assets.io_manager import ArtifactStore, codec_for
-    from sensequant_assets.ml.dataset import build_dataset, model_features
-    from sensequant_assets.ml.features import FEATURE_COLUMNS
-    from sensequant_assets.ml.leakage import ensure_point_in_time
-    from sensequant_assets.ml.student import train_student
-    from sensequant_assets.ml.teacher import check_rows, train_teacher
-    from sensequant_assets.partitions import split_key, window_bounds
+    from sensequant_assets.ml.teacher import TooFewRowsError
     from sensequant_assets.resources import MarketDataResource
     from sensequant_assets.settings import env, forecast_horizon
 
@@ -391,82 +378,26 @@ def loop_worker(spec_path: str) -> None:
     )
     horizon = forecast_horizon()
     teacher_config, student_config = TeacherConfig(), StudentConfig()  # the run-config defaults
-    teacher_params, student_params = teacher_config.params(), student_config.params()
     store = ArtifactStore(Path(spec["artifacts"]))
     imported = time.perf_counter()
 
     for key in spec["keys"]:
-        symbol, window_key = split_key(key)
-        start, end = window_bounds(window_key)
-        label = f"{symbol}_{start.isoformat()}_to_{end.isoformat()}"
-
-        # market_bars
-        bars = market_data.source_for(symbol).bars(symbol, start, end)
+        pw = window_of(key)
+        # market_bars, then the assets' own per-partition functions for teacher and student
+        bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
         if bars.empty:
-            raise BenchError(f"{label}: the data source has no bars in this window")
-        directory = store.write(key, codec_for("market_bars"), bars)
-
-        # teacher_model + teacher_labels (as sensequant_assets/assets/teacher.py)
-        history_start = start - timedelta(days=_history_days())
-        history = market_data.source_for(symbol).bars(symbol, history_start, start - timedelta(days=1))
-        all_bars = pd.concat([history, bars]) if len(history) else bars
-        ds = build_dataset(all_bars, start, end, horizon, teacher_config.label_threshold, symbol)
-        check_rows(ds.frame, teacher_config.min_rows, symbol, label)
-        ensure_point_in_time(model_features, all_bars)
-        result = train_teacher(ds.frame, teacher_params, horizon)
-        frame = ds.frame
-        label_counts = frame["label"].value_counts().to_dict()
-        metadata = {
-            "training_date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "symbol": symbol,
-            "partition_key": key,
-            "date_range": {"start": start.isoformat(), "end": end.isoformat()},
-            "total_samples": len(frame),
-            "train_samples": int(result.train_rows),
-            "val_samples": int(result.val_rows),
-            "purged_gap_rows": int(result.gap_rows),
-            "rows": ds.counts(),
-            "label_distribution": {str(int(k)): int(v) for k, v in sorted(label_counts.items())},
-            "features": list(FEATURE_COLUMNS),
-            "config": {
-                "label_window_days": horizon,
-                "label_threshold_pct": teacher_config.label_threshold * 100,
-                "train_split": 1 - teacher_config.val_fraction,
-                "random_seed": teacher_config.seed,
-            },
-            "hyperparameters": result.params_used,
-            "metrics": result.metrics,
-            "data_source": market_data.data_source,
-            "data_sha256": bars_hash(all_bars),
-            "code_version": f"{__version__}+teacher.{TEACHER_CODE_VERSION}",
-        }
-        labels = frame.assign(teacher_proba=result.oof_proba)
-        teacher = TeacherArtifact(model=result.model, metadata=metadata, importance=result.importance)
+            raise BenchError(f"{pw.label}: the data source has no bars in this window")
+        store.write(key, codec_for("market_bars"), bars)
+        try:
+            teacher, labels = train_partition(pw, bars, teacher_config, market_data, horizon)
+        except TooFewRowsError as exc:
+            raise BenchError(str(exc)) from exc
         store.write(key, codec_for("teacher_model"), teacher)
         store.write(key, codec_for("teacher_labels"), labels)
-
-        # student_model (as sensequant_assets/assets/student.py); the teacher's metadata as stored
-        # (with its model_sha256), which is what the asset reads back.
-        teacher_metadata = json.loads((directory / "metadata.json").read_text())
-        student = train_student(labels, labels["teacher_proba"].to_numpy(), student_params, horizon)
-        student_metadata = {
-            "symbol": symbol,
-            "partition_key": key,
-            "date_range": {"start": start.isoformat(), "end": end.isoformat()},
-            "teacher": {
-                "model_sha256": teacher_metadata.get("model_sha256"),
-                "data_sha256": teacher_metadata.get("data_sha256"),
-                "metrics": teacher_metadata.get("metrics"),
-                "hyperparameters": teacher_metadata.get("hyperparameters"),
-            },
-            "train_rows": int(student.train_rows),
-            "holdout_rows": int(student.holdout_rows),
-            "train_base_rate": float(labels["label"].mean()),
-            "hyperparameters": student.params_used,
-            "code_version": f"{__version__}+student.{STUDENT_CODE_VERSION}",
-        }
-        artifact = StudentArtifact(model=student.model, metrics=student.metrics, metadata=student_metadata)
-        store.write(key, codec_for("student_model"), artifact)
+        # The student reads the teacher as stored (with its model_sha256), as the asset does.
+        stored = store.read(key, codec_for("teacher_model"), "teacher_model")
+        student = distil(pw, labels, stored, student_config, horizon)
+        store.write(key, codec_for("student_model"), student)
 
     done = time.perf_counter()
     print(

@@ -12,6 +12,7 @@ from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
     AssetRecordsFilter,
+    AssetSelection,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -76,6 +77,7 @@ def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -
 
 @sensor(
     name="symbol_universe",
+    asset_selection=AssetSelection.assets(*PARTITION_ASSETS),  # what its history backfills target
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(

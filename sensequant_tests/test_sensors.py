@@ -43,6 +43,9 @@ def test_universe_registers_then_backfills_the_history_of_new_symbols(instance, 
     instance.add_dynamic_partitions("symbols", list(request.partition_keys))
 
     second = _tick(symbol_universe, instance, first.cursor)
+    # The daemon's own validation of the tick (it refuses backfill requests the sensor does not target).
+    context = build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs)
+    assert symbol_universe.evaluate_tick(context).run_requests
     [backfill] = second.run_requests
     subset = backfill.asset_graph_subset
     assert backfill.tags["sensequant/trigger"] == "symbol_universe"
