@@ -363,19 +363,11 @@ def loop_worker(spec_path: str) -> None:
     from sensequant_assets.assets.teacher import TeacherConfig, train_partition
     from sensequant_assets.io_manager import ArtifactStore, codec_for
     from sensequant_assets.ml.teacher import TooFewRowsError
-    from sensequant_assets.resources import MarketDataResource
-    from sensequant_assets.settings import env, forecast_horizon
+    from sensequant_assets.resources import market_data_from_env
+    from sensequant_assets.settings import forecast_horizon
 
-    # The same source the assets get from `market_data_from_env`, with plain values (no EnvVar).
-    market_data = MarketDataResource(
-        data_source=env("SENSEQUANT_DATA_SOURCE"),
-        data_dir=env("SENSEQUANT_DATA_DIR"),
-        synthetic_seed=int(env("SENSEQUANT_SYNTHETIC_SEED")),
-        synthetic_end_date=env("SENSEQUANT_SYNTHETIC_END_DATE"),
-        signal_symbols=env("SENSEQUANT_SYNTHETIC_SIGNAL_SYMBOLS"),
-        random_walk_symbols=env("SENSEQUANT_SYNTHETIC_RANDOM_WALK_SYMBOLS"),
-        signal_strength=float(env("SENSEQUANT_SYNTHETIC_SIGNAL_STRENGTH")),
-    )
+    # The same source the assets get, with the values resolved (no EnvVar outside Dagster).
+    market_data = market_data_from_env(plain=True)
     horizon = forecast_horizon()
     teacher_config, student_config = TeacherConfig(), StudentConfig()  # the run-config defaults
     store = ArtifactStore(Path(spec["artifacts"]))

@@ -64,11 +64,13 @@ def _from_env(name: str) -> str | EnvVar:
     return EnvVar(name) if env(name) != DEFAULTS[name] else DEFAULTS[name]
 
 
-def market_data_from_env() -> MarketDataResource:
+def market_data_from_env(*, plain: bool = False) -> MarketDataResource:
+    """The configured source; `plain` resolves the values now (for use outside Dagster)."""
     data_source_name()  # validate early, naming the variable
+    value = env if plain else _from_env
     return MarketDataResource(
-        data_source=_from_env("SENSEQUANT_DATA_SOURCE"),
-        data_dir=_from_env("SENSEQUANT_DATA_DIR"),
+        data_source=value("SENSEQUANT_DATA_SOURCE"),
+        data_dir=value("SENSEQUANT_DATA_DIR"),
         synthetic_seed=int(env("SENSEQUANT_SYNTHETIC_SEED")),
         synthetic_end_date=env("SENSEQUANT_SYNTHETIC_END_DATE"),
         signal_symbols=env("SENSEQUANT_SYNTHETIC_SIGNAL_SYMBOLS"),
