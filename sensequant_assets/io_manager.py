@@ -340,23 +340,7 @@ class ArtifactStore:
         sums = self._checksums(directory)
 
         def read_file(rel: str) -> bytes:
-            path = directory / rel
-            if not path.is_file():
-                raise MissingArtifactError(f"{asset} for partition {partition_key}: missing file {path}")
-            data = path.read_bytes()
-            expected = sums.get(rel)
-            if expected is None:
-                raise ArtifactError(
-                    f"{asset} for partition {partition_key}: {path} has no recorded checksum in "
-                    f"{directory / CHECKSUMS}; refusing to trust it"
-                )
-            actual = sha256_bytes(data)
-            if actual != expected:
-                raise ArtifactError(
-                    f"{asset} for partition {partition_key}: {path} is corrupt "
-                    f"(sha256 {actual[:12]}... != recorded {expected[:12]}...)"
-                )
-            return data
+            return verified_bytes(directory, rel, sums, who=f"{asset} for partition {partition_key}: ")
 
         try:
             return codec.load(read_file)
@@ -366,6 +350,29 @@ class ArtifactStore:
             raise ArtifactError(
                 f"{asset} for partition {partition_key} in {directory} could not be read: {exc}"
             ) from exc
+
+
+def verified_bytes(directory: Path, rel: str, sums: dict[str, str], *, who: str = "") -> bytes:
+    """A file's bytes, only if they match the sha256 recorded for it in `sums`.
+
+    The one integrity check of the project (partition directories and the production registry);
+    `who` prefixes the messages, e.g. with the asset and partition being read.
+    """
+    path = directory / rel
+    if not path.is_file():
+        raise MissingArtifactError(f"{who}missing file {path}")
+    data = path.read_bytes()
+    expected = sums.get(rel)
+    if expected is None:
+        raise ArtifactError(
+            f"{who}{path} has no recorded checksum in {directory / CHECKSUMS}; refusing to trust it"
+        )
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise ArtifactError(
+            f"{who}{path} is corrupt (sha256 {actual[:12]}... != recorded {expected[:12]}...)"
+        )
+    return data
 
 
 def codec_for(asset: str) -> Codec:

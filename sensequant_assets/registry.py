@@ -35,7 +35,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sensequant_assets.io_manager import CHECKSUMS, ArtifactError, ArtifactStore, Codec, sha256_bytes
+from sensequant_assets.io_manager import (
+    CHECKSUMS,
+    ArtifactError,
+    ArtifactStore,
+    Codec,
+    sha256_bytes,
+    verified_bytes,
+)
 from sensequant_assets.partitions import split_key
 from sensequant_assets.sources.symbols import validate_symbol
 
@@ -187,17 +194,7 @@ def _read_verified(directory: Path, rel: str) -> bytes:
         raise ArtifactError(f"{sums_path} is missing; refusing to trust {directory}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{sums_path} is corrupt (not valid JSON): {exc}") from exc
-    path = directory / rel
-    if not path.is_file():
-        raise ArtifactError(f"missing file {path}")
-    data = path.read_bytes()
-    expected = sums.get(rel)
-    if expected is None:
-        raise ArtifactError(f"{path} has no recorded checksum in {sums_path}; refusing to trust it")
-    actual = sha256_bytes(data)
-    if actual != expected:
-        raise ArtifactError(f"{path} is corrupt (sha256 {actual[:12]}... != recorded {expected[:12]}...)")
-    return data
+    return verified_bytes(directory, rel, sums)
 
 
 def _verify_dir(directory: Path) -> None:
