@@ -21,6 +21,7 @@ from sensequant_assets.ml.evaluation import accuracy, auc, fidelity
 from sensequant_assets.ml.features import MODEL_FEATURES
 from sensequant_assets.ml.splits import train_val_split
 from sensequant_assets.ml.teacher import TooFewRowsError
+from sensequant_assets.ml.threads import single_threaded_blas
 
 STUDENT_KINDS = ("logistic", "lightgbm")
 
@@ -109,6 +110,7 @@ def _fit_student(params: StudentParams, x: pd.DataFrame, soft: np.ndarray) -> An
     x2 = pd.concat([x, x], ignore_index=True)
     y2 = np.concatenate([np.ones(n, dtype="int64"), np.zeros(n, dtype="int64")])
     w2 = np.concatenate([soft, 1.0 - soft])
+    single_threaded_blas()
     model = Pipeline(
         [
             ("scaler", StandardScaler()),
