@@ -559,6 +559,31 @@ query Progress($keys: [AssetKeyInput!], $bad: RunsFilter) {
   runsOrError(filter: $bad) { __typename ... on Runs { results { runId status } } }
 }"""
 
+# What the UI's asset page asks for its partitions tab (the per-partition status of a 2-D asset);
+# `--status-query` times it on every poll while the backfill runs.
+PARTITION_STATUS = """
+query PartitionStatus($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetPartitionStatuses {
+        __typename
+        ... on MultiPartitionStatuses {
+          primaryDimensionName
+          ranges {
+            primaryDimStartKey primaryDimEndKey
+            secondaryDim {
+              ... on DefaultPartitionStatuses {
+                materializedPartitions failedPartitions materializingPartitions
+              }
+              ... on TimePartitionStatuses { ranges { status startKey endKey } }
+            }
+          }
+        }
+      }
+    }
+  }
+}"""
+
 RUNS = """
 query Runs($filter: RunsFilter) {
   runsOrError(filter: $filter) {
@@ -828,6 +853,7 @@ def run_backfill(
         expected_pickup = wait_for_launch_phase(dev, args.launch_phase, random.Random(repeat))
         idle = MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid))
         idle.sample()
+        status_latencies: list[float] = []
         with MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid)) as memory:
             launched = time.time()
             reply = dev.graphql(LAUNCH, {"params": params}, timeout=120)["launchPartitionBackfill"]
@@ -840,6 +866,12 @@ def run_backfill(
             }
 
             def materialised() -> bool:
+                if args.status_query:
+                    began = time.perf_counter()
+                    reply = dev.graphql(PARTITION_STATUS, {"key": {"path": ["student_model"]}}, timeout=120)
+                    status_latencies.append(time.perf_counter() - began)
+                    if "assetPartitionStatuses" not in (reply.get("assetNodeOrError") or {}):
+                        raise BenchError(f"{what}: the partition status query failed: {reply}")
                 data = dev.graphql(PROGRESS, {"keys": asset_keys, "bad": bad_filter}, timeout=120)
                 bad = data["runsOrError"].get("results") or []
                 if bad:
@@ -905,6 +937,7 @@ def run_backfill(
         "idle_procs": idle.peak_procs,
         "breakdown": breakdown,
         "cpu_s": memory.cpu_by_kind(),
+        "status_query_s": status_latencies,
     }
     result = Result(mode, repeat, seconds, n, memory.peak_rss, memory.peak_pss, memory.peak_procs, details)
     return result, artifacts
@@ -937,6 +970,12 @@ def describe(result: Result) -> str:
         f"\n    idle deployment before the launch: RSS {fmt_mib(d['idle_rss'])}, "
         f"PSS {fmt_mib(d['idle_pss'])}, {d['idle_procs']} process(es)"
     )
+    if d.get("status_query_s"):
+        lat = d["status_query_s"]
+        text += (
+            f"\n    UI partition status query (student_model) while running: median {median(lat):.3f} s, "
+            f"max {max(lat):.3f} s over {len(lat)} polls"
+        )
     if d.get("cpu_s"):
         cpu = ", ".join(f"{kind} {secs:.1f}" for kind, secs in d["cpu_s"].items())
         text += f"\n    CPU seconds from launch to the last partition: {cpu}"
@@ -1054,6 +1093,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="mid",
         help="when to launch within the backfill daemon's 30 s loop: mid (default; the pickup is the "
         "15 s a user waits on average), asap (right after start-up: nearly 30 s), random",
+    )
+    parser.add_argument(
+        "--status-query",
+        action="store_true",
+        help="on every poll also time the UI's partition status query of student_model (the scale run)",
     )
     parser.add_argument(
         "--keep-sensors",

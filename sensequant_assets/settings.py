@@ -29,6 +29,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_DECAY_MIN_AUC": "0.5",
     "SENSEQUANT_DECAY_WINDOWS": "2",
     "SENSEQUANT_BATCH_BACKFILLS": "1",
+    "SENSEQUANT_RUN_WORKERS": "0",
 }
 
 DATA_SOURCES = ("synthetic", "csv")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from dagster import Definitions, in_process_executor
 
 from sensequant_assets.jobs import train_job
@@ -79,3 +80,47 @@ def test_a_skipped_partition_in_a_batch_gets_no_files_and_a_reason(tmp_path: Pat
     assert "no bars in this window" in reasons[("market_bars", "RELIANCE|2024-01-01")]
     assert "market_bars not materialised" in reasons[("teacher_model", "RELIANCE|2024-01-01")]
     assert "teacher was not materialised" in reasons[("student_model", "RELIANCE|2024-01-01")]
+
+
+def test_workers_across_cores_write_the_same_files_as_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", workers)
+        result = _run_range(tmp_path / workers, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01")
+        assert result.success
+        written[workers] = {
+            path.relative_to(tmp_path / workers).as_posix(): path.read_bytes()
+            for path in sorted((tmp_path / workers).rglob("*"))
+            if path.name in ("labels.csv.gz", "feature_importance.csv", "bars.parquet")
+            or path.as_posix().endswith("student/metrics.json")
+        }
+    assert len(written["1"]) == 3 * 4
+    assert written["1"] == written["2"]
+
+
+@pytest.mark.parametrize(("other_runs", "expected"), [(0, 2), (1, 1)])
+def test_a_batch_forks_only_onto_cores_no_other_run_is_using(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_runs: int, expected: int
+) -> None:
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "0")
+    instance = instance_with("RELIANCE")
+    for _ in range(other_runs):
+        create_run_for_test(instance, job_name="another_job", status=DagsterRunStatus.STARTED)
+    defs = Definitions(
+        assets=ALL_ASSETS, jobs=[train_job], resources=resources(tmp_path), executor=in_process_executor
+    )
+    result = defs.resolve_job_def("train_job").execute_in_process(
+        instance=instance,
+        tags={RANGE_START: "RELIANCE|2023-01-01", RANGE_END: "RELIANCE|2024-01-01"},
+    )
+    assert result.success
+    logs = instance.all_logs(result.run_id)
+    messages = [e.user_message for e in logs if "process(es)" in (e.user_message or "")]
+    assert messages, "the run did not log how many processes it used"
+    assert all(f"3 partitions in {expected} process(es) ({other_runs} other run(s)" in m for m in messages)

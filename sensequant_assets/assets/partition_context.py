@@ -12,13 +12,24 @@ listed with their reasons in the metadata and as observations, and downstream st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetObservation, BackfillPolicy, MetadataValue, Output
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    BackfillPolicy,
+    DagsterRunStatus,
+    MetadataValue,
+    Output,
+    RunsFilter,
+)
 
+from sensequant_assets.assets.workers import run_workers
 from sensequant_assets.partitions import split_key, window_bounds
 from sensequant_assets.settings import flag
 
@@ -65,6 +76,51 @@ BATCH_INPUT = {"allow_missing": True, "as_dict": True}
 def by_key(values: Mapping[Any, Any] | None) -> dict[str, Any]:
     """A `BATCH_INPUT` input keyed by partition key strings."""
     return {str(k): v for k, v in (values or {}).items()}
+
+
+def step_workers(context: AssetExecutionContext) -> int:
+    """Worker processes for this step: the cores no other run of the instance is using.
+
+    Concurrent runs already keep the cores busy (two runs with two workers each ran 17% slower
+    than with one), so a batch fans out only onto idle cores: the last run of a backfill, or a
+    backfill of a single window. Capped by `SENSEQUANT_RUN_WORKERS`; one partition never forks.
+    """
+    cap = run_workers()
+    if cap <= 1 or len(context.partition_keys) <= 1:
+        return 1
+    active = context.instance.get_runs_count(
+        RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+    )
+    others = max(0, active - 1)
+    workers = max(1, min(cap, (os.cpu_count() or 1) - others, len(context.partition_keys)))
+    context.log.info(
+        f"{len(context.partition_keys)} partitions in {workers} process(es) "
+        f"({others} other run(s) active, cap {cap})"
+    )
+    return workers
+
+
+def gather(
+    context: AssetExecutionContext,
+    what: str,
+    results: Iterable[tuple[str, Any, str | None]],
+    total: int,
+    values: dict[str, Any],
+    skipped: dict[str, str],
+) -> None:
+    """Collect `workers.compute_each` results into `values`/`skipped`, logging progress in a batch.
+
+    A progress line at every quarter, so a long backfill run shows how far it is without
+    flooding the event log (each line is an event write).
+    """
+    every = max(1, -(-total // 4))
+    for done, (key, value, reason) in enumerate(results, start=1):
+        if reason is None:
+            values[key] = value
+        else:
+            skipped[key] = reason
+        if total > 1 and (done % every == 0 or done == total):
+            context.log.info(f"{what}: {done}/{total} partitions done, {len(skipped)} skipped")
 
 
 def skip_events(context: AssetExecutionContext, assets: Sequence[str], key: str, reason: str) -> Iterator:

@@ -23,9 +23,12 @@ from sensequant_assets.assets.partition_context import (
     PartitionWindow,
     by_key,
     emit,
+    gather,
     metadata_value,
     partition_windows,
+    step_workers,
 )
+from sensequant_assets.assets.workers import compute_each
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
 from sensequant_assets.ml.leakage import ensure_point_in_time
@@ -98,17 +101,22 @@ def teacher(
     settings: PipelineSettings,
 ) -> Iterator:
     bars_by_key = by_key(market_bars)
-    models, labels, skipped = {}, {}, {}
-    for pw in partition_windows(context):
-        if pw.key not in bars_by_key:
-            skipped[pw.key] = f"{pw.label}: market_bars not materialised (nothing to train on)"
-            continue
-        try:
-            models[pw.key], labels[pw.key] = train_partition(
-                pw, bars_by_key[pw.key], config, market_data, settings.forecast_horizon
-            )
-        except TooFewRowsError as exc:
-            skipped[pw.key] = str(exc)
+    windows = {pw.key: pw for pw in partition_windows(context)}
+    skipped = {
+        key: f"{pw.label}: market_bars not materialised (nothing to train on)"
+        for key, pw in windows.items()
+        if key not in bars_by_key
+    }
+    todo = [key for key in windows if key not in skipped]
+
+    def task(key: str) -> tuple[TeacherArtifact, pd.DataFrame]:
+        return train_partition(windows[key], bars_by_key[key], config, market_data, settings.forecast_horizon)
+
+    trained: dict[str, tuple[TeacherArtifact, pd.DataFrame]] = {}
+    results = compute_each(task, todo, (TooFewRowsError,), step_workers(context))
+    gather(context, "teacher", results, len(todo), trained, skipped)
+    models = {key: model for key, (model, _) in trained.items()}
+    labels = {key: frame for key, (_, frame) in trained.items()}
     outputs = ("teacher_model", "teacher_labels")
     yield from emit(context, "teacher_model", models, skipped, _model_metadata, outputs)
     yield from emit(context, "teacher_labels", labels, {}, _labels_metadata, outputs)

@@ -1,0 +1,79 @@
+"""The partitions of one batched run, computed in forked worker processes across the cores.
+
+A backfill run covers many partitions whose work is independent, CPU-bound and single-threaded
+(tiny LightGBM and logistic fits), so a run with N partitions uses up to `SENSEQUANT_RUN_WORKERS`
+cores (0, the default: one per core). The workers are forked from the run worker, which has
+already imported everything, so they start in milliseconds. The task and its inputs reach
+them through the fork, never pickled; only partition keys go in and results come back. A single
+partition (a UI click, a sensor's run) is computed in the run's own process.
+
+Forking is safe here because the run process itself never trains (no OpenMP thread pool exists
+before the fork) and the workers use neither Dagster nor the run's open files.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import TypeVar
+
+from sensequant_assets.settings import number
+
+T = TypeVar("T")
+
+_task: Callable[[str], object] | None = None
+_skip: tuple[type[Exception], ...] = ()
+
+
+def run_workers() -> int:
+    """Worker processes per run step (`SENSEQUANT_RUN_WORKERS`; 0 means one per CPU core)."""
+    workers = int(number("SENSEQUANT_RUN_WORKERS", int, 0))
+    return workers or os.cpu_count() or 1
+
+
+def _install(task: Callable[[str], object], skip: tuple[type[Exception], ...]) -> None:
+    global _task, _skip
+    _task, _skip = task, skip
+
+
+def _call(key: str) -> tuple[str, object, str | None]:
+    """In a worker: the task's value for `key`, or the reason it was skipped."""
+    assert _task is not None, "worker started without a task"
+    try:
+        return key, _task(key), None
+    except _skip as exc:
+        return key, None, str(exc)
+
+
+def compute_each(
+    task: Callable[[str], T],
+    keys: Sequence[str],
+    skip: tuple[type[Exception], ...],
+    workers: int | None = None,
+) -> Iterator[tuple[str, T | None, str | None]]:
+    """Yield `(key, value, None)` or `(key, None, reason)` for every key, as each finishes.
+
+    `skip` exceptions become reasons (the partition is skipped); any other exception stops the
+    step, as it would in a plain loop.
+    """
+    workers = min(run_workers() if workers is None else workers, len(keys))
+    if workers <= 1:
+        for key in keys:
+            try:
+                yield key, task(key), None
+            except skip as exc:
+                yield key, None, str(exc)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, context, initializer=_install, initargs=(task, skip)) as pool:
+        pending = {pool.submit(_call, key) for key in keys}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()  # type: ignore[misc]
+        finally:
+            for future in pending:
+                future.cancel()
