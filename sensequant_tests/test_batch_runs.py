@@ -124,3 +124,24 @@ def test_a_batch_forks_only_onto_cores_no_other_run_is_using(
     messages = [e.user_message for e in logs if "process(es)" in (e.user_message or "")]
     assert messages, "the run did not log how many processes it used"
     assert all(f"3 partitions in {expected} process(es) ({other_runs} other run(s)" in m for m in messages)
+
+
+def test_a_multi_threaded_teacher_counts_its_threads_as_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "0")
+    instance = instance_with("RELIANCE")
+    defs = Definitions(
+        assets=ALL_ASSETS, jobs=[train_job], resources=resources(tmp_path), executor=in_process_executor
+    )
+    result = defs.resolve_job_def("train_job").execute_in_process(
+        instance=instance,
+        tags={RANGE_START: "RELIANCE|2023-01-01", RANGE_END: "RELIANCE|2024-01-01"},
+        run_config={"ops": {"teacher": {"config": {"num_threads": 2}}}},
+    )
+    assert result.success
+    logs = instance.all_logs(result.run_id)
+    by_step = {e.step_key: e.user_message for e in logs if "process(es)" in (e.user_message or "")}
+    assert "in 1 process(es)" in by_step["teacher"]  # two threads per partition fill both cores
+    assert "in 2 process(es)" in by_step["student_model"]

@@ -78,12 +78,14 @@ def by_key(values: Mapping[Any, Any] | None) -> dict[str, Any]:
     return {str(k): v for k, v in (values or {}).items()}
 
 
-def step_workers(context: AssetExecutionContext) -> int:
+def step_workers(context: AssetExecutionContext, threads_per_task: int = 1) -> int:
     """Worker processes for this step: the cores no other run of the instance is using.
 
     Concurrent runs already keep the cores busy (two runs with two workers each ran 17% slower
     than with one), so a batch fans out only onto idle cores: the last run of a backfill, or a
-    backfill of a single window. Capped by `SENSEQUANT_RUN_WORKERS`; one partition never forks.
+    backfill of a single window. A task that runs several threads itself (a teacher with
+    `num_threads` > 1) counts that many cores. Capped by `SENSEQUANT_RUN_WORKERS`; one partition
+    never forks.
     """
     cap = run_workers()
     if cap <= 1 or len(context.partition_keys) <= 1:
@@ -92,7 +94,8 @@ def step_workers(context: AssetExecutionContext) -> int:
         RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
     )
     others = max(0, active - 1)
-    workers = max(1, min(cap, (os.cpu_count() or 1) - others, len(context.partition_keys)))
+    idle = ((os.cpu_count() or 1) - others) // max(1, threads_per_task)
+    workers = max(1, min(cap, idle, len(context.partition_keys)))
     context.log.info(
         f"{len(context.partition_keys)} partitions in {workers} process(es) "
         f"({others} other run(s) active, cap {cap})"

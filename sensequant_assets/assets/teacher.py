@@ -113,7 +113,8 @@ def teacher(
         return train_partition(windows[key], bars_by_key[key], config, market_data, settings.forecast_horizon)
 
     trained: dict[str, tuple[TeacherArtifact, pd.DataFrame]] = {}
-    results = compute_each(task, todo, (TooFewRowsError,), step_workers(context))
+    workers = step_workers(context, threads_per_task=config.num_threads)
+    results = compute_each(task, todo, (TooFewRowsError,), workers)
     gather(context, "teacher", results, len(todo), trained, skipped)
     models = {key: model for key, (model, _) in trained.items()}
     labels = {key: frame for key, (_, frame) in trained.items()}

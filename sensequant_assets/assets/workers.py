@@ -7,8 +7,12 @@ already imported everything, so they start in milliseconds. The task and its inp
 them through the fork, never pickled; only partition keys go in and results come back. A single
 partition (a UI click, a sensor's run) is computed in the run's own process.
 
-Forking is safe here because the run process itself never trains (no OpenMP thread pool exists
-before the fork) and the workers use neither Dagster nor the run's open files.
+Forking and OpenMP: GNU OpenMP's thread pool does not survive a fork, so a child must not run a
+multi-threaded region after its parent ran one. The teacher is the only multi-threaded task
+(`num_threads` > 1, one by default) and is the first step of a run, so when it forks the parent has
+trained nothing; when it ran in the parent instead, the later student step's children are
+single-threaded (both student kinds use one thread). The workers touch no Dagster state; they only
+compute and return.
 """
 
 from __future__ import annotations
