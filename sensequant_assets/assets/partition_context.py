@@ -13,7 +13,7 @@ listed with their reasons in the metadata and as observations, and downstream st
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -29,7 +29,7 @@ from dagster import (
     RunsFilter,
 )
 
-from sensequant_assets.assets.workers import run_workers
+from sensequant_assets.assets.workers import compute_each, run_workers
 from sensequant_assets.partitions import split_key, window_bounds
 from sensequant_assets.settings import flag
 
@@ -78,7 +78,39 @@ def by_key(values: Mapping[Any, Any] | None) -> dict[str, Any]:
     return {str(k): v for k, v in (values or {}).items()}
 
 
-def step_workers(context: AssetExecutionContext, threads_per_task: int = 1) -> int:
+def compute_partitions(
+    context: AssetExecutionContext,
+    what: str,
+    task: Callable[[PartitionWindow], Any],
+    missing_input: Callable[[PartitionWindow], str | None],
+    skip: tuple[type[Exception], ...],
+    threads_per_task: int = 1,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """`task` for every partition of the run whose inputs exist: (values, skip reasons) by key.
+
+    `missing_input` names why a partition cannot start (None: it can); `skip` exceptions raised by
+    the task become reasons too. Several partitions fan out onto idle cores (`_step_workers`),
+    with a progress line at every quarter, so a long backfill run shows how far it is without
+    flooding the event log (each line is an event write).
+    """
+    windows = {pw.key: pw for pw in partition_windows(context)}
+    skipped = {key: reason for key, pw in windows.items() if (reason := missing_input(pw)) is not None}
+    todo = [key for key in windows if key not in skipped]
+    workers = _step_workers(context, len(todo), threads_per_task)
+    values: dict[str, Any] = {}
+    every = max(1, -(-len(todo) // 4))
+    results = compute_each(lambda key: task(windows[key]), todo, skip, workers)
+    for done, (key, value, reason) in enumerate(results, start=1):
+        if reason is None:
+            values[key] = value
+        else:
+            skipped[key] = reason
+        if len(todo) > 1 and (done % every == 0 or done == len(todo)):
+            context.log.info(f"{what}: {done}/{len(todo)} partitions done, {len(skipped)} skipped")
+    return values, skipped
+
+
+def _step_workers(context: AssetExecutionContext, partitions: int, threads_per_task: int) -> int:
     """Worker processes for this step: the cores no other run of the instance is using.
 
     Concurrent runs already keep the cores busy (two runs with two workers each ran 17% slower
@@ -88,42 +120,18 @@ def step_workers(context: AssetExecutionContext, threads_per_task: int = 1) -> i
     never forks.
     """
     cap = run_workers()
-    if cap <= 1 or len(context.partition_keys) <= 1:
+    if cap <= 1 or partitions <= 1:
         return 1
     active = context.instance.get_runs_count(
         RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
     )
     others = max(0, active - 1)
     idle = ((os.cpu_count() or 1) - others) // max(1, threads_per_task)
-    workers = max(1, min(cap, idle, len(context.partition_keys)))
+    workers = max(1, min(cap, idle, partitions))
     context.log.info(
-        f"{len(context.partition_keys)} partitions in {workers} process(es) "
-        f"({others} other run(s) active, cap {cap})"
+        f"{partitions} partitions in {workers} process(es) ({others} other run(s) active, cap {cap})"
     )
     return workers
-
-
-def gather(
-    context: AssetExecutionContext,
-    what: str,
-    results: Iterable[tuple[str, Any, str | None]],
-    total: int,
-    values: dict[str, Any],
-    skipped: dict[str, str],
-) -> None:
-    """Collect `workers.compute_each` results into `values`/`skipped`, logging progress in a batch.
-
-    A progress line at every quarter, so a long backfill run shows how far it is without
-    flooding the event log (each line is an event write).
-    """
-    every = max(1, -(-total // 4))
-    for done, (key, value, reason) in enumerate(results, start=1):
-        if reason is None:
-            values[key] = value
-        else:
-            skipped[key] = reason
-        if total > 1 and (done % every == 0 or done == total):
-            context.log.info(f"{what}: {done}/{total} partitions done, {len(skipped)} skipped")
 
 
 def skip_events(context: AssetExecutionContext, assets: Sequence[str], key: str, reason: str) -> Iterator:

@@ -13,13 +13,10 @@ from sensequant_assets.assets.partition_context import (
     BATCH_INPUT,
     PartitionWindow,
     by_key,
+    compute_partitions,
     emit,
-    gather,
     metadata_value,
-    partition_windows,
-    step_workers,
 )
-from sensequant_assets.assets.workers import compute_each
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TooFewRowsError
@@ -66,20 +63,17 @@ def student_model(
     settings: PipelineSettings,
 ) -> Iterator:
     labels_by_key, teachers = by_key(teacher_labels), by_key(teacher_model)
-    windows = {pw.key: pw for pw in partition_windows(context)}
-    skipped = {
-        key: f"{pw.label}: the teacher was not materialised (nothing to distil)"
-        for key, pw in windows.items()
-        if key not in labels_by_key or key not in teachers
-    }
-    todo = [key for key in windows if key not in skipped]
-
-    def task(key: str) -> StudentArtifact:
-        return distil(windows[key], labels_by_key[key], teachers[key], config, settings.forecast_horizon)
-
-    values: dict[str, StudentArtifact] = {}
-    results = compute_each(task, todo, (TooFewRowsError,), step_workers(context))
-    gather(context, "student", results, len(todo), values, skipped)
+    values, skipped = compute_partitions(
+        context,
+        "student",
+        lambda pw: distil(pw, labels_by_key[pw.key], teachers[pw.key], config, settings.forecast_horizon),
+        lambda pw: (
+            None
+            if pw.key in labels_by_key and pw.key in teachers
+            else f"{pw.label}: the teacher was not materialised (nothing to distil)"
+        ),
+        (TooFewRowsError,),
+    )
     yield from emit(context, "result", values, skipped, _metadata, ["student_model"])
 
 

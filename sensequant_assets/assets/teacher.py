@@ -22,13 +22,10 @@ from sensequant_assets.assets.partition_context import (
     BATCH_INPUT,
     PartitionWindow,
     by_key,
+    compute_partitions,
     emit,
-    gather,
     metadata_value,
-    partition_windows,
-    step_workers,
 )
-from sensequant_assets.assets.workers import compute_each
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
 from sensequant_assets.ml.leakage import ensure_point_in_time
@@ -101,21 +98,18 @@ def teacher(
     settings: PipelineSettings,
 ) -> Iterator:
     bars_by_key = by_key(market_bars)
-    windows = {pw.key: pw for pw in partition_windows(context)}
-    skipped = {
-        key: f"{pw.label}: market_bars not materialised (nothing to train on)"
-        for key, pw in windows.items()
-        if key not in bars_by_key
-    }
-    todo = [key for key in windows if key not in skipped]
-
-    def task(key: str) -> tuple[TeacherArtifact, pd.DataFrame]:
-        return train_partition(windows[key], bars_by_key[key], config, market_data, settings.forecast_horizon)
-
-    trained: dict[str, tuple[TeacherArtifact, pd.DataFrame]] = {}
-    workers = step_workers(context, threads_per_task=config.num_threads)
-    results = compute_each(task, todo, (TooFewRowsError,), workers)
-    gather(context, "teacher", results, len(todo), trained, skipped)
+    trained, skipped = compute_partitions(
+        context,
+        "teacher",
+        lambda pw: train_partition(pw, bars_by_key[pw.key], config, market_data, settings.forecast_horizon),
+        lambda pw: (
+            None
+            if pw.key in bars_by_key
+            else f"{pw.label}: market_bars not materialised (nothing to train on)"
+        ),
+        (TooFewRowsError,),
+        threads_per_task=config.num_threads,
+    )
     models = {key: model for key, (model, _) in trained.items()}
     labels = {key: frame for key, (_, frame) in trained.items()}
     outputs = ("teacher_model", "teacher_labels")
