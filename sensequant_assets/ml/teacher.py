@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
@@ -113,6 +114,22 @@ class TeacherParams:
             "verbose": -1,
         }
 
+    def native_params(self) -> tuple[dict[str, Any], int]:
+        """:meth:`lightgbm_params` for native ``lightgbm.train``: (params, boosting rounds).
+
+        Derived from :meth:`lightgbm_params`, not a second copy, so the two cannot drift. The only
+        translation is ``n_estimators`` -> ``num_boost_round``: LightGBM's native config reads the
+        scikit-learn names as aliases (random_state = seed, n_jobs = num_threads, subsample =
+        bagging_fraction, subsample_freq = bagging_freq, colsample_bytree = feature_fraction,
+        reg_lambda = lambda_l2, min_child_samples = min_data_in_leaf), and the wrapper's defaults
+        for what we leave unset (boosting_type, reg_alpha, min_child_weight, min_split_gain,
+        subsample_for_bin, metric) equal the native ones. test_teacher_fast_fit checks that the
+        resolved configs and the trees are identical to an ``LGBMClassifier`` fit.
+        """
+        native = self.lightgbm_params()
+        rounds = int(native.pop("n_estimators"))
+        return native, rounds
+
 
 @dataclass
 class TeacherResult:
@@ -140,20 +157,46 @@ def _symbol(frame: pd.DataFrame) -> str:
     return "?"
 
 
+def _fit_booster(
+    native: dict[str, Any],
+    rounds: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    feature_names: list[str] | str = "auto",
+) -> lgb.Booster:
+    """The booster ``LGBMClassifier(**lightgbm_params()).fit`` would build, without its overhead.
+
+    The wrapper deep-copies its params, converts the frame and, through
+    ``keep_training_booster=False``, serialises and reloads the booster after every fit; here
+    ``x_train`` is already float64 and the booster is kept as trained. ``y_train`` must hold
+    two classes; it is encoded like the wrapper does (sorted classes -> 0, 1).
+    """
+    classes = np.unique(y_train)
+    if classes.size != 2:
+        raise ValueError(f"binary labels expected, got classes {classes.tolist()}")
+    labels = np.searchsorted(classes, y_train)
+    train_set = lgb.Dataset(x_train, label=labels, feature_name=feature_names, params=native)
+    return lgb.train(native, train_set, num_boost_round=rounds, keep_training_booster=True)
+
+
 def _fit_predict(
-    params: TeacherParams, x_train: pd.DataFrame, y_train: np.ndarray, x_pred: pd.DataFrame
+    native: dict[str, Any], rounds: int, x_train: np.ndarray, y_train: np.ndarray, x_pred: np.ndarray
 ) -> tuple[np.ndarray, bool]:
     """P(label = 1) for ``x_pred``; the training base rate when training has one class or no rows.
 
+    ``native, rounds`` come from :meth:`TeacherParams.native_params`; the probabilities equal
+    ``LGBMClassifier(**lightgbm_params()).fit(x_train, y_train).predict_proba(x_pred)[:, 1]``
+    bit for bit, at a fraction of the cost (the model is discarded, so it need not be one).
     Returns the probabilities and whether the base-rate fallback was used.
     """
     if y_train.size == 0:
         return np.full(len(x_pred), 0.5), True
     if np.unique(y_train).size < 2:
         return np.full(len(x_pred), float(np.mean(y_train))), True
-    model = LGBMClassifier(**params.lightgbm_params())
-    model.fit(x_train, y_train)
-    return model.predict_proba(x_pred)[:, 1], False
+    booster = _fit_booster(native, rounds, x_train, y_train)
+    # Like the wrapper's predict_proba, hand the params (num_threads among them) to the predictor.
+    proba = booster.predict(x_pred, **native)
+    return np.asarray(proba, dtype="float64"), False
 
 
 def feature_importance(model: LGBMClassifier) -> pd.DataFrame:
@@ -178,7 +221,10 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
         raise TooFewRowsError(symbol, window, n, minimum, reason="too few rows for split and folds")
     check_rows(frame, minimum, symbol, window)
     x = frame[MODEL_FEATURES].astype("float64").reset_index(drop=True)
+    x_np = np.ascontiguousarray(x.to_numpy(dtype="float64"))  # converted once, for the six auxiliary fits
     y = frame["label"].to_numpy().astype("int64")
+    lgbm_params = params.lightgbm_params()
+    native, rounds = params.native_params()
 
     try:
         train_idx, val_idx = train_val_split(n, params.val_fraction, gap=horizon)
@@ -187,8 +233,8 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
     gap_rows = int(val_idx[0] - train_idx[-1] - 1)
 
     # Split model: fitted on the head only, scored once on the purged tail.
-    x_fit = pd.concat([x.iloc[train_idx], x.iloc[val_idx]])
-    proba_fit, split_fallback = _fit_predict(params, x.iloc[train_idx], y[train_idx], x_fit)
+    x_fit = x_np[np.concatenate([train_idx, val_idx])]
+    proba_fit, split_fallback = _fit_predict(native, rounds, x_np[train_idx], y[train_idx], x_fit)
     train_proba, val_proba = proba_fit[: len(train_idx)], proba_fit[len(train_idx) :]
     val = classification_metrics(val_proba, y[val_idx])
 
@@ -197,11 +243,12 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
     oof = np.empty(n, dtype="float64")
     constant_folds = 0
     for fold_train, fold_test in purged_kfold(n, params.n_folds, gap=horizon):
-        proba, used_fallback = _fit_predict(params, x.iloc[fold_train], y[fold_train], x.iloc[fold_test])
+        proba, used_fallback = _fit_predict(native, rounds, x_np[fold_train], y[fold_train], x_np[fold_test])
         oof[fold_test] = proba
         constant_folds += int(used_fallback)
 
-    final = LGBMClassifier(**params.lightgbm_params())
+    # The kept model stays an LGBMClassifier (saved, explained and typed as one downstream).
+    final = LGBMClassifier(**lgbm_params)
     final.fit(x, y)
 
     metrics: dict[str, Any] = {
@@ -217,7 +264,7 @@ def train_teacher(frame: pd.DataFrame, params: TeacherParams, horizon: int) -> T
         "oof_base_rate_folds": constant_folds,
     }
     params_used = {
-        **params.lightgbm_params(),
+        **lgbm_params,
         "val_fraction": params.val_fraction,
         "n_folds": params.n_folds,
         "purge_gap": horizon,
