@@ -105,6 +105,9 @@ run_coordinator:
   config:
     max_concurrent_runs: {max_concurrent_runs}
     dequeue_interval_seconds: 1
+run_launcher:
+  module: sensequant_assets.run_launcher
+  class: ForkingRunLauncher
 run_monitoring:
   enabled: false
 """
