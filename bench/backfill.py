@@ -108,6 +108,11 @@ run_coordinator:
 run_launcher:
   module: sensequant_assets.run_launcher
   class: ForkingRunLauncher
+event_log_storage:
+  module: sensequant_assets.event_storage
+  class: CachedEngineSqliteEventLogStorage
+  config:
+    base_dir: "@DAGSTER_HOME@/history/runs"
 run_monitoring:
   enabled: false
 """
@@ -826,16 +831,15 @@ def run_backfill(
     repeat: int,
     args: argparse.Namespace,
 ) -> tuple[Result, Path]:
-    from sensequant_assets.devserver import DagsterDev
+    from sensequant_assets.devserver import DagsterDev, write_instance_yaml
 
     home, artifacts = workdir / "dagster_home", workdir / "artifacts"
     home.mkdir(parents=True)
     if mode == "backfill":
         if args.dagster_yaml:
-            shutil.copy(args.dagster_yaml, home / "dagster.yaml")
+            write_instance_yaml(home, args.dagster_yaml.read_text())
         else:
-            text = TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs)
-            (home / "dagster.yaml").write_text(text)
+            write_instance_yaml(home, TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs))
     register_symbols(home, universe.symbols)
     extra_env = (
         dict(args.backfill_env) if mode == "backfill" else {**DEFAULT_MODE_ENV, **dict(args.default_env)}

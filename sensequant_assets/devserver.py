@@ -21,6 +21,19 @@ from pathlib import Path
 from types import TracebackType
 
 ROOT = Path(__file__).resolve().parents[1]
+INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
+HOME_PLACEHOLDER = "@DAGSTER_HOME@"  # stands for the instance's own directory in INSTANCE_YAML
+
+
+def write_instance_yaml(home: Path | str, text: str | None = None) -> Path:
+    """Write `text` (default: deploy/dagster.yaml) as `home`'s dagster.yaml, naming `home` where it says
+    @DAGSTER_HOME@ (the event log's directory must be explicit; see event_storage.py)."""
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    source = INSTANCE_YAML.read_text() if text is None else text
+    target = home / "dagster.yaml"
+    target.write_text(source.replace(HOME_PLACEHOLDER, str(home)))
+    return target
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from datetime import date
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from sensequant_assets.devserver import ROOT, DagsterDev
+from sensequant_assets.devserver import DagsterDev, write_instance_yaml
 from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import PARTITIONED, resources
 
@@ -45,7 +44,7 @@ def _materialised(instance: DagsterInstance) -> dict[str, set[str]]:
 def test_new_daily_bars_retrain_exactly_that_symbol_and_window(tmp_path: Path, monkeypatch) -> None:
     data, artifacts, home = tmp_path / "historical", tmp_path / "models", tmp_path / "home"
     home.mkdir()
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    write_instance_yaml(home)
     write_daily(data, SYMBOL, date(2021, 6, 1), date(2022, 6, 30))  # history + the first window
     write_daily(data, "TCS", date(2021, 6, 1), date(2022, 6, 30))  # a bystander that must not run
     env = {
