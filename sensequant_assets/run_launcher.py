@@ -36,6 +36,7 @@ from dagster._serdes import ConfigurableClassData, serialize_value
 from sensequant_assets.run_forkserver import process_start_time
 
 RUN_WORKER_TAG = "sensequant/run_worker"  # "<pid>:<start time>" of a forked run worker
+RETRY_AFTER_SECONDS = 300.0  # a code location whose fork server failed to start is not retried sooner
 
 
 class ForkServerError(RuntimeError):
@@ -46,6 +47,7 @@ class ForkServer:
     """One `run_forkserver` process for one code location, spoken to over its stdin and stdout."""
 
     def __init__(self, executable: str, serialized_origin: str, start_timeout: float) -> None:
+        began = time.monotonic()
         self.proc = subprocess.Popen(
             [executable, "-m", "sensequant_assets.run_forkserver", serialized_origin],
             stdin=subprocess.PIPE,
@@ -59,6 +61,7 @@ class ForkServer:
         if "ready" not in ready:
             self.close()
             raise ForkServerError(f"the fork server could not load the code: {ready.get('error', ready)}")
+        self.start_seconds = time.monotonic() - began
 
     @property
     def alive(self) -> bool:
@@ -112,6 +115,7 @@ class ForkingRunLauncher(DefaultRunLauncher):
         self.enabled = enabled and hasattr(os, "fork")
         self.start_timeout = start_timeout
         self._servers: dict[str, ForkServer] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # origin -> (when, why) of a failed start
         self._lock = threading.Lock()
 
     @classmethod
@@ -161,12 +165,10 @@ class ForkingRunLauncher(DefaultRunLauncher):
             for _attempt in range(2):
                 server = self._servers.get(key)
                 if server is None or not server.alive:
-                    began = time.monotonic()
-                    server = ForkServer(origin.executable_path, key, self.start_timeout)
-                    self._servers[key] = server
+                    server = self._start_server(key, origin.executable_path)
                     self._instance.report_engine_event(
                         f"Started a run-worker fork server (pid {server.proc.pid}) in "
-                        f"{time.monotonic() - began:.1f} s; later runs of this code start as its forks.",
+                        f"{server.start_seconds:.1f} s; later runs of this code start as its forks.",
                         run,
                         cls=self.__class__,
                     )
@@ -182,6 +184,21 @@ class ForkingRunLauncher(DefaultRunLauncher):
                 del self._servers[key]
                 server.close()
             raise ForkServerError(f"the fork server did not fork: {reply}")
+
+    def _start_server(self, key: str, executable: str) -> ForkServer:
+        """A new server for `key`; a start that failed is not retried for RETRY_AFTER_SECONDS, so that
+        code the server cannot import does not delay every run by a failed start."""
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_SECONDS:
+            raise ForkServerError(f"{failed[1]} (not retried for {RETRY_AFTER_SECONDS:.0f} s)")
+        try:
+            server = ForkServer(executable, key, self.start_timeout)
+        except (ForkServerError, OSError) as exc:
+            self._failed[key] = (time.monotonic(), str(exc))
+            raise
+        self._failed.pop(key, None)
+        self._servers[key] = server
+        return server
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)

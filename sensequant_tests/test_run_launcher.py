@@ -167,17 +167,24 @@ def test_a_worker_killed_mid_run_fails_its_run_with_the_signal(setup: Setup) -> 
 
 
 def test_a_server_that_cannot_start_falls_back_to_the_code_server(setup: Setup, monkeypatch) -> None:
-    def broken(*_args: object, **_kwargs: object) -> None:
+    starts: list[str] = []
+
+    def broken(_self: object, executable: str, *_args: object) -> None:
+        starts.append(executable)
         raise ForkServerError("the fork server could not load the code: ImportError: nope")
 
     monkeypatch.setattr(run_launcher.ForkServer, "__init__", broken)
-    run_id = setup.launch("ok_job")
-    assert setup.finish(run_id) == DagsterRunStatus.SUCCESS
-    assert RUN_WORKER_TAG not in setup.instance.get_run_by_id(run_id).tags
-    assert any(
-        "Could not start the run in a preloaded worker" in m and "ImportError: nope" in m
-        for m in setup.engine_messages(run_id)
-    )
+    first, second = setup.launch("ok_job"), setup.launch("ok_job")
+    for run_id in (first, second):
+        assert setup.finish(run_id) == DagsterRunStatus.SUCCESS
+        assert RUN_WORKER_TAG not in setup.instance.get_run_by_id(run_id).tags
+        assert any(
+            "Could not start the run in a preloaded worker" in m and "ImportError: nope" in m
+            for m in setup.engine_messages(run_id)
+        )
+    # One failed start, not one per run: the second run went straight to the code server.
+    assert len(starts) == 1
+    assert any("not retried for 300 s" in m for m in setup.engine_messages(second))
 
 
 def test_worker_pid_names_a_live_process_only() -> None:
