@@ -31,8 +31,9 @@ import traceback
 from typing import Any, NoReturn
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None if there is no such process.
+def process_start_time(pid: int, *, alive_only: bool = True) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None if there is no such process
+    (with `alive_only`, also when it has exited and awaits reaping).
 
     A pid and its start time name a process for good; a pid alone may be reused.
     """
@@ -42,7 +43,7 @@ def process_start_time(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
     state, start = fields[0], fields[19]
-    return None if state in ("Z", "X") else start
+    return None if alive_only and state in ("Z", "X") else start
 
 
 def module_files() -> dict[str, int]:
@@ -194,7 +195,7 @@ class Server:
         if pid == 0:
             run_child(run_args, [self.requests, self.wake_r, self.wake_w, self.replies.fileno()])
         self.children[pid] = run_args
-        self.reply(pid=pid, start=process_start_time(pid))
+        self.reply(pid=pid, start=process_start_time(pid, alive_only=False))  # it may have exited already
 
     def reap(self) -> None:
         while self.children:

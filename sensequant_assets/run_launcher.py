@@ -178,9 +178,11 @@ class ForkingRunLauncher(DefaultRunLauncher):
                     del self._servers[key]
                     server.close()
                     raise
-                if "pid" in reply and reply.get("start"):
-                    return int(reply["pid"]), str(reply["start"])
-                # Stale (the code changed since it was imported): replace the server and retry once.
+                if "pid" in reply:  # forked: never launch this run again, whatever else the reply says
+                    return int(reply["pid"]), str(reply.get("start"))
+                if "stale" not in reply:
+                    raise ForkServerError(f"the fork server did not fork: {reply}")
+                # The code changed since the server imported it: replace the server and retry once.
                 del self._servers[key]
                 server.close()
             raise ForkServerError(f"the fork server did not fork: {reply}")

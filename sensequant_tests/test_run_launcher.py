@@ -198,3 +198,18 @@ def test_worker_pid_names_a_live_process_only() -> None:
         proc.wait()
     assert worker_pid(tag) is None
     assert worker_pid("not-a-pid") is None and worker_pid(None) is None
+
+
+def test_a_worker_that_already_exited_still_has_its_start_time_read() -> None:
+    """The fork server reads a child's start time before reaping it: a run that ends at once must still
+    be reported as forked (with its start time), never as a failed fork that the launcher would retry."""
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while process_start_time(proc.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # exited, not yet reaped: a zombie
+    try:
+        assert process_start_time(proc.pid) is None
+        assert process_start_time(proc.pid, alive_only=False) is not None
+    finally:
+        proc.wait()
+    assert process_start_time(proc.pid, alive_only=False) is None
