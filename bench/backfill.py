@@ -118,9 +118,10 @@ run_monitoring:
 """
 
 # The `default` mode also switches off the project's own batching (single-run backfill policy,
-# in-process executor), so it shows what Dagster does by default: one run per partition, each with
-# the multiprocess executor. `--default-env NAME=VALUE` adds to or overrides this.
-DEFAULT_MODE_ENV = {"SENSEQUANT_BATCH_BACKFILLS": "0"}
+# in-process executor) and the deployment's event batching, so it shows what Dagster does by default:
+# one run per partition, each with the multiprocess executor. `--default-env NAME=VALUE` adds to or
+# overrides this.
+DEFAULT_MODE_ENV = {"SENSEQUANT_BATCH_BACKFILLS": "0", "DAGSTER_EVENT_BATCH_SIZE": "0"}
 
 TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 BAD_RUN_STATUSES = ["FAILURE", "CANCELED", "CANCELING"]

@@ -22,6 +22,10 @@ from types import TracebackType
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
+# Environment defaults of the deployment (`make run`, the tests' and the benchmark's servers). With a batch
+# size, Dagster hands the event storage a batched output's materialisations and a new run's planned events
+# as one batch, which CachedEngineSqliteEventLogStorage writes in one transaction per file.
+DEPLOYMENT_ENV = {"DAGSTER_EVENT_BATCH_SIZE": "1000"}
 HOME_PLACEHOLDER = "@DAGSTER_HOME@"  # stands for the instance's own directory in INSTANCE_YAML
 
 
@@ -56,7 +60,7 @@ class DagsterDev:
     ) -> None:
         self.home = Path(dagster_home)
         self.port = port or free_port()
-        self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.home)}
+        self.env = {**DEPLOYMENT_ENV, **os.environ, **(env or {}), "DAGSTER_HOME": str(self.home)}
         self.env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
         self.log = log or self.home / "dagster_dev.log"
         self.cwd = cwd
@@ -121,10 +125,13 @@ class DagsterDev:
 
 
 def main() -> None:
-    """Exec `dagster dev` with SIGINT/SIGTERM restored to their defaults (arguments passed on)."""
+    """Exec `dagster dev` with SIGINT/SIGTERM restored to their defaults and the deployment's environment
+    defaults (DEPLOYMENT_ENV, unless already set); arguments are passed on."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     dagster = Path(sys.executable).with_name("dagster")
+    for name, value in DEPLOYMENT_ENV.items():
+        os.environ.setdefault(name, value)
     os.execv(str(dagster), [str(dagster), "dev", *sys.argv[1:]])
 
 

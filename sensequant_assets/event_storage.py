@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from dagster import Field, StringSource
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
+from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
@@ -102,6 +106,33 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
             engine = self._engine(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Write a batch of one run's asset events in one transaction per file.
+
+        Dagster hands the storage a batch (a batched output's materialisations, a new run's planned
+        events) when `DAGSTER_EVENT_BATCH_SIZE` is set; its SQLite storage then still writes the events
+        one by one, two transactions each (the run's file and the index). The statements here are
+        exactly those of `store_event` for an asset event, in the same order; anything else (several
+        runs, other event types) is stored event by event as before.
+        """
+        if not events or len({e.run_id for e in events}) != 1:
+            return super().store_event_batch(events)
+        if not all(e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events):
+            return super().store_event_batch(events)
+        statements = [self.prepare_insert_event(event) for event in events]
+        with self.run_connection(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        with self.index_transaction() as conn:
+            for event, statement in zip(events, statements, strict=True):
+                with db_result(conn, statement) as result:
+                    event_id = result.inserted_primary_key[0]
+                if event_id is None:
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+        return None
 
     def dispose(self) -> None:
         with self._db_lock:

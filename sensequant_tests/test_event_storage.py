@@ -5,7 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, asset, materialize
+from dagster import (
+    AssetKey,
+    BackfillPolicy,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    EventRecordsFilter,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
+from dagster._core.events.log import EventLogEntry
 
 from sensequant_assets import event_storage
 from sensequant_assets.devserver import INSTANCE_YAML, write_instance_yaml
@@ -112,3 +123,62 @@ def test_the_deploy_file_names_the_instance_it_is_written_into(tmp_path: Path) -
     assert f'base_dir: "{home.resolve()}/history/runs"' in text
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.event_log_storage, CachedEngineSqliteEventLogStorage)
+
+
+LETTERS = StaticPartitionsDefinition(["a", "b", "c", "d", "e"])
+
+
+@asset(partitions_def=LETTERS, backfill_policy=BackfillPolicy.single_run())
+def letters(context) -> None:
+    context.log.info(f"{len(context.partition_keys)} partitions")
+
+
+def _materialise_range(home: Path, monkeypatch, batch: bool) -> tuple[DagsterInstance, list[str]]:
+    """Materialise partitions b..e of `letters` in one run; returns the instance and the stored kinds."""
+    if batch:
+        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    else:
+        monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    one_by_one: list[str] = []
+    original = CachedEngineSqliteEventLogStorage.store_event
+
+    def spy(self: CachedEngineSqliteEventLogStorage, event: EventLogEntry) -> None:
+        one_by_one.append(event.dagster_event_type.value if event.dagster_event else "log")
+        return original(self, event)
+
+    monkeypatch.setattr(CachedEngineSqliteEventLogStorage, "store_event", spy)
+    instance = DagsterInstance.from_config(str(home))
+    tags = {"dagster/asset_partition_range_start": "b", "dagster/asset_partition_range_end": "e"}
+    assert materialize([letters], instance=instance, tags=tags).success
+    return instance, one_by_one
+
+
+def _asset_state(instance: DagsterInstance) -> dict[str, object]:
+    key = AssetKey("letters")
+    records = instance.fetch_materializations(key, limit=100).records
+    planned = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION_PLANNED, key)
+    )
+    return {
+        "materialised": sorted(instance.get_materialized_partitions(key)),
+        "materialisations": sorted(r.partition_key for r in records),
+        "planned": sorted(r.partition_key for r in planned),
+        "latest": instance.get_latest_materialization_event(key).dagster_event.partition,
+        "in_progress": instance.get_latest_planned_materialization_info(key) is not None,
+    }
+
+
+def test_a_batch_of_asset_events_is_stored_as_event_by_event_in_two_transactions(
+    tmp_path: Path, monkeypatch
+) -> None:
+    homes = {mode: _home(tmp_path / mode, cached=True) for mode in ("one_by_one", "batched")}
+    unbatched, singles = _materialise_range(homes["one_by_one"], monkeypatch, batch=False)
+    batched, batched_singles = _materialise_range(homes["batched"], monkeypatch, batch=True)
+    with unbatched, batched:
+        assert _asset_state(batched) == _asset_state(unbatched)
+        assert _asset_state(batched)["materialisations"] == ["b", "c", "d", "e"]
+        assert _asset_state(batched)["planned"] == ["b", "c", "d", "e"]
+    # Unbatched, each asset event is its own store_event; batched, none of them is.
+    assert singles.count("ASSET_MATERIALIZATION") == 4 and singles.count("ASSET_MATERIALIZATION_PLANNED") == 4
+    assert "ASSET_MATERIALIZATION" not in batched_singles
+    assert "ASSET_MATERIALIZATION_PLANNED" not in batched_singles
