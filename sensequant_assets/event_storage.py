@@ -116,10 +116,11 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
         exactly those of `store_event` for an asset event, in the same order; anything else (several
         runs, other event types) is stored event by event as before.
         """
-        if not events or len({e.run_id for e in events}) != 1:
-            return super().store_event_batch(events)
-        if not all(e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events):
-            return super().store_event_batch(events)
+        one_run = len({e.run_id for e in events}) == 1
+        assets_only = all(e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events)
+        if not (one_run and assets_only):
+            super().store_event_batch(events)
+            return
         statements = [self.prepare_insert_event(event) for event in events]
         with self.run_connection(events[0].run_id) as conn:
             for statement in statements:
@@ -132,7 +133,6 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
                     raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
                 self._store_asset_event_tags(conn, [event], [event_id])
                 self._store_asset_event(conn, event, event_id)
-        return None
 
     def dispose(self) -> None:
         with self._db_lock:

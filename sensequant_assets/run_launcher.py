@@ -175,16 +175,14 @@ class ForkingRunLauncher(DefaultRunLauncher):
                 try:
                     reply = server.fork(run_args)
                 except ForkServerError:
-                    del self._servers[key]
-                    server.close()
+                    self._servers.pop(key).close()
                     raise
                 if "pid" in reply:  # forked: never launch this run again, whatever else the reply says
                     return int(reply["pid"]), str(reply.get("start"))
                 if "stale" not in reply:
-                    raise ForkServerError(f"the fork server did not fork: {reply}")
+                    break
                 # The code changed since the server imported it: replace the server and retry once.
-                del self._servers[key]
-                server.close()
+                self._servers.pop(key).close()
             raise ForkServerError(f"the fork server did not fork: {reply}")
 
     def _start_server(self, key: str, executable: str) -> ForkServer:
