@@ -60,14 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for name, text in (
-        ("promote", "promote a symbol's newest student if the latest briefing decided PROMOTE"),
+        (
+            "promote",
+            "promote a symbol's newest student of the judged configuration if the latest briefing "
+            "decided PROMOTE",
+        ),
         ("rollback", "restore an archived production model of a symbol"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--symbol", required=True)
         cmd.add_argument("--artifacts-dir", help="SENSEQUANT_ARTIFACTS_DIR")
         if name == "promote":
-            cmd.add_argument("--partition", help="partition key to promote (default: newest student)")
+            cmd.add_argument(
+                "--partition",
+                help="partition key to promote (default: newest student of the judged configuration)",
+            )
         else:
             cmd.add_argument("--to", help="archive id (default: the most recent archive)")
 
@@ -263,7 +270,6 @@ def registry_command(args: argparse.Namespace) -> int:
     _export(args)
     from sensequant_assets import registry
     from sensequant_assets.io_manager import ArtifactError, ArtifactStore, codec_for
-    from sensequant_assets.partitions import latest_by_symbol
     from sensequant_assets.settings import env
     from sensequant_assets.sources.symbols import InvalidSymbolError, validate_symbol
 
@@ -279,18 +285,31 @@ def registry_command(args: argparse.Namespace) -> int:
         if entry is None:
             print(f"error: briefing {briefing.generated_at} has no decision for {symbol}", file=sys.stderr)
             return 1
+        judged = entry.get("config_id")
+        if judged is None:
+            print(
+                f"error: briefing {briefing.generated_at} names no judged configuration for {symbol}; "
+                "re-run the briefing",
+                file=sys.stderr,
+            )
+            return 1
         key = args.partition
         if not key:
             from dagster import AssetKey
 
             materialised = _instance().get_materialized_partitions(AssetKey("student_model"))
-            key = latest_by_symbol(materialised).get(symbol)
+            key = registry.newest_student_of_config(base, symbol, materialised, judged).partition_key
             if key is None:
-                print(f"error: no materialised student_model for {symbol}", file=sys.stderr)
+                print(
+                    f"error: no materialised student_model of {symbol} of the judged configuration {judged}",
+                    file=sys.stderr,
+                )
                 return 1
         decision, gates = entry["decision"], entry["gates"]
-        record = registry.promote(base, symbol, key, decision, gates, reason="sensequant promote")
-        print(f"{symbol}: production model is now {record.partition_key}")
+        record = registry.promote(
+            base, symbol, key, decision, gates, reason="sensequant promote", config_id=judged
+        )
+        print(f"{symbol}: production model is now {record.partition_key} (configuration {judged})")
         return 0
     except (InvalidSymbolError, ArtifactError, registry.RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ Layout under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
         metadata.json
         metrics.json
         teacher_metadata.json   copy of the partition's teacher metadata.json
-        promotion.json      who, what, why and when (see `PromotionRecord`)
+        promotion.json      who, what, why, when and which configuration (see `PromotionRecord`)
         checksums.json      sha256 of every file above
     archive/<id>/           earlier `current/` directories, byte for byte;
                             id = `<UTC archival time YYYYMMDDTHHMMSSZ>_<window>`, sortable
@@ -18,6 +18,10 @@ Sources are read through `ArtifactStore.read`, so they are verified against the 
 directory and swapped in with renames; a journal (`.pending.json`) written before the first rename
 lets the next call (or the failing call itself) undo a half-done swap, so `current/` is never
 half-written. Plain Python: no Dagster context is needed.
+
+A briefing judges one configuration (teacher + student hyper-parameters and label definition, named
+by the `config_id` the student recorded); `newest_student_of_config` and `promote(config_id=...)`
+make sure production only ever receives a student of the configuration that was judged.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,13 +56,16 @@ __all__ = [
     "PromotionRefused",
     "RegistryError",
     "RollbackError",
+    "StudentChoice",
     "archives",
     "current",
     "history",
     "load_current_model",
+    "newest_student_of_config",
     "production_dir",
     "promote",
     "rollback",
+    "student_config_id",
 ]
 
 PROMOTE = "PROMOTE"
@@ -68,6 +75,7 @@ ARCHIVE = "archive"
 HISTORY = "history.jsonl"
 PROMOTION = "promotion.json"
 MODEL_FILE = "student_model.pkl"
+CONFIG_ID = "config_id"  # the key under which a student's metadata.json records its configuration id
 _JOURNAL = ".pending.json"
 _LOCK = ".lock"
 _STAGING_PREFIX = ".staging-"
@@ -107,6 +115,7 @@ class PromotionRecord:
     promoted_at: str
     files: dict[str, str]
     directory: Path = field(compare=False)
+    config_id: str | None = None  # the configuration the student recorded (None: trained before ids)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,7 +126,16 @@ class PromotionRecord:
             "gates": self.gates,
             "promoted_at": self.promoted_at,
             "files": dict(self.files),
+            CONFIG_ID: self.config_id,
         }
+
+
+@dataclass(frozen=True)
+class StudentChoice:
+    """The student `newest_student_of_config` picked, and the newer ones it passed over and why."""
+
+    partition_key: str | None
+    passed_over: tuple[tuple[str, str], ...] = ()  # (partition key, reason), newest first
 
 
 # --- paths and small helpers -----------------------------------------------------------------------
@@ -219,6 +237,7 @@ def _record_from(directory: Path) -> PromotionRecord:
         promoted_at=raw["promoted_at"],
         files=dict(raw.get("files", {})),
         directory=directory,
+        config_id=raw.get(CONFIG_ID),
     )
 
 
@@ -374,16 +393,65 @@ def _history_entry(
 # --- public API ------------------------------------------------------------------------------------
 
 
+def _verified(files: Mapping[str, str]) -> Codec:
+    """A read-only codec returning the raw bytes of `files` (name -> path in the partition), verified."""
+    return Codec(owns=(), dump=lambda _: {}, load=lambda read: {n: read(r) for n, r in files.items()})
+
+
 def _source_files(base_dir: Path, partition_key: str) -> dict[str, bytes]:
     """The files `current/` will hold, read through the IO manager's verified reads."""
     store = ArtifactStore(base_dir)
-
-    def verified(files: dict[str, str]) -> Codec:
-        return Codec(owns=(), dump=lambda _: {}, load=lambda read: {n: read(r) for n, r in files.items()})
-
-    student = store.read(partition_key, verified(_STUDENT_FILES), "student_model")
-    teacher = store.read(partition_key, verified(_TEACHER_FILES), "teacher_model")
+    student = store.read(partition_key, _verified(_STUDENT_FILES), "student_model")
+    teacher = store.read(partition_key, _verified(_TEACHER_FILES), "teacher_model")
     return {**student, **teacher}
+
+
+def _config_id_in(metadata_json: bytes, partition_key: str) -> str | None:
+    """The `config_id` of a student's metadata.json (already verified against its checksum)."""
+    try:
+        metadata = json.loads(metadata_json)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"student metadata.json of {partition_key} is not valid JSON: {exc}") from exc
+    value = metadata.get(CONFIG_ID) if isinstance(metadata, dict) else None
+    return None if value is None else str(value)
+
+
+def student_config_id(base_dir: str | Path, partition_key: str) -> str | None:
+    """The configuration id recorded by the student of `partition_key` (None: trained before ids).
+
+    Read through the IO manager's verified reads: a missing or corrupt file raises ArtifactError.
+    """
+    files = {"metadata.json": _STUDENT_FILES["metadata.json"]}
+    raw = ArtifactStore(Path(base_dir)).read(partition_key, _verified(files), "student_model")
+    return _config_id_in(raw["metadata.json"], partition_key)
+
+
+def _window_key(partition_key: str) -> str:
+    return split_key(partition_key)[1]
+
+
+def newest_student_of_config(
+    base_dir: str | Path, symbol: str, partition_keys: Iterable[str], config_id: str
+) -> StudentChoice:
+    """The newest of `symbol`'s student partitions whose recorded configuration is `config_id`.
+
+    `partition_keys` are the materialised `student_model` partitions (any symbols). Newer partitions
+    of another configuration, or whose files cannot be read, are passed over and named with the reason;
+    `partition_key` is None when no partition matches.
+    """
+    symbol = validate_symbol(symbol)
+    mine = sorted((str(k) for k in partition_keys if split_key(k)[0] == symbol), key=_window_key)
+    passed_over: list[tuple[str, str]] = []
+    for key in reversed(mine):
+        try:
+            recorded = student_config_id(base_dir, key)
+        except ArtifactError as exc:
+            passed_over.append((key, f"unreadable: {exc}"))
+            continue
+        if recorded == config_id:
+            return StudentChoice(key, tuple(passed_over))
+        passed_over.append((key, f"configuration {recorded or 'not recorded'}"))
+    return StudentChoice(None, tuple(passed_over))
 
 
 def promote(
@@ -395,12 +463,15 @@ def promote(
     *,
     now: datetime | None = None,
     reason: str | None = None,
+    config_id: str | None = None,
 ) -> PromotionRecord:
     """Make the student of `partition_key` the production model of `symbol`.
 
     Only a PROMOTE decision is accepted. Source files are verified before anything in production
     changes; the previous `current/` is archived; promoting the model that is already current (same
-    partition, same bytes) changes nothing and returns its record.
+    partition, same bytes) changes nothing and returns its record. `config_id`: the configuration
+    the briefing judged; a student that recorded another one is refused (checked on the very bytes
+    that are copied). The student's recorded id goes into promotion.json and history.jsonl either way.
     """
     symbol = validate_symbol(symbol)
     if decision != PROMOTE:
@@ -414,6 +485,12 @@ def promote(
     base = Path(base_dir)
     source_dir = ArtifactStore(base).partition_dir(partition_key)
     files = _source_files(base, partition_key)  # raises ArtifactError naming a missing/corrupt file
+    recorded = _config_id_in(files["metadata.json"], partition_key)
+    if config_id is not None and recorded != config_id:
+        raise PromotionRefused(
+            f"refusing to promote {symbol} ({partition_key}): its student is configuration "
+            f"{recorded or '(not recorded)'}, the briefing judged configuration {config_id}"
+        )
     sums = {name: sha256_bytes(data) for name, data in files.items()}
 
     root = production_dir(base, symbol)
@@ -433,6 +510,7 @@ def promote(
             promoted_at=_iso(at),
             files=sums,
             directory=cur,
+            config_id=recorded,
         )
         staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
         try:
@@ -457,6 +535,7 @@ def promote(
             reason or f"briefing decision {decision} for window {window}",
             archived=archive_id,
             source=str(source_dir),
+            config_id=recorded,
         )
         journal = {"staging": staging.name, "archive_id": archive_id, "restored_from": None, "history": entry}
         _swap(root, staging, journal)
@@ -509,6 +588,7 @@ def rollback(
             reason or f"rollback to archive {target_id}",
             archived=archive_id,
             restored=target_id,
+            config_id=restored.config_id,
         )
         staging = root / f"{_STAGING_PREFIX}rollback-{target_id}"
         journal = {

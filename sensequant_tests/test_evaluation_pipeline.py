@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from sensequant_assets import registry
+from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.jobs import rollback_job
 from sensequant_assets.ml.briefing import PromotionGates, symbol_briefing
 from sensequant_tests.pipeline_helpers import ALL_ASSETS, failure_messages, resources, run, skip_reasons
@@ -99,13 +100,17 @@ def test_briefing_promotes_signal_rejects_random_walk_and_is_reproducible(graph)
         gates=PromotionGates(),
         symbol=SIGNAL,
     )
+    judged = {k: decisions[SIGNAL].pop(k) for k in ("config_id", "windows_left_out")}
     assert json.loads(json.dumps(again, default=str)) == decisions[SIGNAL]
+    # A default run is judged under the code's default configuration, and nothing was left out.
+    assert judged == {"config_id": default_config_id(7), "windows_left_out": 0}
 
 
 def test_promotion_copies_the_newest_student_and_rollback_restores(graph) -> None:
     artifacts, instance, _ = graph
     current = registry.current(artifacts, SIGNAL)
     assert current is not None and current.partition_key == f"{SIGNAL}|2024-07-01"
+    assert current.config_id == default_config_id(7)
     source = artifacts / _dir(SIGNAL, "2024-07-01", "2024-12-31") / "student" / "student_model.pkl"
     assert (
         artifacts / "production" / SIGNAL / "current" / "student_model.pkl"

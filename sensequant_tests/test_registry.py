@@ -30,8 +30,17 @@ COPIED = {
 }
 
 
-def _materialise(base: Path, key: str, seed: int) -> Path:
-    """A partition directory written the way the IO manager writes it, with small real models."""
+CONFIG_A, CONFIG_B = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+
+
+def _materialise(base: Path, key: str, seed: int, config_id: str | None = CONFIG_A) -> Path:
+    """A partition directory written the way the IO manager writes it, with small real models.
+
+    `config_id`: the configuration id the student records (None: a student trained before ids).
+    """
+    metadata = {"partition_key": key, "teacher": "model.pkl"}
+    if config_id is not None:
+        metadata["config_id"] = config_id
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(40, 3))
     y = (x[:, 0] + 0.1 * rng.normal(size=40) > 0).astype(int)
@@ -51,7 +60,7 @@ def _materialise(base: Path, key: str, seed: int) -> Path:
         StudentArtifact(
             model=LogisticRegression(C=0.5).fit(x, y),
             metrics={"auc": 0.5 + seed / 100},
-            metadata={"partition_key": key, "teacher": "model.pkl"},
+            metadata=metadata,
         ),
     )
 
@@ -98,6 +107,7 @@ def test_promote_copies_exactly_the_student_and_records_checksums(base: Path) ->
         "gates": GATES,
         "promoted_at": "2026-11-26T17:15:00Z",
         "files": {name: sums[name] for name in COPIED},
+        "config_id": CONFIG_A,
     }
     assert registry.current(base, "RELIANCE") == rec
     assert registry.archives(base, "RELIANCE") == []
@@ -105,6 +115,7 @@ def test_promote_copies_exactly_the_student_and_records_checksums(base: Path) ->
     assert entry["action"] == "promote"
     assert (entry["from"], entry["to"], entry["at"]) == (None, "RELIANCE|2024-01-01", "2026-11-26T17:15:00Z")
     assert entry["decision"] == "PROMOTE" and entry["reason"]
+    assert entry["config_id"] == CONFIG_A
     # The served model is the one that was trained, and it is only unpickled after verification.
     model = registry.load_current_model(base, "RELIANCE")
     expected = pickle.loads((source / "student/student_model.pkl").read_bytes())
@@ -145,6 +156,61 @@ def test_rematerialised_partition_is_a_new_promotion_not_a_no_op(base: Path) -> 
     rec = registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2)
     assert rec.promoted_at == "2026-11-27T09:00:00Z"
     assert registry.archives(base, "RELIANCE") == ["20261127T090000Z_2024-01-01"]
+
+
+def test_a_student_of_another_configuration_is_refused_and_nothing_is_written(base: Path) -> None:
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1, config_id=CONFIG_A)
+    before = _tree(_prod(base))
+    _materialise(base, "RELIANCE|2024-01-01", seed=3, config_id=CONFIG_B)
+    with pytest.raises(PromotionRefused, match=f"configuration {CONFIG_B}, the briefing judged.*{CONFIG_A}"):
+        registry.promote(
+            base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2, config_id=CONFIG_A
+        )
+    _materialise(base, "RELIANCE|2024-01-01", seed=4, config_id=None)
+    with pytest.raises(PromotionRefused, match=r"\(not recorded\)"):
+        registry.promote(
+            base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2, config_id=CONFIG_A
+        )
+    assert _tree(_prod(base)) == before
+    # Without a judged id (a manual promotion), the student's own id is still recorded.
+    rec = registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2)
+    assert rec.config_id is None and registry.current(base, "RELIANCE").config_id is None
+
+
+def test_rollback_records_the_restored_configuration(base: Path) -> None:
+    _materialise(base, "RELIANCE|2024-01-01", seed=3, config_id=CONFIG_B)
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2)
+    assert registry.current(base, "RELIANCE").config_id == CONFIG_B
+    assert registry.rollback(base, "RELIANCE", now=T3).config_id == CONFIG_A
+    assert [e["config_id"] for e in registry.history(base, "RELIANCE")] == [CONFIG_A, CONFIG_B, CONFIG_A]
+
+
+def test_newest_student_of_config_passes_over_other_configurations(base: Path) -> None:
+    _materialise(base, "RELIANCE|2023-01-01", seed=5, config_id=CONFIG_A)
+    _materialise(base, "RELIANCE|2023-07-01", seed=1, config_id=CONFIG_B)
+    _materialise(base, "RELIANCE|2024-01-01", seed=2, config_id=None)
+    _materialise(base, "TCS|2024-07-01", seed=6, config_id=CONFIG_A)
+    keys = ["RELIANCE|2023-01-01", "RELIANCE|2024-01-01", "TCS|2024-07-01", "RELIANCE|2023-07-01"]
+    assert registry.student_config_id(base, "RELIANCE|2023-07-01") == CONFIG_B
+
+    choice = registry.newest_student_of_config(base, "RELIANCE", keys, CONFIG_A)
+    assert choice.partition_key == "RELIANCE|2023-01-01"
+    assert choice.passed_over == (
+        ("RELIANCE|2024-01-01", "configuration not recorded"),
+        ("RELIANCE|2023-07-01", f"configuration {CONFIG_B}"),
+    )
+    assert registry.newest_student_of_config(base, "RELIANCE", keys, CONFIG_B).partition_key == (
+        "RELIANCE|2023-07-01"
+    )
+    none = registry.newest_student_of_config(base, "RELIANCE", keys, "cccccccccccc")
+    assert none.partition_key is None and len(none.passed_over) == 3
+
+    # A damaged newest student is passed over with the error, never trusted.
+    (ArtifactStore(base).partition_dir("RELIANCE|2024-01-01") / "student/metadata.json").write_text("{}")
+    damaged = registry.newest_student_of_config(base, "RELIANCE", keys, CONFIG_A)
+    assert damaged.partition_key == "RELIANCE|2023-01-01"
+    assert damaged.passed_over[0][0] == "RELIANCE|2024-01-01" and "corrupt" in damaged.passed_over[0][1]
 
 
 @pytest.mark.parametrize("decision", ["REJECT", "INSUFFICIENT_DATA", "promote"])

@@ -1,5 +1,6 @@
 """`promotion_briefing` and `production_models`: honest statistics, then promotion of survivors."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -17,16 +18,28 @@ from dagster import (
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
+from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
 from sensequant_assets.io_manager import PartitionDirIOManager
-from sensequant_assets.ml.briefing import PromotionGates, render_markdown, symbol_briefing
-from sensequant_assets.partitions import latest_by_symbol, split_key
-from sensequant_assets.registry import promote
+from sensequant_assets.ml.briefing import (
+    BRIEFING_COLUMNS,
+    INSUFFICIENT_DATA,
+    PromotionGates,
+    render_markdown,
+    symbol_briefing,
+)
+from sensequant_assets.partitions import split_key
+from sensequant_assets.registry import PROMOTE, newest_student_of_config, promote
 from sensequant_assets.resources import PipelineSettings
 
 
 class BriefingConfig(Config):
-    """Promotion gates; `extra_trials` counts configurations tried outside this instance's history."""
+    """Promotion gates; `extra_trials` counts configurations tried outside this instance's history.
+
+    `config_id` picks the one configuration whose evaluations are judged (None: the code's default
+    configuration, `student.default_config_id`): stitching windows of different configurations
+    would judge a model that never existed, and promotion follows the configuration judged here.
+    """
 
     min_windows: int = 2
     min_rows: int = 100
@@ -37,6 +50,7 @@ class BriefingConfig(Config):
     n_boot: int = 1000
     seed: int = 0
     extra_trials: int = 0
+    config_id: str | None = None
 
     def gates(self) -> PromotionGates:
         fields = PromotionGates.__dataclass_fields__
@@ -67,13 +81,68 @@ def configurations_tried(context: AssetExecutionContext, symbol: str) -> int:
         cursor = page.cursor
 
 
+def judged_config_id(config: BriefingConfig, horizon: int) -> str:
+    """The configuration the briefing judges: the one asked for, else the code's default."""
+    return config.config_id or default_config_id(horizon)
+
+
+def select_configuration(
+    evaluations: Mapping[str, EvaluationArtifact], config_id: str
+) -> tuple[dict[str, list[pd.DataFrame]], dict[str, int]]:
+    """Per symbol: the predictions of the windows evaluated under `config_id`, and how many were not.
+
+    Every symbol with any evaluation is listed (with no frames when none matches), so a symbol
+    evaluated only under other configurations is briefed as INSUFFICIENT_DATA, not dropped.
+    """
+    selected: dict[str, list[pd.DataFrame]] = {}
+    left_out: dict[str, int] = {}
+    for key, evaluation in sorted(evaluations.items()):
+        symbol = split_key(key)[0]
+        frames = selected.setdefault(symbol, [])
+        left_out.setdefault(symbol, 0)
+        if evaluation.metrics.get(CONFIG_ID_KEY) == config_id:
+            frames.append(evaluation.predictions)
+        else:
+            left_out[symbol] += 1
+    return selected, left_out
+
+
+def _stitched(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(BRIEFING_COLUMNS))
+
+
+def _with_configuration(briefing: dict, config_id: str, left_out: int, judged_windows: int) -> dict:
+    """Name the configuration judged; a symbol with no window of it is INSUFFICIENT_DATA, saying so."""
+    out = {**briefing, CONFIG_ID_KEY: config_id, "windows_left_out": left_out}
+    if judged_windows == 0:
+        out["decision"] = INSUFFICIENT_DATA
+        out["reasons"] = [
+            f"no window evaluated under configuration {config_id} "
+            f"({left_out} window(s) of other configurations left out)"
+        ]
+    return out
+
+
+def _configuration_header(markdown: str, config_id: str, default: bool, left_out: dict[str, int]) -> str:
+    """Insert, under the title, which configuration was judged and what was left out per symbol."""
+    title, _, rest = markdown.partition("\n")
+    origin = "the code's default configuration" if default else "selected with BriefingConfig.config_id"
+    dropped = ", ".join(f"{s} {n}" for s, n in sorted(left_out.items()) if n) or "none"
+    line = (
+        f"Configuration judged: `{config_id}` ({origin}). Windows of other configurations left out: "
+        f"{dropped}."
+    )
+    return f"{title}\n\n{line}\n{rest}"
+
+
 @asset(
     ins={"student_evaluation": AssetIn(metadata={"allow_missing": True, "as_dict": True})},
     io_manager_key="artifacts_io_manager",
     automation_condition=AFTER_BATCH_SETTLES,
     group_name="evaluation",
     description=(
-        "Per symbol: every evaluated window stitched into one out-of-sample record; bootstrap CIs, "
+        "Per symbol: every window evaluated under the judged configuration (default: the code's; "
+        "BriefingConfig.config_id) stitched into one out-of-sample record; bootstrap CIs, "
         "PSR/DSR, Diebold-Mariano vs the base rate, gates and a PROMOTE/REJECT/INSUFFICIENT_DATA "
         "decision. Written to briefings/ (latest and a dated copy)."
     ),
@@ -84,28 +153,35 @@ def promotion_briefing(
     student_evaluation: dict[str, EvaluationArtifact],
     settings: PipelineSettings,
 ) -> BriefingArtifact:
-    by_symbol: dict[str, list[pd.DataFrame]] = {}
-    for key, evaluation in sorted(student_evaluation.items()):
-        by_symbol.setdefault(split_key(key)[0], []).append(evaluation.predictions)
+    judged = judged_config_id(config, settings.forecast_horizon)
+    by_symbol, left_out = select_configuration(student_evaluation, judged)
     gates = config.gates()
     briefings = []
     for symbol, frames in sorted(by_symbol.items()):
         n_trials = configurations_tried(context, symbol) + config.extra_trials
         briefing = symbol_briefing(
-            pd.concat(frames, ignore_index=True),
+            _stitched(frames),
             horizon=settings.forecast_horizon,
             n_trials=n_trials,
             gates=gates,
             symbol=symbol,
         )
-        briefings.append({"symbol": symbol, **briefing})
+        briefings.append(
+            _with_configuration({"symbol": symbol, **briefing}, judged, left_out[symbol], len(frames))
+        )
     generated_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    markdown = render_markdown(briefings, generated_at=generated_at)
+    is_default = judged == default_config_id(settings.forecast_horizon)
+    markdown = _configuration_header(
+        render_markdown(briefings, generated_at=generated_at), judged, is_default, left_out
+    )
     counts = pd.Series([b["decision"] for b in briefings], dtype="object").value_counts().to_dict()
     context.add_output_metadata(
         {
             "symbols": len(briefings),
             **{f"decision_{k.lower()}": int(v) for k, v in counts.items()},
+            CONFIG_ID_KEY: MetadataValue.text(judged),
+            "config_is_default": is_default,
+            "windows_left_out": MetadataValue.json(left_out),
             "briefing": MetadataValue.md(markdown),
         }
     )
@@ -117,8 +193,9 @@ def promotion_briefing(
     automation_condition=AFTER_BATCH_SETTLES,
     group_name="evaluation",
     description=(
-        "Copies the newest student of every PROMOTE symbol to production/<SYMBOL>/current, "
-        "archiving the one it replaces. Never promotes a REJECT or INSUFFICIENT_DATA."
+        "Copies the newest student of the judged configuration of every PROMOTE symbol to "
+        "production/<SYMBOL>/current, archiving the one it replaces. Never promotes a REJECT or "
+        "INSUFFICIENT_DATA, nor a student of a configuration the briefing did not judge."
     ),
 )
 def production_models(
@@ -126,17 +203,27 @@ def production_models(
     promotion_briefing: BriefingArtifact,
     artifacts_io_manager: ResourceParam[PartitionDirIOManager],
 ) -> MaterializeResult:
-    latest = latest_by_symbol(context.instance.get_materialized_partitions(AssetKey("student_model")))
+    materialised = context.instance.get_materialized_partitions(AssetKey("student_model"))
+    base_dir = artifacts_io_manager.base_dir
     lines = []
     for entry in promotion_briefing.symbols:
         symbol, decision = entry["symbol"], entry["decision"]
-        if decision != "PROMOTE":
-            lines.append(f"| {symbol} | {decision} | not promoted |")
+        judged = entry.get(CONFIG_ID_KEY)
+        if decision != PROMOTE:
+            lines.append(f"| {symbol} | {decision} | {judged} | not promoted |")
             continue
-        if symbol not in latest:
-            lines.append(f"| {symbol} | {decision} | no materialised student to promote |")
+        if judged is None:
+            why = "not promoted: the briefing names no judged configuration (written before they were)"
+            lines.append(f"| {symbol} | {decision} | - | {why} |")
             continue
-        record = promote(artifacts_io_manager.base_dir, symbol, latest[symbol], decision, entry["gates"])
-        lines.append(f"| {symbol} | {decision} | {record.partition_key} now in production |")
-    table = "| symbol | decision | action |\n| --- | --- | --- |\n" + "\n".join(lines)
+        choice = newest_student_of_config(base_dir, symbol, materialised, judged)
+        passed = "; ".join(f"passed over newer {key} ({why})" for key, why in choice.passed_over)
+        if choice.partition_key is None:
+            why = f"not promoted: no materialised student of configuration {judged}"
+            lines.append(f"| {symbol} | {decision} | {judged} | {why}{'; ' + passed if passed else ''} |")
+            continue
+        record = promote(base_dir, symbol, choice.partition_key, decision, entry["gates"], config_id=judged)
+        action = f"{record.partition_key} now in production{'; ' + passed if passed else ''}"
+        lines.append(f"| {symbol} | {decision} | {judged} | {action} |")
+    table = "| symbol | decision | config | action |\n| --- | --- | --- | --- |\n" + "\n".join(lines)
     return MaterializeResult(metadata={"actions": MetadataValue.md(table)})

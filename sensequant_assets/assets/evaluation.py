@@ -1,7 +1,5 @@
 """`student_evaluation`: the student of window k-1 predicts window k of the same symbol."""
 
-import hashlib
-import json
 from collections.abc import Iterator
 
 import pandas as pd
@@ -27,6 +25,7 @@ from sensequant_assets.assets.partition_context import (
     metadata_value,
     partition_windows,
 )
+from sensequant_assets.assets.student import CONFIG_ID_KEY, config_hash
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
@@ -49,16 +48,22 @@ PREVIOUS_WINDOW_SAME_SYMBOL = MultiPartitionMapping(
 )
 
 
-CONFIG_ID_KEY = "config_id"
-
-
 def configuration_id(student_metadata: dict) -> str:
-    """A short id of the teacher + student hyper-parameters: one 'trial' for the deflated Sharpe."""
+    """The configuration id the student recorded when it was trained (see `student.config_hash`).
+
+    The briefing compares it with `default_config_id`, so it must not be recomputed from anything the
+    student did not record. A student trained before ids were recorded gets the hash of its
+    hyper-parameters that was its id then: still one distinct 'trial', never equal to a current
+    configuration's id.
+    """
+    recorded = student_metadata.get(CONFIG_ID_KEY)
+    if recorded:
+        return str(recorded)
     params = {
         "teacher": student_metadata.get("teacher", {}).get("hyperparameters"),
         "student": student_metadata.get("hyperparameters"),
     }
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return config_hash(params)
 
 
 class EvaluationConfig(Config):

@@ -1,7 +1,9 @@
 """`student_model`: a small model distilled from the teacher's out-of-fold soft labels."""
 
-from collections.abc import Iterator
-from typing import Literal
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
@@ -17,6 +19,7 @@ from sensequant_assets.assets.partition_context import (
     emit,
     metadata_value,
 )
+from sensequant_assets.assets.teacher import TeacherConfig, teacher_configuration
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TooFewRowsError
@@ -24,6 +27,10 @@ from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import PipelineSettings
 
 STUDENT_CODE_VERSION = "1"
+
+# The metadata key (student metadata.json, evaluation metrics and Dagster metadata) of the
+# configuration id: one id per teacher + student configuration, i.e. one 'trial' for the deflated Sharpe.
+CONFIG_ID_KEY = "config_id"
 
 
 class StudentConfig(Config):
@@ -39,6 +46,39 @@ class StudentConfig(Config):
 
     def params(self) -> StudentParams:
         return StudentParams(**self.model_dump())
+
+
+def model_configuration(teacher: Mapping[str, Any], config: StudentConfig) -> dict[str, Any]:
+    """The whole configuration of a student: its teacher's (from `teacher_configuration`) and its own."""
+    return {**teacher, "student": config.model_dump()}
+
+
+def config_hash(configuration: Mapping[str, Any]) -> str:
+    """A short, stable id of a configuration (JSON with sorted keys, so dict order does not matter)."""
+    canonical = json.dumps(configuration, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def default_config_id(horizon: int) -> str:
+    """The id of the code's default configuration at `horizon`, computed without any trained model.
+
+    Built by the same functions a run uses to record its id, so a default run records exactly this.
+    """
+    return config_hash(model_configuration(teacher_configuration(TeacherConfig(), horizon), StudentConfig()))
+
+
+def _teacher_part(teacher: TeacherArtifact) -> dict[str, Any]:
+    """The teacher's recorded configuration; a teacher trained before it was recorded gets its
+    hyper-parameters and label settings instead, which never match a current configuration."""
+    recorded = teacher.metadata.get("configuration")
+    if recorded is not None:
+        return dict(recorded)
+    return {
+        "legacy_teacher": {
+            "hyperparameters": teacher.metadata.get("hyperparameters"),
+            "config": teacher.metadata.get("config"),
+        }
+    }
 
 
 @asset(
@@ -82,6 +122,9 @@ def distil(
 ) -> StudentArtifact:
     """One partition's student; raises TooFewRowsError when it must be skipped."""
     params = config.params()
+    # The teacher's side comes from the teacher artifact, not this run's TeacherConfig: a student-only
+    # run distils a teacher that an earlier run may have trained under another configuration.
+    configuration = model_configuration(_teacher_part(teacher), config)
     result = train_student(labels, labels["teacher_proba"].to_numpy(), params, horizon)
     metadata = {
         "symbol": pw.symbol,
@@ -99,6 +142,8 @@ def distil(
         # The naive forecaster the out-of-sample evaluation compares against.
         "train_base_rate": float(labels["label"].mean()),
         "hyperparameters": result.params_used,
+        "configuration": configuration,
+        CONFIG_ID_KEY: config_hash(configuration),
         "code_version": f"{__version__}+student.{STUDENT_CODE_VERSION}",
     }
     return StudentArtifact(model=result.model, metrics=result.metrics, metadata=metadata)
@@ -112,4 +157,5 @@ def _metadata(artifact: StudentArtifact) -> dict:
         "holdout_rows": meta["holdout_rows"],
         **{k: metadata_value(v) for k, v in artifact.metrics.items()},
         "params": MetadataValue.json(meta["hyperparameters"]),
+        CONFIG_ID_KEY: MetadataValue.text(str(meta[CONFIG_ID_KEY])),
     }

@@ -4,6 +4,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -35,6 +36,10 @@ from sensequant_assets.resources import MarketDataResource, PipelineSettings
 
 TEACHER_CODE_VERSION = "1"
 
+# TeacherConfig fields that decide how fast, or whether, a window trains, never what it learns: left
+# out of the configuration id so that a speed setting does not split one configuration's record.
+RUN_ONLY_FIELDS = frozenset({"num_threads", "min_rows"})
+
 
 class TeacherConfig(Config):
     """Teacher hyper-parameters and labelling; every field reaches the model or the labels."""
@@ -57,6 +62,16 @@ class TeacherConfig(Config):
     def params(self) -> TeacherParams:
         fields = TeacherParams.__dataclass_fields__
         return TeacherParams(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+
+def teacher_configuration(config: TeacherConfig, horizon: int) -> dict[str, Any]:
+    """What shapes the teacher and its labels: every config field but RUN_ONLY_FIELDS, plus the horizon.
+
+    Recorded in the teacher's metadata so its student (possibly trained in a later run) can name the
+    configuration it belongs to; a field added to TeacherConfig is covered without touching this.
+    """
+    fields = {k: v for k, v in config.model_dump().items() if k not in RUN_ONLY_FIELDS}
+    return {"teacher": fields, "forecast_horizon": int(horizon)}
 
 
 def bars_hash(bars: pd.DataFrame) -> str:
@@ -154,6 +169,7 @@ def train_partition(
             "random_seed": config.seed,
         },
         "hyperparameters": result.params_used,
+        "configuration": teacher_configuration(config, horizon),
         "metrics": result.metrics,
         "data_source": market_data.data_source,
         "data_sha256": bars_hash(bars),
