@@ -48,18 +48,50 @@ def _moved(base: pd.DataFrame, other: pd.DataFrame, upto: int, rtol: float, atol
 
 
 def _perturb_after(bars: pd.DataFrame, cut: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Bars after ``cut`` replaced by a different, still valid path (OHLC scaled row by row)."""
+    """Bars after ``cut`` replaced by an independent, valid continuation of the path.
+
+    Every value of every later bar is drawn afresh: the gap from the previous close, the body
+    (close against open), the wick above and the wick below the body, and the volume. Scaling
+    the old later bars instead (one common factor for all of a bar's OHLC) kept every ratio
+    within a bar, so a feature reading the next bar's shape, e.g. ``(close / open - 1).shift(-1)``,
+    never moved; a fresh path leaves no function of the later bars invariant except constants
+    (a coarse one, such as the next bar's direction, still keeps its value by chance: about
+    half the time per probe).
+    It starts at the close at ``cut`` and moves with the bars' own daily volatility, so it is a
+    plausible input rather than a jump a feature could choke on, and it keeps what the sources
+    guarantee: 0 < low <= min(open, close), high >= max(open, close), whole volume >= 0.
+    Other columns are left as they are.
+    """
     out = bars.copy()
     n_after = len(bars) - cut - 1
-    price_factor = np.exp(np.cumsum(rng.normal(0.0, 0.05, n_after)))
-    volume_factor = np.exp(rng.normal(0.0, 0.5, n_after))
-    cols = [c for c in PRICE_COLUMNS if c in bars.columns]
-    out.iloc[cut + 1 :, [out.columns.get_loc(c) for c in cols]] = (
-        bars[cols].iloc[cut + 1 :].to_numpy(dtype="float64") * price_factor[:, None]
-    )
+    gap, body, upper, lower, volume_noise = rng.standard_normal((5, n_after))
+    prices = [c for c in PRICE_COLUMNS if c in bars.columns]
+    if prices:
+        ref = bars["close" if "close" in prices else prices[0]].to_numpy(dtype="float64")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_ref = np.log(ref)
+            vol = float(np.nanstd(np.diff(log_ref))) if len(ref) > 2 else 0.0
+        vol = vol if np.isfinite(vol) and vol > 0 else 0.02
+        anchor = float(log_ref[cut]) if np.isfinite(log_ref[cut]) else 0.0
+        body = vol * body
+        log_close = anchor + np.cumsum(0.5 * vol * gap + body)
+        log_open = log_close - body
+        fresh = {
+            "open": log_open,
+            "close": log_close,
+            "high": np.maximum(log_open, log_close) + 0.5 * vol * np.abs(upper),
+            "low": np.minimum(log_open, log_close) - 0.5 * vol * np.abs(lower),
+        }
+        for c in prices:
+            column = bars[c].to_numpy(dtype="float64", copy=True)
+            column[cut + 1 :] = np.exp(fresh[c])
+            out[c] = column
     if "volume" in bars.columns:
-        vol = bars["volume"].iloc[cut + 1 :].to_numpy(dtype="float64")
-        out.iloc[cut + 1 :, out.columns.get_loc("volume")] = np.round(vol * volume_factor)
+        column = bars["volume"].to_numpy(dtype="float64", copy=True)
+        positive = column[np.isfinite(column) & (column > 0)]
+        scale = float(np.median(positive)) if len(positive) else 1000.0
+        column[cut + 1 :] = np.round(scale * np.exp(0.5 * volume_noise))
+        out["volume"] = column.astype(bars["volume"].dtype) if bars["volume"].dtype.kind in "iu" else column
     return out
 
 
@@ -76,13 +108,14 @@ def check_point_in_time(
 
     For ``probes`` cut points t (drawn with ``seed``, spread over the bars), ``feature_fn`` is
     recomputed on the bars cut short at a random point u > t with every bar in ``(t, u]``
-    replaced by a different price/volume path. A causal function gives the same values at rows
-    <= t (up to ``rtol``/``atol``; NaN equals NaN). The replaced bars catch reads of values up
-    to ``u - t`` bars ahead (``shift(-k)``, centred windows); the cut catches longer reads,
+    replaced by an independently drawn path (every open, high, low, close and volume new, see
+    :func:`_perturb_after`). A causal function gives the same values at rows <= t (up to
+    ``rtol``/``atol``; NaN equals NaN). The replaced bars catch reads of values up to ``u - t``
+    bars ahead (``shift(-k)``, centred windows, the next bar's shape); the cut catches longer reads,
     back-filling and whole-series statistics (global normalisation). The error names the
     features that moved and the first timestamp that moved. Costs ``probes + 1`` calls of
-    ``feature_fn`` (milliseconds each for a window of daily bars), so it can run every time a
-    model is trained.
+    ``feature_fn`` (tens of milliseconds each for a window of daily bars) and a few
+    milliseconds of drawing, so it can run every time a model is trained.
     """
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
