@@ -17,7 +17,7 @@ from sensequant_tests.pipeline_helpers import ALL_ASSETS, failure_messages, reso
 
 SIGNAL, NULL = "TCS", "INFY"
 WINDOWS = ["2022-01-01", "2022-07-01", "2023-01-01", "2023-07-01", "2024-01-01", "2024-07-01"]
-MARKET = {"signal_symbols": SIGNAL, "random_walk_symbols": NULL}
+MARKET = {"signal_symbols": SIGNAL, "random_walk_symbols": NULL, "signal_ic": 0.6246}  # a strong smoke test
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from sensequant_assets.ml.evaluation import auc, log_loss_series, spearman_ic
 from sensequant_assets.ml.stats import deflated_sharpe_ratio, diebold_mariano, sharpe_ratio
 from sensequant_assets.sources.synthetic import SyntheticSource
 from sensequant_tests.test_ml_walk_forward import (
-    PLANTED_STRENGTH,
+    PLANTED_IC,
     PROTOCOL_SYMBOLS,
     PROTOCOL_TRIALS,
     PROTOCOL_WINDOWS,
@@ -36,7 +36,7 @@ from sensequant_tests.test_ml_walk_forward import (
 
 @pytest.fixture(scope="module")
 def planted() -> dict[str, pd.DataFrame]:
-    source = SyntheticSource(seed=0, signal_strength=PLANTED_STRENGTH)
+    source = SyntheticSource(seed=0, signal_ic=PLANTED_IC)
     return {symbol: walk_forward(source, symbol, PROTOCOL_WINDOWS)[0] for symbol in PROTOCOL_SYMBOLS}
 
 

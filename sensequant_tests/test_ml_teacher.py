@@ -156,7 +156,7 @@ def test_planted_signal_is_learned() -> None:
     bound (oof AUC 0.43-0.82 across the default windows and symbols); the walk-forward tests
     judge those.
     """
-    planted = train_teacher(_source_frame(SyntheticSource(seed=0, signal_strength=4.0)), TeacherParams(), H)
+    planted = train_teacher(_source_frame(SyntheticSource(seed=0, signal_ic=0.6246)), TeacherParams(), H)
     assert planted.metrics["oof_auc"] > 0.6
     assert planted.metrics["val_auc"] is not None and planted.metrics["val_auc"] > 0.6
     null = train_teacher(_source_frame(SyntheticSource(seed=0, random_walk=True)), TeacherParams(), H)

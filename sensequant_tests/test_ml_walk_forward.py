@@ -43,14 +43,14 @@ def month_windows(start: dt.date, count: int, months: int = 6) -> list[tuple[dt.
 # The protocol of the methodology tests is the pipeline's defaults (settings.DEFAULTS): the default
 # symbols, windows of the default length from the default start date (six 6-month windows,
 # 2022-01..2024-12, five of them evaluated), default TeacherParams and StudentParams, and the
-# default planted-signal strength of the synthetic source.
+# strong planted signal PLANTED_IC (a smoke test, not the realistic default) of the synthetic source.
 PROTOCOL_SYMBOLS = DEFAULTS["SENSEQUANT_SYMBOLS"].split(",")
 PROTOCOL_WINDOWS = month_windows(
     dt.date.fromisoformat(DEFAULTS["SENSEQUANT_START_DATE"]),
     6,
     months=int(DEFAULTS["SENSEQUANT_WINDOW_MONTHS"]),
 )
-PLANTED_STRENGTH = float(DEFAULTS["SENSEQUANT_SYNTHETIC_SIGNAL_STRENGTH"])
+PLANTED_IC = 0.6246  # strong smoke-test signal_ic: the old signal_strength=4.0 (the default is 0.10)
 # Configurations evaluated on this protocol, counted by the deflated Sharpe ratio: one, the
 # defaults (the planted DSR is ~1.0 either way).
 PROTOCOL_TRIALS = 1
@@ -107,7 +107,7 @@ def walk_forward(
 @pytest.fixture(scope="module")
 def two_windows() -> dict:
     """A student trained on one window and the next window's teacher_labels table."""
-    source = SyntheticSource(seed=3, signal_strength=PLANTED_STRENGTH)
+    source = SyntheticSource(seed=3, signal_ic=PLANTED_IC)
     (s0, e0), (s1, e1) = PROTOCOL_WINDOWS[:2]
     frames = []
     for start, end in ((s0, e0), (s1, e1)):

@@ -334,11 +334,17 @@ def test_synthetic_token_is_its_parameters() -> None:
         SyntheticSource(seed=1, end_date=D(2024, 3, 28)),
         SyntheticSource(seed=0, end_date=D(2024, 4, 1)),
         SyntheticSource(seed=0),
-        SyntheticSource(seed=0, end_date=D(2024, 3, 28), signal_strength=1.0),
+        SyntheticSource(seed=0, end_date=D(2024, 3, 28), signal_ic=0.2),
+        SyntheticSource(seed=0, end_date=D(2024, 3, 28), signal_ic=0.2, signal_horizon=5),
         SyntheticSource(seed=0, end_date=D(2024, 3, 28), random_walk=True),
+        SyntheticSource(seed=0, end_date=D(2024, 3, 28), process="garch_t"),
+        SyntheticSource(seed=0, end_date=D(2024, 3, 28), process="regime"),
     ]
     tokens = {base.data_token("RELIANCE"), *(v.data_token("RELIANCE") for v in variants)}
-    assert len(tokens) == 6
+    assert len(tokens) == 1 + len(variants)
+    assert base.data_token("RELIANCE") == (
+        "synthetic:seed=0:process=garch:signal_ic=0.0:signal_horizon=7:end_date=2024-03-28"
+    )
     with pytest.raises(InvalidSymbolError):
         base.data_token("A|B")
 
@@ -369,10 +375,33 @@ def test_synthetic_fingerprint_depends_on_what_shapes_the_bars() -> None:
     base = fingerprints(SyntheticSource(seed=0))
     assert fingerprints(SyntheticSource(seed=0)) == base
     assert fingerprints(SyntheticSource(seed=0), "TCS")[JAN[0]] != base[JAN[0]]
-    for other in (
+    others = [
         SyntheticSource(seed=1),
-        SyntheticSource(signal_strength=0.5),
+        SyntheticSource(signal_ic=0.05),
+        SyntheticSource(signal_ic=0.05, signal_horizon=5),
+        SyntheticSource(signal_ic=0.05, process="garch_t"),
         SyntheticSource(random_walk=True),
-    ):
-        assert fingerprints(other)[JAN[0]] != base[JAN[0]]
+        SyntheticSource(random_walk=True, signal_ic=0.05),
+        SyntheticSource(process="garch_t"),
+        SyntheticSource(process="regime"),
+    ]
+    jan = {fingerprints(other)[JAN[0]] for other in others}
+    assert base[JAN[0]] not in jan and len(jan) == len(others)  # every parameter that shapes bars counts
     assert fingerprints(SyntheticSource(), "reliance") == base  # symbols are canonicalised
+    # Without a signal the horizon shapes nothing: same bars, same fingerprints.
+    assert fingerprints(SyntheticSource(signal_horizon=5)) == base
+    assert fingerprints(SyntheticSource(process="random_walk")) == fingerprints(
+        SyntheticSource(random_walk=True)
+    )
+
+
+def test_synthetic_fingerprints_of_the_old_parameters_are_unchanged() -> None:
+    """Recorded before `process` and `signal_ic` existed: the default and the random walk keep theirs,
+    so adding the parameters retrains nothing."""
+    window = [(D(2024, 1, 1), D(2024, 6, 30))]
+    assert SyntheticSource().window_fingerprints("RELIANCE", window) == {
+        D(2024, 1, 1): "9bba62391671bab546095634df6419572a1165357acb7a15583896b10479cbea"
+    }
+    assert SyntheticSource(random_walk=True).window_fingerprints("TCS", window) == {
+        D(2024, 1, 1): "cab4fe7acc5441d059d88236227172a61ff514ac4fe020047041f080e437ec53"
+    }

@@ -43,7 +43,7 @@ PARAMS = {
 
 def _source_frame(symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
     """One six-month partition (~125 rows) of the planted-signal source, as the teacher asset sees it."""
-    source = SyntheticSource(seed=0, signal_strength=4.0)
+    source = SyntheticSource(seed=0, signal_ic=0.6246)
     bars = source.bars(symbol, start - dt.timedelta(days=210), end)
     return build_dataset(bars, start, end, H, THRESHOLD, symbol).frame
 
