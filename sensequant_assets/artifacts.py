@@ -28,12 +28,17 @@ class StudentArtifact:
 
 @dataclass
 class EvaluationArtifact:
-    """A student's out-of-sample evaluation on the window after the one it was trained on."""
+    """A student's out-of-sample evaluation on the window after the one it was trained on.
+
+    ``reliability_png`` is the window's reliability diagram; empty for an evaluation stored before
+    the diagram existed.
+    """
 
     metrics: dict[str, Any]
     predictions: pd.DataFrame
     equity: pd.DataFrame
     equity_png: bytes
+    reliability_png: bytes = b""
 
 
 @dataclass

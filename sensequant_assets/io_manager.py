@@ -128,20 +128,30 @@ def _load_student(read: Callable[[str], bytes]) -> StudentArtifact:
 
 
 def _dump_evaluation(art: EvaluationArtifact) -> dict[str, bytes]:
-    return {
+    files = {
         "evaluation/metrics.json": _json_bytes(art.metrics),
         "evaluation/predictions.parquet": _parquet_bytes(art.predictions),
         "evaluation/equity.csv": art.equity.to_csv(index=True).encode(),
         "evaluation/equity.png": art.equity_png,
     }
+    if art.reliability_png:
+        files["evaluation/reliability.png"] = art.reliability_png
+    return files
 
 
 def _load_evaluation(read: Callable[[str], bytes]) -> EvaluationArtifact:
+    try:
+        reliability = read("evaluation/reliability.png")
+    except MissingArtifactError:
+        # Evaluations stored before the reliability diagram existed are complete without it; a
+        # file that is present but corrupt or unrecorded still fails (ArtifactError).
+        reliability = b""
     return EvaluationArtifact(
         metrics=json.loads(read("evaluation/metrics.json")),
         predictions=pd.read_parquet(io.BytesIO(read("evaluation/predictions.parquet"))),
         equity=pd.read_csv(io.BytesIO(read("evaluation/equity.csv")), index_col=0),
         equity_png=read("evaluation/equity.png"),
+        reliability_png=reliability,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -27,6 +29,47 @@ def equity_png(equity: pd.DataFrame, title: str) -> bytes:
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def reliability_png(
+    curves: dict[str, Sequence[dict[str, Any]]], title: str, base_rate: float | None = None
+) -> bytes:
+    """Reliability diagram: observed frequency of label 1 against the mean forecast, per bin.
+
+    ``curves`` maps a legend label to :func:`~sensequant_assets.ml.evaluation.reliability_diagram`
+    bins (e.g. the calibrated student and the distilled student before calibration); each bin is a
+    point with its 95 % interval. Points on the diagonal are calibrated; a flat row of points far
+    from it is an overconfident forecast. ``base_rate`` (the window's share of label 1) is drawn as
+    a horizontal line. Same conventions as :func:`equity_png` (bare Figure, reproducible bytes).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.8, 4.4), dpi=100)
+    ax = fig.subplots()
+    ax.plot([0.0, 1.0], [0.0, 1.0], color="grey", lw=0.8, ls="--", label="perfect calibration")
+    if base_rate is not None:
+        ax.axhline(base_rate, color="grey", lw=0.6, alpha=0.7, label=f"window base rate {base_rate:.2f}")
+    for (name, bins), marker in zip(curves.items(), ("o", "s", "^", "D"), strict=False):
+        if not bins:
+            continue
+        x = [b["mean_proba"] for b in bins]
+        y = [b["observed_rate"] for b in bins]
+        err = [
+            [max(0.0, b["observed_rate"] - b["observed_low"]) for b in bins],
+            [max(0.0, b["observed_high"] - b["observed_rate"]) for b in bins],
+        ]
+        ax.errorbar(x, y, yerr=err, marker=marker, ms=4, lw=1.2, capsize=2, label=name)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("mean predicted P(label = 1) in bin")
+    ax.set_ylabel("observed share of label 1")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})

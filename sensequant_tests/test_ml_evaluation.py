@@ -14,12 +14,17 @@ from sensequant_assets.ml.evaluation import (
     accuracy,
     auc,
     auc_rows,
+    brier,
     classification_metrics,
+    equal_mass_bins,
+    expected_calibration_error,
     fidelity,
     log_loss,
     log_loss_series,
+    reliability_diagram,
     spearman_ic,
     spearman_rows,
+    wilson_interval,
 )
 
 PROBA = [0.9, 0.8, 0.3, 0.6, 0.2, 0.4]
@@ -159,3 +164,97 @@ def test_row_wise_auc_and_spearman_match_the_reference_implementations():
         assert got_rho[i] == pytest.approx(spearmanr(proba[i], realised[i]).statistic, abs=1e-12)
     one_class = auc_rows(proba[:1], np.ones((1, 60)))
     assert np.isnan(one_class[0])
+
+
+# ------------------------------------------------------------------------------- calibration
+
+
+def test_ece_and_reliability_bins_hand_case():
+    """PROBA sorted: 0.2 (1), 0.3 (0), 0.4 (0), 0.6 (0), 0.8 (1), 0.9 (1); 3 equal-mass bins of 2."""
+    bins = reliability_diagram(PROBA, LABELS, n_bins=3)
+    assert [b["bin"] for b in bins] == [0, 1, 2]
+    assert [b["n"] for b in bins] == [2, 2, 2]
+    assert [b["mean_proba"] for b in bins] == pytest.approx([0.25, 0.5, 0.85])
+    assert [b["observed_rate"] for b in bins] == pytest.approx([0.5, 0.0, 1.0])
+    assert [(b["proba_min"], b["proba_max"]) for b in bins] == [(0.2, 0.3), (0.4, 0.6), (0.8, 0.9)]
+    # ECE = (2 * |0.25 - 0.5| + 2 * |0.5 - 0| + 2 * |0.85 - 1|) / 6 = 1.8 / 6.
+    assert expected_calibration_error(PROBA, LABELS, n_bins=3) == pytest.approx(0.3)
+    # With the default 10 bins each of the 6 rows is its own bin: ECE = mean |p - y| = 2.4 / 6.
+    assert expected_calibration_error(PROBA, LABELS) == pytest.approx(0.4)
+    # Wilson 95 % interval of 1 success in 2: centre (1 + z^2/2) / (2 + z^2) = 0.5,
+    # half-width z / (2 + z^2) * sqrt(1 * 1 / 2 + z^2 / 4).
+    z = 1.959963984540054
+    half = z / (2 + z * z) * math.sqrt(0.5 + z * z / 4)
+    assert (bins[0]["observed_low"], bins[0]["observed_high"]) == pytest.approx((0.5 - half, 0.5 + half))
+    assert bins[1]["observed_low"] == 0.0 and bins[2]["observed_high"] == 1.0
+    json.dumps(bins)
+
+
+def test_equal_mass_bins_keep_ties_together_and_ignore_row_order():
+    p = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1])
+    y = np.array([1, 0, 0, 0, 1, 0])
+    # Sorted 0.1, 0.5 x 4, 0.9: first rank positions 0, 1, 5 -> bins floor(3 * i / 6) = 0, 0, 2.
+    assert equal_mass_bins(p, 3).tolist() == [0, 0, 0, 0, 2, 0]
+    # Bin 0: mean forecast (0.1 + 4 * 0.5) / 5 = 0.42, observed 1 / 5; bin 2: 0.9 vs 1.
+    assert expected_calibration_error(p, y, n_bins=3) == pytest.approx((5 * 0.22 + 0.1) / 6)
+    order = np.array([5, 3, 0, 4, 1, 2])
+    assert expected_calibration_error(p[order], y[order], n_bins=3) == pytest.approx((5 * 0.22 + 0.1) / 6)
+    # A constant forecast is one bin: its ECE is the gap between the forecast and the base rate.
+    assert len(reliability_diagram(np.full(8, 0.3), [1, 0, 1, 0, 1, 0, 1, 0])) == 1
+    assert expected_calibration_error(np.full(8, 0.3), [1, 0, 1, 0, 1, 0, 1, 0]) == pytest.approx(0.2)
+    # Without ties, 10 bins of 23 rows have sizes 2 or 3 (floor / ceil of 2.3).
+    sizes = np.bincount(equal_mass_bins(np.linspace(0.01, 0.99, 23)), minlength=10)
+    assert set(sizes.tolist()) == {2, 3} and sizes.sum() == 23
+
+
+def test_reliability_bins_match_sklearn_quantile_calibration_curve():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.05, 0.95, 200)
+    y = (rng.uniform(size=200) < p).astype(int)
+    bins = reliability_diagram(p, y)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    np.testing.assert_allclose([b["observed_rate"] for b in bins], prob_true)
+    np.testing.assert_allclose([b["mean_proba"] for b in bins], prob_pred)
+    assert all(b["n"] == 20 for b in bins)
+
+
+def test_ece_separates_a_calibrated_forecast_from_an_overconfident_one():
+    """Simulated: labels drawn from p; the forecast p is calibrated, p pushed to the extremes is not."""
+    rng = np.random.default_rng(11)
+    eces, bad = [], []
+    for _ in range(20):
+        p = rng.uniform(0.2, 0.8, 1000)
+        y = (rng.uniform(size=1000) < p).astype(int)
+        extreme = 1 / (1 + np.exp(-4 * np.log(p / (1 - p))))
+        eces.append(expected_calibration_error(p, y))
+        bad.append(expected_calibration_error(extreme, y))
+    # Noise alone: about 0.8 * sqrt(0.25 / 100) = 0.04 per bin; the overconfident map is off by ~0.2.
+    assert max(eces) < 0.07
+    assert min(bad) > 0.12
+
+
+def test_brier_and_bin_validation():
+    assert brier(PROBA, LABELS) == pytest.approx(1.3 / 6)
+    assert brier(PROBA, LABELS) == classification_metrics(PROBA, LABELS)["brier"]
+    with pytest.raises(ValueError, match="n_bins"):
+        equal_mass_bins(PROBA, 0)
+    with pytest.raises(ValueError, match="labels"):
+        expected_calibration_error(PROBA, [0, 1, 2, 0, 1, 0])
+
+
+def test_wilson_interval_always_holds_the_observed_rate():
+    """Every k of every n up to 80 (k = 0 and k = n included, where rounding bites): low <= k/n <= high."""
+    for n in range(1, 81):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n)
+    assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0
+    # Against statsmodels' implementation.
+    from statsmodels.stats.proportion import proportion_confint
+
+    for k, n in ((0, 5), (3, 11), (9, 10), (50, 120)):
+        assert wilson_interval(k, n) == pytest.approx(proportion_confint(k, n, alpha=0.05, method="wilson"))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)

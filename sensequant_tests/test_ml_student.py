@@ -1,4 +1,9 @@
-"""Student: exact soft-label distillation, faithful to a known teacher, honest holdout, both kinds."""
+"""Student: exact soft-label distillation, faithful to a known teacher, honest holdout, both kinds.
+
+Distillation is checked on the distilled model's own probabilities (``predict_raw_proba``); the
+stored model's calibrated ``predict_proba`` is checked here for its wiring and in
+test_calibration for its statistics.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,13 @@ import pytest
 from sensequant_assets.ml.dataset import build_dataset
 from sensequant_assets.ml.evaluation import log_loss
 from sensequant_assets.ml.features import MODEL_FEATURES, WARMUP_BARS
-from sensequant_assets.ml.student import StudentParams, predict_proba, train_student
+from sensequant_assets.ml.student import (
+    CalibratedStudent,
+    StudentParams,
+    predict_proba,
+    predict_raw_proba,
+    train_student,
+)
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, train_teacher
 from sensequant_tests.test_ml_synthetic import make_bars
 
@@ -56,7 +67,7 @@ def test_logistic_student_is_faithful_to_a_logistic_teacher(
     assert 0.0 <= excess < 0.05
     for key in ("holdout_accuracy", "teacher_holdout_accuracy"):
         assert 0.0 <= result.metrics[key] <= 1.0
-    full = predict_proba(result.model, frame)
+    full = predict_raw_proba(result.model, frame)
     assert full.shape == (n,)
     assert np.corrcoef(full, logistic_teacher)[0, 1] > 0.97
     json.dumps(result.metrics)
@@ -65,14 +76,19 @@ def test_logistic_student_is_faithful_to_a_logistic_teacher(
 def test_soft_labels_are_used_exactly_not_rounded(frame: pd.DataFrame) -> None:
     """Constant soft labels of 0.3: the exact soft-label fit predicts 0.3 everywhere.
 
-    Rounded hard labels would all be 0 and could not produce 0.3.
+    Rounded hard labels would all be 0 and could not produce 0.3. A constant teacher carries no
+    information about the labels, so the calibrated student predicts the window's base rate.
     """
     soft = np.full(len(frame), 0.3)
+    base_rate = float(frame["label"].mean())
+    assert abs(base_rate - 0.3) > 0.05  # the two expectations below are distinguishable
     for kind in ("logistic", "lightgbm"):
         result = train_student(frame, soft, StudentParams(kind=kind), H)
-        proba = predict_proba(result.model, frame)
+        proba = predict_raw_proba(result.model, frame)
         assert np.allclose(proba, 0.3, atol=0.01), kind
         assert result.metrics["fidelity_agreement"] == 1.0
+        np.testing.assert_allclose(predict_proba(result.model, frame), base_rate, atol=1e-9)
+        assert result.metrics["calibration_slope"] == StudentParams().calibration_min_slope
 
 
 def test_lightgbm_student_works_and_follows_the_teacher(
@@ -85,7 +101,8 @@ def test_lightgbm_student_works_and_follows_the_teacher(
     assert proba.shape == (len(frame), 2)
     assert np.allclose(proba.sum(axis=1), 1.0)
     assert result.params_used["model_params"]["objective"] == "cross_entropy"
-    assert result.model.regressor.booster_.num_trees() == 120
+    assert isinstance(result.model, CalibratedStudent)
+    assert result.model.student.regressor.booster_.num_trees() == 120
     restored = pickle.loads(pickle.dumps(result.model))
     assert np.array_equal(predict_proba(restored, frame), predict_proba(result.model, frame))
 

@@ -29,7 +29,7 @@ from sensequant_assets.assets.student import CONFIG_ID_KEY, config_hash
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
-from sensequant_assets.plots import equity_png, png_markdown
+from sensequant_assets.plots import equity_png, png_markdown, reliability_png
 
 EVALUATION_CODE_VERSION = "1"
 
@@ -134,7 +134,16 @@ def evaluate(
         CONFIG_ID_KEY: configuration_id(student.metadata),
     }
     png = equity_png(result.equity, f"{pw.label}: student of the previous window, out of sample")
-    return EvaluationArtifact(metrics, result.predictions, result.equity, png)
+    reliability = result.metrics["reliability"]
+    diagram = reliability_png(
+        {
+            f"student, calibrated (ECE {result.metrics['ece']:.3f})": reliability["student"],
+            f"before calibration (ECE {result.metrics['uncalibrated_ece']:.3f})": reliability["uncalibrated"],
+        },
+        f"{pw.label}: reliability out of sample ({reliability['binning']})",
+        base_rate=float(labels["label"].mean()),
+    )
+    return EvaluationArtifact(metrics, result.predictions, result.equity, png, diagram)
 
 
 def _metadata(artifact: EvaluationArtifact) -> dict:
@@ -144,4 +153,7 @@ def _metadata(artifact: EvaluationArtifact) -> dict:
         "model_partition": MetadataValue.text(str(metrics["model_partition"])),
         CONFIG_ID_KEY: MetadataValue.text(metrics[CONFIG_ID_KEY]),
         "equity_curve": MetadataValue.md(png_markdown(artifact.equity_png, "equity curve")),
+        "reliability_diagram": MetadataValue.md(
+            png_markdown(artifact.reliability_png, "reliability diagram")
+        ),
     }

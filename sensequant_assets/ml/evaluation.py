@@ -204,3 +204,96 @@ def fidelity(student_proba: ArrayLike, teacher_proba: ArrayLike) -> dict[str, An
         "mean_abs_diff": float(np.mean(np.abs(s - t))),
         "n": int(s.size),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+
+CALIBRATION_BINS = 10
+_WILSON_Z = 1.959963984540054  # two-sided 95 %
+
+
+def equal_mass_bins(proba: ArrayLike, n_bins: int = CALIBRATION_BINS) -> NDArray[np.int64]:
+    """Bin index of each row: ``n_bins`` bins of (nearly) equal row counts, ties kept together.
+
+    Rows are ranked by probability; a row whose 0-based rank position is ``i`` (a group of tied
+    probabilities taking the position of its first member) falls in bin ``floor(n_bins * i / n)``.
+    Without ties the bins are contiguous and their sizes differ by at most one; tied rows never
+    straddle two bins (a constant forecast is one bin), so the result does not depend on row order.
+    Bins can be empty (ties, or fewer rows than bins).
+    """
+    p = _proba(proba, "proba")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    first = np.searchsorted(np.sort(p, kind="stable"), p, side="left")
+    return (n_bins * first) // max(p.size, 1)
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of ``k`` successes in ``n`` (Wilson 1927); always holds ``k / n``.
+
+    The bounds are pinned to ``k / n`` where rounding would push them past it (e.g. ``k = 0``).
+    """
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    z2 = _WILSON_Z**2
+    centre = (k + z2 / 2.0) / (n + z2)
+    half = _WILSON_Z / (n + z2) * float(np.sqrt(k * (n - k) / n + z2 / 4.0))
+    rate = k / n
+    return max(0.0, min(centre - half, rate)), min(1.0, max(centre + half, rate))
+
+
+def reliability_diagram(
+    proba: ArrayLike, labels: ArrayLike, n_bins: int = CALIBRATION_BINS
+) -> list[dict[str, Any]]:
+    """Reliability-diagram data: per non-empty :func:`equal_mass_bins` bin, forecast vs outcome.
+
+    Each bin gives ``bin``, ``n``, ``proba_min``/``proba_max``, ``mean_proba`` (the average
+    forecast), ``observed_rate`` (the share of label 1) and its 95 % Wilson score interval
+    ``observed_low``/``observed_high``. The interval treats rows as independent; overlapping
+    forward labels are not, so it is too narrow and serves as a visual guide only. A calibrated
+    forecast has ``observed_rate ~ mean_proba`` in every bin.
+    """
+    p, y = _hard_labels(proba, labels)
+    bins = equal_mass_bins(p, n_bins)
+    out: list[dict[str, Any]] = []
+    for b in range(n_bins):
+        mask = bins == b
+        n = int(mask.sum())
+        if not n:
+            continue
+        k = int(y[mask].sum())
+        low, high = wilson_interval(k, n)
+        out.append(
+            {
+                "bin": b,
+                "n": n,
+                "proba_min": float(p[mask].min()),
+                "proba_max": float(p[mask].max()),
+                "mean_proba": float(p[mask].mean()),
+                "observed_rate": k / n,
+                "observed_low": low,
+                "observed_high": high,
+            }
+        )
+    return out
+
+
+def expected_calibration_error(proba: ArrayLike, labels: ArrayLike, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE over ``n_bins`` equal-mass bins (:func:`equal_mass_bins`): ``sum_b (n_b / n) |mean p_b - rate_b|``.
+
+    The row-weighted gap between the average forecast and the observed frequency of label 1 in
+    each bin (Naeini, Cooper & Hauskrecht 2015). 0 for a perfectly calibrated forecast on
+    infinite data; on ~10 rows a bin, sampling noise alone gives about ``0.8 sqrt(p (1 - p) / n_b)``
+    per bin, so compare ECEs on the same rows rather than against 0.
+    """
+    bins = reliability_diagram(proba, labels, n_bins)
+    total = sum(b["n"] for b in bins)
+    return float(sum(b["n"] * abs(b["mean_proba"] - b["observed_rate"]) for b in bins) / total)
+
+
+def brier(proba: ArrayLike, labels: ArrayLike) -> float:
+    """Brier score ``mean((proba - label)^2)`` (Brier 1950), as in :func:`classification_metrics`."""
+    p, y = _hard_labels(proba, labels)
+    return float(np.mean((p - y) ** 2))

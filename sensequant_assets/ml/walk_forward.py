@@ -19,9 +19,18 @@ import numpy as np
 import pandas as pd
 
 from sensequant_assets.ml.backtest import backtest_long_flat
-from sensequant_assets.ml.evaluation import THRESHOLD, classification_metrics, fidelity, log_loss
+from sensequant_assets.ml.evaluation import (
+    CALIBRATION_BINS,
+    THRESHOLD,
+    brier,
+    classification_metrics,
+    expected_calibration_error,
+    fidelity,
+    log_loss,
+    reliability_diagram,
+)
 from sensequant_assets.ml.features import MODEL_FEATURES
-from sensequant_assets.ml.student import predict_proba
+from sensequant_assets.ml.student import predict_proba, predict_raw_proba
 
 PREDICTION_COLUMNS: list[str] = [
     "ts",
@@ -46,9 +55,12 @@ class WindowEvaluation:
     """Per-row predictions (:data:`PREDICTION_COLUMNS`), metrics and the backtest's equity curves.
 
     ``metrics`` holds plain JSON numbers: the classification metrics of
-    :func:`~sensequant_assets.ml.evaluation.classification_metrics` at the top level, the
-    fidelity to this window's teacher as ``fidelity_*``, the naive baseline as ``baseline_*``,
-    and the long/flat backtest summary under ``backtest`` (``strategy`` and ``buy_hold`` legs).
+    :func:`~sensequant_assets.ml.evaluation.classification_metrics` at the top level (of the
+    served, calibrated probabilities) with their ``ece``, the fidelity to this window's teacher as
+    ``fidelity_*``, the naive baseline as ``baseline_*`` (log loss, Brier, ECE), the distilled
+    student before calibration as ``uncalibrated_*`` (log loss, Brier, ECE), the reliability-diagram
+    bins of both under ``reliability``, and the long/flat backtest summary under ``backtest``
+    (``strategy`` and ``buy_hold`` legs).
     ``equity`` is :attr:`BacktestResult.equity` indexed by ``ts``.
     """
 
@@ -89,6 +101,7 @@ def evaluate_window(
         raise ValueError(f"window {window}: ts must be strictly increasing")
 
     student = predict_proba(model, frame)
+    uncalibrated = predict_raw_proba(model, frame)
     teacher = frame["teacher_proba"].to_numpy(dtype="float64")
     labels = frame["label"].to_numpy(dtype="float64")
     forward = frame["forward_return"].to_numpy(dtype="float64")
@@ -125,8 +138,20 @@ def evaluate_window(
         "fidelity_cross_entropy": fid["cross_entropy"],
         "fidelity_kl_divergence": fid["kl_divergence"],
         "fidelity_mean_abs_diff": fid["mean_abs_diff"],
+        # ECE and the reliability bins: CALIBRATION_BINS equal-mass bins (ml.evaluation.equal_mass_bins).
+        "ece": expected_calibration_error(student, labels),
         "baseline_proba": float(train_base_rate),
         "baseline_log_loss": log_loss(baseline, labels),
+        "baseline_brier": brier(baseline, labels),
+        "baseline_ece": expected_calibration_error(baseline, labels),
+        "uncalibrated_log_loss": log_loss(uncalibrated, labels),
+        "uncalibrated_brier": brier(uncalibrated, labels),
+        "uncalibrated_ece": expected_calibration_error(uncalibrated, labels),
+        "reliability": {
+            "binning": f"{CALIBRATION_BINS} equal-mass bins by predicted probability, ties kept together",
+            "student": reliability_diagram(student, labels),
+            "uncalibrated": reliability_diagram(uncalibrated, labels),
+        },
         "backtest": backtest.summary,
     }
     return WindowEvaluation(predictions=predictions, metrics=metrics, equity=equity)
