@@ -27,6 +27,7 @@ from sensequant_assets.assets.partition_context import (
 )
 from sensequant_assets.assets.student import CONFIG_ID_KEY, config_hash
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
+from sensequant_assets.ml.evaluation import CALIBRATION_BINS
 from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
 from sensequant_assets.plots import equity_png, png_markdown, reliability_png
@@ -140,7 +141,7 @@ def evaluate(
             f"student, calibrated (ECE {result.metrics['ece']:.3f})": reliability["student"],
             f"before calibration (ECE {result.metrics['uncalibrated_ece']:.3f})": reliability["uncalibrated"],
         },
-        f"{pw.label}: reliability out of sample ({reliability['binning']})",
+        f"{pw.label}\nreliability out of sample, {CALIBRATION_BINS} equal-mass bins",
         base_rate=float(labels["label"].mean()),
     )
     return EvaluationArtifact(metrics, result.predictions, result.equity, png, diagram)
