@@ -357,7 +357,7 @@ def test_calibrated_student_is_no_worse_than_the_base_rate_on_no_signal_data(nul
 
     The same protocol on seeds 1-5 (4 symbols each) gave calibrated-minus-base-rate log loss of
     +0.0010, +0.0002, -0.0010, +0.0016, +0.0018 (0.7, 0.2, -1.5, 1.8, 1.7 clustered s.e.; seed 0:
-    -0.3): a cost of ~0.0005 nats a row on average, within noise, against +0.5 to +0.7 before
+    -0.3): a cost of ~0.0005 nats a row on average, within noise, against +0.49 to +0.67 before
     calibration. The tolerance is two clustered standard errors.
     """
     s = null_scores
@@ -385,7 +385,7 @@ def test_calibrated_student_beats_the_base_rate_on_a_planted_signal(planted_scor
     the signal out of sample (pooled AUC ~0.51-0.55) and no forecast of it can beat the base rate
     measurably in 40 windows: at signal_ic 0.10 and 0.20 (seeds 0-3) the calibrated student was
     within -0.0017..+0.0005 nats of the base rate (all within 1.7 clustered s.e.), while the
-    uncalibrated one was +0.47 to +0.64 worse.
+    uncalibrated one was +0.46 to +0.62 worse.
     """
     s = planted_scores
     print("\nplanted-signal out-of-sample scores:", json.dumps({k: round(v, 4) for k, v in s.items()}))
