@@ -12,7 +12,7 @@ from dagster import DagsterInstance, materialize
 from sensequant_assets import registry
 from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.jobs import rollback_job
-from sensequant_assets.ml.briefing import PromotionGates, symbol_briefing
+from sensequant_assets.ml.briefing import PromotionGates, brief_symbols
 from sensequant_tests.pipeline_helpers import ALL_ASSETS, failure_messages, resources, run, skip_reasons
 
 SIGNAL, NULL = "TCS", "INFY"
@@ -62,6 +62,7 @@ def test_evaluation_files_and_out_of_sample_protocol(graph) -> None:
         "equity.png",
         "metrics.json",
         "predictions.parquet",
+        "reliability.png",
     ]
     metrics = json.loads((evaluation / "metrics.json").read_text())
     # The model evaluated here is the previous window's student, scored on this window's rows.
@@ -89,17 +90,22 @@ def test_briefing_promotes_signal_rejects_random_walk_and_is_reproducible(graph)
     assert (artifacts / "briefings" / "promotion_briefing.md").read_text().startswith("# Promotion briefing")
     assert len(list((artifacts / "briefings" / "history").glob("promotion_briefing_*.json"))) == 1
 
-    # Every number comes from the stored predictions: recompute the signal symbol's briefing.
-    frames = [
-        pd.read_parquet(p) for p in sorted(artifacts.glob(f"{SIGNAL}_*/evaluation/predictions.parquet"))
-    ]
-    again = symbol_briefing(
-        pd.concat(frames, ignore_index=True),
-        horizon=7,
-        n_trials=decisions[SIGNAL]["n_trials"],
-        gates=PromotionGates(),
-        symbol=SIGNAL,
-    )
+    # Every number comes from the stored predictions: recompute the briefing of both symbols (one
+    # family: the multiple-testing correction and the DSR's trials span the briefing).
+    stitched = {
+        symbol: pd.concat(
+            [
+                pd.read_parquet(p)
+                for p in sorted(artifacts.glob(f"{symbol}_*/evaluation/predictions.parquet"))
+            ],
+            ignore_index=True,
+        )
+        for symbol in (SIGNAL, NULL)
+    }
+    trials = {symbol: decisions[symbol]["n_trials"] for symbol in stitched}
+    again = {
+        b["symbol"]: b for b in brief_symbols(stitched, horizon=7, n_trials=trials, gates=PromotionGates())
+    }[SIGNAL]
     judged = {k: decisions[SIGNAL].pop(k) for k in ("config_id", "windows_left_out")}
     assert json.loads(json.dumps(again, default=str)) == decisions[SIGNAL]
     # A default run is judged under the code's default configuration, and nothing was left out.

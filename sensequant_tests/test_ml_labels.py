@@ -16,7 +16,7 @@ from sensequant_assets.ml.features import (
     compute_features,
     model_matrix,
 )
-from sensequant_assets.ml.labels import make_labels
+from sensequant_assets.ml.labels import LabelSpec, make_labels
 from sensequant_tests.test_ml_synthetic import make_bars
 
 H = 7
@@ -25,13 +25,33 @@ THRESHOLD = 0.02
 
 def test_make_labels_on_a_hand_series() -> None:
     close = pd.Series([100.0, 101.0, 103.0, 99.0, 110.0])
-    out = make_labels(close, horizon=2, threshold=0.02)
+    out = make_labels(close, horizon=2, spec=0.02)
     assert list(out.columns) == ["forward_return", "label"]
     assert out["forward_return"].iloc[:3].tolist() == pytest.approx(
         [0.03, 99.0 / 101.0 - 1.0, 110.0 / 103.0 - 1.0]
     )
     assert out["label"].iloc[:3].tolist() == [1.0, 0.0, 1.0]
     assert out.iloc[3:].isna().all().all()  # horizon runs past the last bar: NaN, not filled
+
+
+def test_sign_and_vol_scaled_labels_are_direction_aware() -> None:
+    close = pd.Series([100.0, 101.0, 103.0, 99.0, 110.0])
+    sign = make_labels(close, horizon=1, spec=LabelSpec())
+    assert sign["label"].iloc[:4].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert LabelSpec().describe(7) == "7-bar forward return > 0"
+    # vol_scaled: the bar needs vol_window past returns; the threshold is k * sigma * sqrt(h).
+    rng = np.random.default_rng(0)
+    walk = pd.Series(100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, 200))))
+    spec = LabelSpec(kind="vol_scaled", vol_k=0.5, vol_window=20)
+    out = make_labels(walk, horizon=H, spec=spec)
+    assert out.iloc[:20].isna().all().all()  # fewer than 20 past returns: no label
+    sigma = np.log(walk).diff().rolling(20).std()
+    expected = (walk.shift(-H) / walk - 1.0) > 0.5 * sigma * np.sqrt(H)
+    rows = out["label"].notna()
+    assert (out.loc[rows, "label"] == expected[rows].astype(float)).all()
+    for bad in ({"kind": "up"}, {"vol_window": 1}, {"threshold": float("nan")}):
+        with pytest.raises(ValueError):
+            LabelSpec(**bad)  # type: ignore[arg-type]
 
 
 def test_make_labels_threshold_is_strict_and_horizon_validated() -> None:

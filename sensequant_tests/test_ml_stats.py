@@ -8,7 +8,6 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from scipy.signal import lfilter
 from statsmodels.tsa.stattools import diebold_mariano_test
 
 from sensequant_assets.ml import stats as S
@@ -160,108 +159,6 @@ def test_dsr_undefined_returns_nones():
     assert out["dsr"] is None
     assert out["psr"] is None
     assert out["n"] == 5
-
-
-# ------------------------------------------------------------------------------- bootstrap
-
-
-def _ar1(phi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    e = rng.normal(size=n + 100)
-    return lfilter([1.0], [1.0, -phi], e)[100:]
-
-
-def _coverage(phi: float, *, block: float | None, method: str, reps: int = 200) -> float:
-    rng = np.random.default_rng(20240601)
-    hits = 0
-    for i in range(reps):
-        x = _ar1(phi, 300, rng)
-        _, lo, hi = S.bootstrap_mean_ci(x, block=block, n_boot=400, seed=i, method=method)
-        hits += lo <= 0.0 <= hi
-    return hits / reps
-
-
-def test_stationary_bootstrap_covers_ar1_mean_and_beats_iid():
-    block_cov = _coverage(0.5, block=None, method="stationary")
-    iid_cov = _coverage(0.5, block=1, method="stationary")
-    assert 0.88 <= block_cov <= 0.99
-    # An iid bootstrap ignores the autocorrelation and under-covers badly.
-    assert iid_cov < 0.82
-    assert block_cov - iid_cov > 0.08
-
-
-def test_circular_bootstrap_covers_ar1_mean():
-    assert 0.88 <= _coverage(0.5, block=None, method="circular") <= 0.99
-
-
-def test_bootstrap_is_deterministic_for_a_seed():
-    x = _ar1(0.3, 200, np.random.default_rng(7))
-    a = S.bootstrap_mean_ci(x, seed=11)
-    b = S.bootstrap_mean_ci(x, seed=11)
-    c = S.bootstrap_mean_ci(x, seed=12)
-    assert a == b
-    assert a != c
-    assert a[0] == pytest.approx(float(np.mean(x)))
-    assert a[1] < a[0] < a[2]
-
-
-def test_bootstrap_default_block_and_validation():
-    assert S.default_block_length(1000) == 10
-    assert S.default_block_length(300) == 7
-    assert S.default_block_length(1) == 1
-    with pytest.raises(ValueError):
-        S.bootstrap_mean_ci([1.0, np.nan, 2.0])
-    with pytest.raises(ValueError):
-        S.bootstrap_mean_ci([1.0, 2.0, 3.0], method="moving")
-
-
-def test_bootstrap_statistic_ci_is_the_engine_of_the_mean_ci():
-    x = _ar1(0.3, 200, np.random.default_rng(8))
-    _mean, lo, hi = S.bootstrap_mean_ci(x, block=5, n_boot=300, seed=3, method="circular")
-    assert S.bootstrap_statistic_ci(
-        x.size, lambda idx: x[idx].mean(axis=1), block=5, n_boot=300, seed=3, method="circular"
-    ) == (lo, hi)
-    # Any vectorised statistic: the median of the same resamples lies in its own interval.
-    med_lo, med_hi = S.bootstrap_statistic_ci(x.size, lambda idx: np.median(x[idx], axis=1), seed=1)
-    assert med_lo < float(np.median(x)) < med_hi
-
-
-def test_bootstrap_statistic_ci_drops_undefined_replicates():
-    calls = []
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        calls.append(idx.shape)
-        out = idx[:, 0].astype(float)
-        out[::2] = np.nan  # half the replicates undefined
-        return out
-
-    lo, hi = S.bootstrap_statistic_ci(50, stat, n_boot=100, seed=0)
-    assert calls == [(100, 50)]
-    assert lo is not None and hi is not None and 0 <= lo <= hi < 50
-    assert S.bootstrap_statistic_ci(50, lambda idx: np.full(len(idx), np.nan), n_boot=10) == (None, None)
-    with pytest.raises(ValueError):
-        S.bootstrap_statistic_ci(1, stat)
-
-
-def test_stationary_indices_shape_and_mean_block_length():
-    n, mean_block = 500, 8.0
-    idx = S.stationary_bootstrap_indices(n, mean_block, 400, np.random.default_rng(3))
-    assert idx.shape == (400, n)
-    assert idx.min() >= 0
-    assert idx.max() < n
-    # A position continues its block when it is the (circular) successor of the previous one.
-    continues = idx[:, 1:] == (idx[:, :-1] + 1) % n
-    # Block breaks happen with prob 1/mean_block (plus rare coincidental successors).
-    break_rate = 1.0 - continues.mean()
-    assert break_rate == pytest.approx(1.0 / mean_block, rel=0.05)
-
-
-def test_circular_indices_are_contiguous_blocks():
-    n, block = 23, 5
-    idx = S.circular_block_bootstrap_indices(n, block, 50, np.random.default_rng(4))
-    assert idx.shape == (50, n)
-    for start in range(0, n, block):
-        seg = idx[:, start : min(start + block, n)]
-        assert np.all(np.diff(seg, axis=1) % n == 1)
 
 
 # ------------------------------------------------------------------------------- Diebold-Mariano

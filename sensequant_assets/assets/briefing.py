@@ -25,8 +25,8 @@ from sensequant_assets.ml.briefing import (
     BRIEFING_COLUMNS,
     INSUFFICIENT_DATA,
     PromotionGates,
+    brief_symbols,
     render_markdown,
-    symbol_briefing,
 )
 from sensequant_assets.partitions import split_key
 from sensequant_assets.registry import PROMOTE, newest_student_of_config, promote
@@ -43,12 +43,12 @@ class BriefingConfig(Config):
 
     min_windows: int = 2
     min_rows: int = 100
-    auc_lower_bound: float = 0.5
-    min_dsr: float = 0.95
-    require_beats_buy_hold: bool = True
+    fdr: float = 0.05  # Benjamini-Hochberg level of the IC test across the briefing's symbols
+    max_excess_pvalue: float | None = None  # None: excess return over the benchmark reported, not a gate
+    benchmark: str = "buy_hold"  # or "cash"
+    min_dsr: float | None = None  # None: deflated Sharpe ratio reported, not a gate
     max_dm_pvalue: float | None = None  # None: Diebold-Mariano reported, not a gate
-    n_boot: int = 1000
-    seed: int = 0
+    alpha: float = 0.05
     extra_trials: int = 0
     config_id: str | None = None
 
@@ -142,8 +142,9 @@ def _configuration_header(markdown: str, config_id: str, default: bool, left_out
     group_name="evaluation",
     description=(
         "Per symbol: every window evaluated under the judged configuration (default: the code's; "
-        "BriefingConfig.config_id) stitched into one out-of-sample record; bootstrap CIs, "
-        "PSR/DSR, Diebold-Mariano vs the base rate, gates and a PROMOTE/REJECT/INSUFFICIENT_DATA "
+        "BriefingConfig.config_id) stitched into one out-of-sample record; the rank IC with a HAC interval "
+        "and p-value, Benjamini-Hochberg across symbols, the excess return over buy-and-hold with its "
+        "interval, DSR, Diebold-Mariano vs the base rate, gates and a PROMOTE/REJECT/INSUFFICIENT_DATA "
         "decision. Written to briefings/ (latest and a dated copy)."
     ),
 )
@@ -155,20 +156,16 @@ def promotion_briefing(
 ) -> BriefingArtifact:
     judged = judged_config_id(config, settings.forecast_horizon)
     by_symbol, left_out = select_configuration(student_evaluation, judged)
-    gates = config.gates()
-    briefings = []
-    for symbol, frames in sorted(by_symbol.items()):
-        n_trials = configurations_tried(context, symbol) + config.extra_trials
-        briefing = symbol_briefing(
-            _stitched(frames),
-            horizon=settings.forecast_horizon,
-            n_trials=n_trials,
-            gates=gates,
-            symbol=symbol,
-        )
-        briefings.append(
-            _with_configuration({"symbol": symbol, **briefing}, judged, left_out[symbol], len(frames))
-        )
+    trials = {symbol: configurations_tried(context, symbol) + config.extra_trials for symbol in by_symbol}
+    decided = brief_symbols(
+        {symbol: _stitched(frames) for symbol, frames in by_symbol.items()},
+        horizon=settings.forecast_horizon,
+        n_trials=trials,
+        gates=config.gates(),
+    )
+    briefings = [
+        _with_configuration(b, judged, left_out[b["symbol"]], len(by_symbol[b["symbol"]])) for b in decided
+    ]
     generated_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     is_default = judged == default_config_id(settings.forecast_horizon)
     markdown = _configuration_header(

@@ -32,7 +32,7 @@ from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
 from sensequant_assets.plots import equity_png, png_markdown, reliability_png
 
-EVALUATION_CODE_VERSION = "1"
+EVALUATION_CODE_VERSION = "2"  # 2: student_score, ECE and reliability.png
 
 # Both dimensions mapped: same symbol, previous window. Leaving `symbol` out would make every
 # symbol's student an upstream of every evaluation.

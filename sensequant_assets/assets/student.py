@@ -26,7 +26,7 @@ from sensequant_assets.ml.teacher import TooFewRowsError
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import PipelineSettings
 
-STUDENT_CODE_VERSION = "1"
+STUDENT_CODE_VERSION = "2"  # 2: calibrated student; student_score in predictions
 
 # The metadata key (student metadata.json, evaluation metrics and Dagster metadata) of the
 # configuration id: one id per teacher + student configuration, i.e. one 'trial' for the deflated Sharpe.

@@ -29,12 +29,13 @@ from sensequant_assets.assets.partition_context import (
 )
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
+from sensequant_assets.ml.labels import LabelSpec
 from sensequant_assets.ml.leakage import ensure_point_in_time
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource, PipelineSettings
 
-TEACHER_CODE_VERSION = "1"
+TEACHER_CODE_VERSION = "2"  # 2: direction-aware labels (default "sign")
 
 # TeacherConfig fields that decide how fast, or whether, a window trains, never what it learns: left
 # out of the configuration id so that a speed setting does not split one configuration's record.
@@ -56,8 +57,21 @@ class TeacherConfig(Config):
     num_threads: int = 1
     val_fraction: float = 0.2
     n_folds: int = 5
+    label: str = "sign"
     label_threshold: float = 0.02
+    label_vol_k: float = 0.5
+    label_vol_window: int = 20
     min_rows: int = 20
+
+    def label_spec(self) -> LabelSpec:
+        """``label``: ``sign`` (default), ``vol_scaled`` (uses ``label_vol_k``/``label_vol_window``)
+        or ``fixed`` (the predecessor's ``label_threshold``); see ``ml.labels``."""
+        return LabelSpec(
+            kind=self.label,
+            threshold=self.label_threshold,
+            vol_k=self.label_vol_k,
+            vol_window=self.label_vol_window,
+        )
 
     def params(self) -> TeacherParams:
         fields = TeacherParams.__dataclass_fields__
@@ -143,7 +157,8 @@ def train_partition(
     history_start = pw.start - timedelta(days=_history_days())
     history = market_data.source_for(pw.symbol).bars(pw.symbol, history_start, pw.start - timedelta(days=1))
     bars = pd.concat([history, window_bars]) if len(history) else window_bars
-    ds = build_dataset(bars, pw.start, pw.end, horizon, config.label_threshold, pw.symbol)
+    label = config.label_spec()
+    ds = build_dataset(bars, pw.start, pw.end, horizon, label, pw.symbol)
     params = config.params()
     check_rows(ds.frame, config.min_rows, pw.symbol, pw.label)
     ensure_point_in_time(model_features, bars)  # refuse features that read future bars
@@ -164,7 +179,9 @@ def train_partition(
         "features": list(FEATURE_COLUMNS),
         "config": {
             "label_window_days": horizon,
-            "label_threshold_pct": config.label_threshold * 100,
+            "label": label.kind,
+            "label_definition": label.describe(horizon),
+            "label_threshold_pct": config.label_threshold * 100 if label.kind == "fixed" else None,
             "train_split": 1 - config.val_fraction,
             "random_seed": config.seed,
         },

@@ -1,16 +1,33 @@
-"""Promotion statistics of one symbol's stitched out-of-sample record, gates and a decision.
+"""Promotion statistics of each symbol's stitched out-of-sample record, gates and decisions.
 
 Every evaluated window of a symbol (the student of window k-1 predicting window k, see
 ``ml.walk_forward``) is stitched into one time-ordered record; every number here is recomputed
 from those stored predictions, so a briefing can be reproduced from the artifacts alone and
-nothing is simulated. The gates are deliberately few and standard: a block-bootstrap interval
-for AUC that excludes chance, a deflated Sharpe ratio that survives the number of
-configurations tried, and a strategy that beats simply holding the stock after costs.
+nothing is simulated.
 
-A Diebold-Mariano test of the student's log loss against the naive base rate is computed and
-reported in every briefing. It is a gate only when ``PromotionGates.max_dm_pvalue`` is set: a
-per-window student ranks well out of sample (AUC) long before its probabilities are calibrated
-across windows, and the default decision judges ranking and trading, not calibration.
+The decision is built to hold its error rate (``docs/methodology.md`` has the simulation study
+behind every choice):
+
+- **Direction, not volatility.** The primary statistic is the rank information coefficient of
+  the student's score (``student_score``: its raw log-odds standardised by its training window,
+  comparable across windows; the calibrated probability for records without it) against the
+  forward return, which volatility alone cannot move
+  (a score that only knows "a big move is coming" ranks both tails alike). AUC is reported but
+  gates nothing: for a threshold label it is largely a volatility score.
+- **Honest uncertainty under overlap.** The IC's interval and one-sided p-value use a HAC
+  variance with ``horizon - 1`` lags (exact under the null for h-bar overlapping returns, see
+  ``stats.rank_ic_test``); analytic, so a briefing of 500 symbols stays cheap and its p-values
+  are fine-grained enough for a multiple-testing correction.
+- **Multiplicity.** The p-value of each symbol is multiplied by the configurations tried for it
+  (Bonferroni: the judged configuration may be the best of several), then the symbols of one
+  briefing are corrected together with Benjamini-Hochberg at ``fdr``: among promoted symbols the
+  expected share of no-edge ones is at most ``fdr``, and a universe with no edge anywhere
+  promotes nothing with probability at least ``1 - fdr``.
+- **Worth trading.** The strategy's log return in excess of a benchmark (buy-and-hold by default)
+  has its own HAC interval and one-sided p-value; with ``max_excess_pvalue`` set it is a gate.
+  The deflated Sharpe ratio of the excess returns counts every configuration of every symbol in
+  the briefing as a trial; the Diebold-Mariano test of the log loss against the base rate is
+  reported; each becomes a gate when its threshold is set.
 
 Pure pandas/numpy/scipy; no Dagster, no file I/O.
 """
@@ -18,6 +35,7 @@ Pure pandas/numpy/scipy; no Dagster, no file I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,12 +43,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from sensequant_assets.ml.evaluation import auc, auc_rows, log_loss_series, spearman_ic, spearman_rows
+from sensequant_assets.ml.evaluation import auc, log_loss_series
 from sensequant_assets.ml.stats import (
-    bootstrap_statistic_ci,
-    default_block_length,
+    benjamini_hochberg,
     deflated_sharpe_ratio,
     diebold_mariano,
+    hac_mean_test,
+    rank_ic_test,
     sharpe_ratio,
 )
 
@@ -51,43 +70,45 @@ BRIEFING_COLUMNS = (
     "buy_hold_return",
 )
 DATA_GATES = ("min_windows", "min_rows")
-BOOTSTRAP_METHOD = "circular"
+BENCHMARKS = ("buy_hold", "cash")
+PERIODS_PER_YEAR = 252
 
 
 @dataclass(frozen=True)
 class PromotionGates:
-    """Thresholds of the promotion decision and the bootstrap that feeds it.
+    """Thresholds of the promotion decision.
 
-    ``auc_lower_bound``: the lower end of the AUC's ``1 - alpha`` interval must exceed it.
-    ``min_dsr``: the deflated Sharpe ratio must exceed it. ``require_beats_buy_hold``: the
-    strategy's cumulative return after costs must exceed buy-and-hold's. ``max_dm_pvalue``:
-    None (the default) reports the Diebold-Mariano test without gating on it; a number makes
-    it a gate: the student's log loss must be below the base rate's with a p-value at most this
-    (two-sided test, so the one-sided level is half of it). Fewer than ``min_windows`` windows
-    or ``min_rows`` rows is INSUFFICIENT_DATA, not a verdict on the model.
+    ``fdr``: Benjamini-Hochberg level on the symbols' one-sided IC p-values (after multiplying
+    each by its configurations tried). ``max_excess_pvalue``: the one-sided p-value of a positive
+    mean log return in excess of ``benchmark`` (``buy_hold`` or ``cash``) must be at most this;
+    None reports it without gating. ``min_dsr`` / ``max_dm_pvalue``: None reports the deflated
+    Sharpe ratio / Diebold-Mariano test; a number makes it a gate (the DM gate also needs the
+    student's log loss below the base rate's). ``alpha``: 1 - the level of every interval.
+    Fewer than ``min_windows`` windows or ``min_rows`` rows is INSUFFICIENT_DATA, not a verdict.
     """
 
     min_windows: int = 2
     min_rows: int = 100
-    auc_lower_bound: float = 0.5
-    min_dsr: float = 0.95
-    require_beats_buy_hold: bool = True
+    fdr: float = 0.05
+    max_excess_pvalue: float | None = None
+    benchmark: str = "buy_hold"
+    min_dsr: float | None = None
     max_dm_pvalue: float | None = None
-    n_boot: int = 1000
     alpha: float = 0.05
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.min_windows < 1 or self.min_rows < 1:
             raise ValueError("min_windows and min_rows must be >= 1")
-        if not 0.0 <= self.auc_lower_bound < 1.0:
-            raise ValueError(f"auc_lower_bound must be in [0, 1), got {self.auc_lower_bound}")
-        if not 0.0 <= self.min_dsr < 1.0:
+        if not 0.0 < self.fdr < 1.0:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
+        for name in ("max_excess_pvalue", "max_dm_pvalue"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.min_dsr is not None and not 0.0 <= self.min_dsr < 1.0:
             raise ValueError(f"min_dsr must be in [0, 1), got {self.min_dsr}")
-        if self.max_dm_pvalue is not None and not 0.0 < self.max_dm_pvalue <= 1.0:
-            raise ValueError(f"max_dm_pvalue must be in (0, 1], got {self.max_dm_pvalue}")
-        if self.n_boot < 100:
-            raise ValueError(f"n_boot must be >= 100 for a percentile interval, got {self.n_boot}")
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
         if not 0.0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
 
@@ -119,48 +140,82 @@ def _prepare(predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _ci_block(n: int, horizon: int) -> int:
-    """Blocks at least one label horizon long: labels of neighbouring rows overlap by h - 1 bars."""
-    return max(int(horizon), default_block_length(n))
+def ranking_score(frame: pd.DataFrame) -> pd.Series:
+    """The score the IC ranks: ``student_score`` where recorded, else the student's probability.
 
-
-def _rank_metric(
-    frame: pd.DataFrame, target: str, horizon: int, gates: PromotionGates, kind: str
-) -> dict[str, Any]:
-    """Mean per-window value, pooled value and a block-bootstrap interval of AUC or IC.
-
-    The interval resamples blocks of consecutive rows of the stitched record and recomputes the
-    statistic on each replicate (vectorised, see ``evaluation.auc_rows``).
+    Probabilities rank like their log-odds, so older records without ``student_score`` are judged
+    on the same footing as within a window (not across windows, where calibration shifts them).
     """
-    score, rows = (auc, auc_rows) if kind == "auc" else (spearman_ic, spearman_rows)
+    if "student_score" in frame.columns and frame["student_score"].notna().all():
+        return frame["student_score"].astype("float64")
+    return frame["student_proba"].astype("float64")
+
+
+def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
+    """Pooled rank IC with its HAC interval and one-sided p-value, and the per-window ICs."""
+    score = ranking_score(frame).rank(pct=True)  # AUC is rank-based; percentiles lie in (0, 1]
+    per_window = []
+    for window, part in frame.groupby("window", sort=True):
+        test = rank_ic_test(score[part.index], part["forward_return"], horizon=horizon, alpha=alpha)
+        per_window.append({"window": str(window), "n": len(part), "ic": _num(test["ic"])})
+    pooled = rank_ic_test(score, frame["forward_return"], horizon=horizon, alpha=alpha)
+    defined = [w["ic"] for w in per_window if w["ic"] is not None]
+    return {
+        "pooled": _num(pooled["ic"]),
+        "se": _num(pooled["se"]),
+        "ci_low": _num(pooled["ci_low"]),
+        "ci_high": _num(pooled["ci_high"]),
+        "p_value": _num(pooled["p_greater"]),
+        "kernel": pooled["kernel"],
+        "lags": pooled["lags"],
+        "mean_per_window": _num(np.mean(defined)) if defined else None,
+        "per_window": per_window,
+    }
+
+
+def _auc(frame: pd.DataFrame) -> dict[str, Any]:
+    """Descriptive AUC (pooled and per window); it gates nothing (see the module docstring)."""
+    score = ranking_score(frame).rank(pct=True)  # AUC is rank-based; percentiles lie in (0, 1]
     per_window = [
-        {"window": str(window), "n": len(part), kind: _num(score(part["student_proba"], part[target]))}
+        {"window": str(window), "n": len(part), "auc": _num(auc(score[part.index], part["label"]))}
         for window, part in frame.groupby("window", sort=True)
     ]
-    defined = [w[kind] for w in per_window if w[kind] is not None]
-    data = frame[["student_proba", target]].dropna()
-    p = data["student_proba"].to_numpy(dtype="float64")
-    t = data[target].to_numpy(dtype="float64")
-    pooled: float | None = None
-    lo = hi = None
-    if len(data) >= 3:
-        pooled = score(p, t)
-        if pooled is not None:
-            lo, hi = bootstrap_statistic_ci(
-                len(data),
-                lambda idx: rows(p[idx], t[idx]),
-                block=_ci_block(len(data), horizon),
-                n_boot=gates.n_boot,
-                alpha=gates.alpha,
-                seed=gates.seed,
-                method=BOOTSTRAP_METHOD,
-            )
+    defined = [w["auc"] for w in per_window if w["auc"] is not None]
+    pooled = auc(score, frame["label"]) if len(frame) >= 2 else None
     return {
-        "mean_per_window": _num(np.mean(defined)) if defined else None,
         "pooled": _num(pooled),
-        "ci_low": _num(lo),
-        "ci_high": _num(hi),
+        "mean_per_window": _num(np.mean(defined)) if defined else None,
         "per_window": per_window,
+    }
+
+
+def excess_log_returns(frame: pd.DataFrame, benchmark: str) -> NDArray[np.float64]:
+    """Per-bar log return of the strategy minus the benchmark's (costs included on both legs).
+
+    Log returns make the excess additive over time and keep a fat-tailed bar from dominating
+    through compounding; ``cash`` is a zero return.
+    """
+    strategy = np.log1p(frame["strategy_return"].to_numpy(dtype="float64"))
+    if benchmark == "cash":
+        return strategy
+    return strategy - np.log1p(frame["buy_hold_return"].to_numpy(dtype="float64"))
+
+
+def _excess(frame: pd.DataFrame, gates: PromotionGates) -> dict[str, Any]:
+    """Annualised mean excess log return with a HAC (Newey-West) interval and one-sided p-value."""
+    out: dict[str, Any] = {"benchmark": gates.benchmark}
+    keys = ("annualised", "ci_low", "ci_high", "p_value", "lags")
+    if len(frame) < 3:
+        return {**out, **dict.fromkeys(keys)}
+    test = hac_mean_test(excess_log_returns(frame, gates.benchmark), alpha=gates.alpha)
+    scale = PERIODS_PER_YEAR
+    return {
+        **out,
+        "annualised": _num(test["mean"] * scale),
+        "ci_low": _num(None if test["ci_low"] is None else test["ci_low"] * scale),
+        "ci_high": _num(None if test["ci_high"] is None else test["ci_high"] * scale),
+        "p_value": _num(test["p_greater"]),
+        "lags": test["lags"],
     }
 
 
@@ -192,29 +247,96 @@ def _diebold_mariano(frame: pd.DataFrame, horizon: int) -> dict[str, Any]:
     return out
 
 
+def symbol_statistics(
+    predictions: pd.DataFrame,
+    *,
+    horizon: int,
+    n_trials: int,
+    gates: PromotionGates,
+    symbol: str | None = None,
+) -> dict[str, Any]:
+    """Every statistic of one symbol's record, before any decision (which needs the whole family).
+
+    ``n_trials``: configurations tried for this symbol; its IC p-value is multiplied by it
+    (``p_value_adjusted``). ``symbol`` is only needed when ``predictions`` is empty.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    frame = _prepare(predictions)
+    if symbol is None:
+        if frame.empty:
+            raise ValueError("empty predictions: pass symbol= to brief a symbol with no evaluated window")
+        symbol = str(frame["symbol"].iloc[0])
+    n = len(frame)
+    strategy = frame["strategy_return"].to_numpy(dtype="float64")
+    buy_hold = frame["buy_hold_return"].to_numpy(dtype="float64")
+    ic = _ic(frame, horizon, gates.alpha) if n else _ic_empty()
+    p = ic["p_value"]
+    return {
+        "symbol": symbol,
+        "windows": int(frame["window"].nunique()),
+        "n": int(n),
+        "first_ts": frame["ts"].iloc[0].isoformat() if n else None,
+        "last_ts": frame["ts"].iloc[-1].isoformat() if n else None,
+        "horizon": int(horizon),
+        "n_trials": int(n_trials),
+        "ic": {**ic, "p_value_adjusted": None if p is None else min(1.0, p * n_trials)},
+        "auc": _auc(frame) if n else {"pooled": None, "mean_per_window": None, "per_window": []},
+        "excess": _excess(frame, gates),
+        "diebold_mariano": _diebold_mariano(frame, horizon),
+        "strategy": _leg(strategy, frame["position"].to_numpy(dtype="float64")),
+        "buy_hold": _leg(buy_hold, None),
+        "_excess_returns": excess_log_returns(frame, gates.benchmark),
+        "gates_config": asdict(gates),
+    }
+
+
+def _ic_empty() -> dict[str, Any]:
+    keys = ("pooled", "se", "ci_low", "ci_high", "p_value", "kernel", "lags", "mean_per_window")
+    return {**dict.fromkeys(keys), "per_window": []}
+
+
 def _gate(value: Any, threshold: Any, op: str, passed: bool) -> dict[str, Any]:
     return {"value": value, "threshold": threshold, "op": op, "passed": bool(passed)}
 
 
-def _gates(briefing: dict[str, Any], gates: PromotionGates) -> dict[str, dict[str, Any]]:
-    auc_low = briefing["auc"]["ci_low"]
-    dsr = briefing["sharpe"]["dsr"]
-    dm = briefing["diebold_mariano"]
-    strategy = briefing["strategy"]["cumulative_return"]
-    buy_hold = briefing["buy_hold"]["cumulative_return"]
-    windows, n = briefing["windows"], briefing["n"]
-    auc_passed = auc_low is not None and auc_low > gates.auc_lower_bound
+def _sufficient(stats: dict[str, Any], gates: PromotionGates) -> bool:
+    return stats["windows"] >= gates.min_windows and stats["n"] >= gates.min_rows
+
+
+def _sharpe(stats: dict[str, Any], total_trials: int) -> dict[str, Any]:
+    """Annualised Sharpe of the strategy; PSR and DSR of its excess returns over the benchmark."""
+    dsr = deflated_sharpe_ratio(stats["_excess_returns"], total_trials)
+    return {
+        "annualised": stats["strategy"]["annualised_sharpe"],
+        "excess_annualised": _num(None if dsr["sr"] is None else dsr["sr"] * math.sqrt(PERIODS_PER_YEAR)),
+        "psr": _num(dsr["psr"]),
+        "dsr": _num(dsr["dsr"]),
+        "dsr_trials": int(total_trials),
+        "sr_benchmark": _num(dsr["sr_benchmark"]),
+    }
+
+
+def _gates(stats: dict[str, Any], gates: PromotionGates) -> dict[str, dict[str, Any]]:
+    windows, n = stats["windows"], stats["n"]
+    q = stats["ic"]["q_value"]
     out = {
         "min_windows": _gate(windows, gates.min_windows, ">=", windows >= gates.min_windows),
         "min_rows": _gate(n, gates.min_rows, ">=", n >= gates.min_rows),
-        "auc_ci_lower": _gate(auc_low, gates.auc_lower_bound, ">", auc_passed),
-        "dsr": _gate(dsr, gates.min_dsr, ">", dsr is not None and dsr > gates.min_dsr),
+        "ic_fdr": _gate(q, gates.fdr, "<=", q is not None and q <= gates.fdr),
     }
-    if gates.require_beats_buy_hold:
-        out["beats_buy_hold"] = _gate(
-            strategy, buy_hold, ">", strategy is not None and buy_hold is not None and strategy > buy_hold
+    if gates.max_excess_pvalue is not None:
+        p = stats["excess"]["p_value"]
+        out["excess_return"] = _gate(
+            p, gates.max_excess_pvalue, "<=", p is not None and p <= gates.max_excess_pvalue
         )
+    if gates.min_dsr is not None:
+        dsr = stats["sharpe"]["dsr"]
+        out["dsr"] = _gate(dsr, gates.min_dsr, ">", dsr is not None and dsr > gates.min_dsr)
     if gates.max_dm_pvalue is not None:
+        dm = stats["diebold_mariano"]
         # Significant AND in the student's favour: a significantly worse student must not pass.
         out["dm_pvalue"] = _gate(
             dm["p_value"],
@@ -239,6 +361,55 @@ def _decide(gate_results: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     return PROMOTE, list(gate_results)
 
 
+def decide(statistics: list[dict[str, Any]], gates: PromotionGates) -> list[dict[str, Any]]:
+    """Gates and decisions for one family of symbols (one briefing), from :func:`symbol_statistics`.
+
+    The family of the multiple-testing correction is every symbol with enough data; the
+    deflated Sharpe ratio counts the configurations tried over the whole family as trials.
+    """
+    family = [i for i, s in enumerate(statistics) if _sufficient(s, gates)]
+    p_adjusted = [statistics[i]["ic"]["p_value_adjusted"] for i in family]
+    tested = [i for i, p in zip(family, p_adjusted, strict=True) if p is not None]
+    q_values = benjamini_hochberg([statistics[i]["ic"]["p_value_adjusted"] for i in tested])
+    q_by_index = dict(zip(tested, q_values.tolist(), strict=True))
+    total_trials = max(1, sum(statistics[i]["n_trials"] for i in family))
+    out = []
+    for i, stats in enumerate(statistics):
+        briefing = {k: v for k, v in stats.items() if not k.startswith("_")}
+        briefing["ic"] = {**stats["ic"], "q_value": _num(q_by_index.get(i)), "family_size": len(tested)}
+        briefing["sharpe"] = _sharpe(stats, total_trials)
+        briefing["gates"] = _gates(briefing, gates)
+        briefing["decision"], briefing["reasons"] = _decide(briefing["gates"])
+        out.append(briefing)
+    return out
+
+
+def brief_symbols(
+    predictions: Mapping[str, pd.DataFrame],
+    *,
+    horizon: int,
+    n_trials: Mapping[str, int] | int,
+    gates: PromotionGates,
+) -> list[dict[str, Any]]:
+    """Statistics, gates and decisions for every symbol of one briefing, in symbol order.
+
+    ``predictions``: per symbol, the concatenated ``ml.walk_forward`` predictions of its evaluated
+    windows (any row order). ``n_trials``: configurations tried, per symbol or for all.
+    Deterministic: the same inputs give an identical list.
+    """
+    stats = [
+        symbol_statistics(
+            frame,
+            horizon=horizon,
+            n_trials=n_trials if isinstance(n_trials, int) else n_trials[symbol],
+            gates=gates,
+            symbol=symbol,
+        )
+        for symbol, frame in sorted(predictions.items())
+    ]
+    return decide(stats, gates)
+
+
 def symbol_briefing(
     predictions: pd.DataFrame,
     *,
@@ -247,65 +418,9 @@ def symbol_briefing(
     gates: PromotionGates,
     symbol: str | None = None,
 ) -> dict[str, Any]:
-    """Statistics, gates and decision for one symbol's evaluated windows, as plain JSON values.
-
-    ``predictions``: the concatenated ``ml.walk_forward`` predictions of every evaluated window
-    of one symbol (any row order; sorted by ``ts`` here). ``horizon``: the label horizon in bars,
-    used as the minimum bootstrap block and as the Diebold-Mariano ``h`` (overlapping labels).
-    ``n_trials``: configurations tried, for the deflated Sharpe ratio. ``symbol`` is only needed
-    when ``predictions`` is empty. Deterministic: the same inputs give an identical dict.
-
-    The stitched strategy and buy-and-hold returns are each window's backtest rows in time
-    order: every window starts flat (its first row has a zero return for both legs) and the
-    last ``horizon`` bars of a window, which carry no label, are traded by neither leg.
-    """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
-    frame = _prepare(predictions)
-    if symbol is None:
-        if frame.empty:
-            raise ValueError("empty predictions: pass symbol= to brief a symbol with no evaluated window")
-        symbol = str(frame["symbol"].iloc[0])
-    strategy = frame["strategy_return"].to_numpy(dtype="float64")
-    buy_hold = frame["buy_hold_return"].to_numpy(dtype="float64")
-    n = len(frame)
-
-    dsr = deflated_sharpe_ratio(strategy, n_trials)
-    strategy_leg = _leg(strategy, frame["position"].to_numpy(dtype="float64"))
-    briefing: dict[str, Any] = {
-        "symbol": symbol,
-        "windows": int(frame["window"].nunique()),
-        "n": int(n),
-        "first_ts": frame["ts"].iloc[0].isoformat() if n else None,
-        "last_ts": frame["ts"].iloc[-1].isoformat() if n else None,
-        "horizon": int(horizon),
-        "n_trials": int(n_trials),
-        "auc": _rank_metric(frame, "label", horizon, gates, "auc"),
-        "ic": _rank_metric(frame, "forward_return", horizon, gates, "ic"),
-        "sharpe": {
-            "annualised": strategy_leg["annualised_sharpe"],
-            "psr": _num(dsr["psr"]),
-            "dsr": _num(dsr["dsr"]),
-            "sr_per_period": _num(dsr["sr"]),
-            "sr_benchmark": _num(dsr["sr_benchmark"]),
-        },
-        "diebold_mariano": _diebold_mariano(frame, horizon),
-        "strategy": strategy_leg,
-        "buy_hold": _leg(buy_hold, None),
-        "bootstrap": {
-            "method": BOOTSTRAP_METHOD,
-            "block": _ci_block(n, horizon) if n else None,
-            "n_boot": gates.n_boot,
-            "alpha": gates.alpha,
-            "seed": gates.seed,
-        },
-        "gates_config": asdict(gates),
-    }
-    briefing["gates"] = _gates(briefing, gates)
-    briefing["decision"], briefing["reasons"] = _decide(briefing["gates"])
-    return briefing
+    """One symbol judged alone (a family of one): :func:`brief_symbols` for a single record."""
+    stats = symbol_statistics(predictions, horizon=horizon, n_trials=n_trials, gates=gates, symbol=symbol)
+    return decide([stats], gates)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,8 +438,9 @@ def _fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
     return f"{100.0 * value:+.1f}%" if pct else f"{value:.{digits}f}"
 
 
-def _with_ci(metric: dict[str, Any]) -> str:
-    return f"{_fmt(metric['pooled'])} [{_fmt(metric['ci_low'])}, {_fmt(metric['ci_high'])}]"
+def _with_ci(metric: dict[str, Any], key: str = "pooled", pct: bool = False) -> str:
+    low, high = _fmt(metric["ci_low"], pct=pct), _fmt(metric["ci_high"], pct=pct)
+    return f"{_fmt(metric[key], pct=pct)} [{low}, {high}]"
 
 
 def _dm_side(dm: dict[str, Any]) -> str:
@@ -336,54 +452,62 @@ def _dm_side(dm: dict[str, Any]) -> str:
 
 
 def render_markdown(briefings: list[dict[str, Any]], *, generated_at: str) -> str:
-    """A human-readable briefing: one table row per symbol, then every gate of every symbol.
-
-    The Diebold-Mariano p-value is always in the table; below, it is a pass/FAIL line when it
-    is a gate and a "reported, not a gate" line otherwise.
-    """
+    """A human-readable briefing: one table row per symbol, then every gate of every symbol."""
+    level = 1.0 - briefings[0]["gates_config"]["alpha"] if briefings else 0.95
     lines = [
         "# Promotion briefing",
         "",
         f"Generated {generated_at}. Every number is computed from the stored out-of-sample "
-        "predictions (the student of window k-1 predicting window k), stitched per symbol.",
+        "predictions (the student of window k-1 predicting window k), stitched per symbol. "
+        f"Intervals are {100 * level:.0f} %, HAC (overlap-aware). The IC p-value is one-sided, "
+        "multiplied by the configurations tried for the symbol; q is its Benjamini-Hochberg value "
+        "across the symbols of this briefing.",
         "",
-        "| symbol | decision | windows | n | AUC [CI] | IC [CI] | Sharpe | PSR | DSR | DM p "
-        "| strategy vs buy&hold |",
-        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| symbol | decision | windows | n | IC [CI] | p | q | AUC | excess/yr [CI] | Sharpe | DSR "
+        "| log loss vs base |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for b in briefings:
+        dm = b["diebold_mariano"]
         lines.append(
-            f"| {b['symbol']} | {b['decision']} | {b['windows']} | {b['n']} | {_with_ci(b['auc'])} | "
-            f"{_with_ci(b['ic'])} | {_fmt(b['sharpe']['annualised'], 2)} | {_fmt(b['sharpe']['psr'])} | "
-            f"{_fmt(b['sharpe']['dsr'])} | {_fmt(b['diebold_mariano']['p_value'])} | "
-            f"{_fmt(b['strategy']['cumulative_return'], pct=True)} vs "
-            f"{_fmt(b['buy_hold']['cumulative_return'], pct=True)} |"
+            f"| {b['symbol']} | {b['decision']} | {b['windows']} | {b['n']} | {_with_ci(b['ic'])} | "
+            f"{_fmt(b['ic']['p_value_adjusted'], 4)} | {_fmt(b['ic']['q_value'], 4)} | "
+            f"{_fmt(b['auc']['pooled'])} | {_with_ci(b['excess'], 'annualised', pct=True)} | "
+            f"{_fmt(b['sharpe']['annualised'], 2)} | {_fmt(b['sharpe']['dsr'])} | "
+            f"{_fmt(dm['student_log_loss'])} vs {_fmt(dm['baseline_log_loss'])} |"
         )
     for b in briefings:
-        boot = b["bootstrap"]
+        dm = b["diebold_mariano"]
         lines += [
             "",
             f"## {b['symbol']}: {b['decision']}",
             "",
             f"Decided by: {', '.join(b['reasons']) if b['reasons'] else 'n/a'}. "
             f"{b['windows']} windows, {b['n']} rows ({b['first_ts'] or 'n/a'} to {b['last_ts'] or 'n/a'}); "
-            f"mean per-window AUC {_fmt(b['auc']['mean_per_window'])}, "
-            f"IC {_fmt(b['ic']['mean_per_window'])}; "
-            f"{boot['method']} block bootstrap, block {boot['block']}, {boot['n_boot']} replicates, "
-            f"alpha {boot['alpha']}; DSR over {b['n_trials']} configuration(s).",
+            f"mean per-window IC {_fmt(b['ic']['mean_per_window'])}, "
+            f"AUC {_fmt(b['auc']['mean_per_window'])}; "
+            f"IC p-value {_fmt(b['ic']['p_value'], 4)} x {b['n_trials']} configuration(s), "
+            f"family of {b['ic']['family_size']} symbol(s); excess over {b['excess']['benchmark']}; "
+            f"DSR over {b['sharpe']['dsr_trials']} trial(s).",
             "",
         ]
-        dm = b["diebold_mariano"]
         losses = f"({_fmt(dm['student_log_loss'])} vs {_fmt(dm['baseline_log_loss'])})"
         for name, g in b["gates"].items():
-            pct = name == "beats_buy_hold"  # cumulative returns: strategy vs buy-and-hold
             line = (
-                f"- {'pass' if g['passed'] else 'FAIL'} `{name}`: {_fmt(g['value'], pct=pct)}, "
-                f"needs {g['op']} {_fmt(g['threshold'], pct=pct)}"
+                f"- {'pass' if g['passed'] else 'FAIL'} `{name}`: {_fmt(g['value'], 4)}, "
+                f"needs {g['op']} {_fmt(g['threshold'], 4)}"
             )
             if name == "dm_pvalue":
                 line += f" with the student's log loss below the base rate's {losses}"
             lines.append(line)
+        if "excess_return" not in b["gates"]:
+            lines.append(
+                f"- reported, not a gate: excess log return over {b['excess']['benchmark']} "
+                f"{_with_ci(b['excess'], 'annualised', pct=True)} a year, "
+                f"one-sided p {_fmt(b['excess']['p_value'], 4)}"
+            )
+        if "dsr" not in b["gates"]:
+            lines.append(f"- reported, not a gate: deflated Sharpe ratio {_fmt(b['sharpe']['dsr'])}")
         if "dm_pvalue" not in b["gates"]:
             lines.append(
                 f"- reported, not a gate: Diebold-Mariano p-value {_fmt(dm['p_value'])}, "

@@ -18,7 +18,7 @@ from sensequant_assets.ml.features import (
     model_matrix,
     validate_bars,
 )
-from sensequant_assets.ml.labels import make_labels
+from sensequant_assets.ml.labels import LabelSpec, make_labels
 
 FeatureFn = Callable[[pd.DataFrame], pd.DataFrame]
 """Bars -> the MODEL_FEATURES columns on the bars' index; must be causal (see ml.leakage)."""
@@ -87,7 +87,7 @@ def build_dataset(
     window_start: date,
     window_end: date,
     horizon: int,
-    threshold: float,
+    label: LabelSpec | float,
     symbol: str,
     feature_fn: FeatureFn | None = None,
 ) -> DatasetResult:
@@ -96,6 +96,9 @@ def build_dataset(
     ``bars`` may start before ``window_start``: that history only warms the indicators up. It
     must not reach past ``window_end`` (ValueError), because labels are computed on exactly the
     bars given and anything later would leak the next window into this one.
+
+    ``label`` defines ``label = 1`` (:class:`~sensequant_assets.ml.labels.LabelSpec`; a plain
+    float is the predecessor's fixed threshold).
 
     ``feature_fn`` replaces :func:`model_features` for the ``m_*`` model inputs (the 15 raw
     features stored alongside are always the predecessor's); it exists so a candidate feature
@@ -114,7 +117,7 @@ def build_dataset(
         )
 
     features = compute_features(bars)
-    labels = make_labels(bars["close"], horizon, threshold)
+    labels = make_labels(bars["close"], horizon, label)
     if feature_fn is None:
         model_inputs = model_matrix(features, bars)
     else:

@@ -1,7 +1,7 @@
-"""Promotion statistics computed from data: block bootstrap, Sharpe, PSR/DSR, Diebold-Mariano.
+"""Promotion statistics computed from data: Sharpe, PSR/DSR, Diebold-Mariano, HAC tests, FDR.
 
 Pure numpy/scipy; no Dagster, no file I/O. Every number here is a deterministic function of its
-inputs (and, for the bootstrap, of an explicit seed) -- the predecessor's "statistical tests" drew
+inputs -- the predecessor's "statistical tests" drew
 random numbers instead, which is exactly what this module replaces.
 
 Conventions shared by all functions:
@@ -19,7 +19,6 @@ Conventions shared by all functions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -28,9 +27,6 @@ from numpy.typing import ArrayLike, NDArray
 
 EULER_MASCHERONI = 0.5772156649015329
 """Euler-Mascheroni constant (gamma) used by the expected-maximum-Sharpe approximation."""
-
-# Bootstrap index matrices are generated in row chunks so memory stays near this many elements.
-_MAX_CHUNK_ELEMENTS = 4_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,144 +51,6 @@ def _moments(x: NDArray[np.float64]) -> tuple[float, float]:
     m3 = float(np.mean(centred**3))
     m4 = float(np.mean(centred**4))
     return m3 / m2**1.5, m4 / m2**2
-
-
-# --------------------------------------------------------------------------------------------
-# Block bootstrap
-# --------------------------------------------------------------------------------------------
-
-
-def default_block_length(n: int) -> int:
-    """Rule-of-thumb block length ``round(n ** (1/3))`` (at least 1).
-
-    The n^(1/3) rate is the MSE-optimal order for block-bootstrap variance estimation
-    (Hall, Horowitz & Jing 1995; Politis & White 2004); the constant is left at 1.
-    """
-    if n < 1:
-        raise ValueError("n must be positive")
-    return max(1, round(n ** (1.0 / 3.0)))
-
-
-def stationary_bootstrap_indices(
-    n: int, mean_block: float, n_boot: int, rng: np.random.Generator
-) -> NDArray[np.intp]:
-    """Index matrix (n_boot, n) for the stationary bootstrap of Politis & Romano (1994).
-
-    Each resample is a concatenation of blocks that wrap around the end of the series; block
-    starts are uniform on ``0..n-1`` and block lengths are geometric with mean ``mean_block``
-    (a new block starts at each position with probability ``p = 1/mean_block``). Unlike fixed
-    blocks this keeps the resampled series stationary. Vectorised: the start of the current block
-    at every position is found with a running maximum over the positions where a block begins.
-    """
-    if n < 1 or n_boot < 1:
-        raise ValueError("n and n_boot must be positive")
-    if mean_block < 1:
-        raise ValueError("mean_block must be >= 1")
-    p = 1.0 / float(mean_block)
-    new_block = rng.random((n_boot, n)) < p
-    new_block[:, 0] = True
-    starts = rng.integers(0, n, size=(n_boot, n))
-    positions = np.arange(n)
-    # For each position, the position where the current block began.
-    block_origin = np.maximum.accumulate(np.where(new_block, positions, 0), axis=1)
-    origin_start = np.take_along_axis(starts, block_origin, axis=1)
-    return (origin_start + (positions - block_origin)) % n
-
-
-def circular_block_bootstrap_indices(
-    n: int, block: int, n_boot: int, rng: np.random.Generator
-) -> NDArray[np.intp]:
-    """Index matrix (n_boot, n) for the circular block bootstrap of Politis & Romano (1992).
-
-    ``ceil(n / block)`` blocks of fixed length ``block`` with uniform starts, wrapped around the
-    end of the series (so every observation is equally likely to be drawn), truncated to ``n``.
-    """
-    if n < 1 or n_boot < 1:
-        raise ValueError("n and n_boot must be positive")
-    if block < 1:
-        raise ValueError("block must be >= 1")
-    n_blocks = -(-n // block)
-    starts = rng.integers(0, n, size=(n_boot, n_blocks))
-    idx = (starts[:, :, None] + np.arange(block)[None, None, :]) % n
-    return idx.reshape(n_boot, n_blocks * block)[:, :n]
-
-
-def bootstrap_statistic_ci(
-    n: int,
-    statistic: Callable[[NDArray[np.intp]], NDArray[np.float64]],
-    *,
-    block: float | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    method: Literal["stationary", "circular"] = "stationary",
-) -> tuple[float | None, float | None]:
-    """Block-bootstrap percentile interval of any statistic of a serially dependent record.
-
-    ``statistic`` receives a ``(rows, n)`` matrix of resampled row indices (one replicate per
-    row) and returns one value per replicate, so callers vectorise over replicates and this
-    function owns the resampling: every bootstrap in the project goes through here. Blocks
-    keep short-range dependence (overlapping-horizon labels, persistent signals), which an iid
-    bootstrap would ignore and so give intervals that are too narrow. ``block`` is the (mean)
-    block length, default :func:`default_block_length`; ``block=1`` with ``method="stationary"``
-    is the iid bootstrap. Replicates where the statistic is undefined (NaN, e.g. a resample
-    with one class) are dropped; ``(None, None)`` if none is defined. Index matrices are drawn
-    in chunks of rows to bound memory. Deterministic for a given ``seed``.
-    """
-    if n < 2:
-        raise ValueError("need at least 2 observations")
-    if n_boot < 1:
-        raise ValueError("n_boot must be positive")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError("alpha must be in (0, 1)")
-    if method not in ("stationary", "circular"):
-        raise ValueError(f"unknown method {method!r}")
-    b = default_block_length(n) if block is None else block
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _MAX_CHUNK_ELEMENTS // n)
-    values = np.empty(n_boot)
-    for lo_row in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - lo_row)
-        if method == "stationary":
-            idx = stationary_bootstrap_indices(n, b, rows, rng)
-        else:
-            idx = circular_block_bootstrap_indices(n, round(b), rows, rng)
-        values[lo_row : lo_row + rows] = statistic(idx)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None, None
-    lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(lo), float(hi)
-
-
-def bootstrap_mean_ci(
-    x: ArrayLike,
-    *,
-    block: float | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    method: Literal["stationary", "circular"] = "stationary",
-) -> tuple[float, float, float]:
-    """Mean of a (serially dependent) series and its block-bootstrap percentile interval.
-
-    Returns ``(mean, lo, hi)`` where ``lo``/``hi`` are the ``alpha/2`` and ``1 - alpha/2``
-    quantiles of the bootstrap distribution of the mean (:func:`bootstrap_statistic_ci`).
-    Daily strategy returns and overlapping-horizon losses are autocorrelated, hence blocks.
-    """
-    arr = as_1d(x, "x")
-    lo, hi = bootstrap_statistic_ci(
-        arr.size,
-        lambda idx: arr[idx].mean(axis=1),
-        block=block,
-        n_boot=n_boot,
-        alpha=alpha,
-        seed=seed,
-        method=method,
-    )
-    if lo is None or hi is None:  # pragma: no cover - the mean of finite values is always defined
-        raise RuntimeError("the bootstrap of the mean produced no finite replicate")
-    return float(arr.mean()), lo, hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,18 +233,7 @@ def diebold_mariano(
     if np.all(d == 0.0):
         out.update(stat=0.0, p_value=1.0)
         return out
-    dc = d - dbar
-    gammas = np.array([float(np.dot(dc[k:], dc[: n - k])) / n for k in range(h)])
-
-    def lrv(weights: NDArray[np.float64]) -> float:
-        return float(gammas[0] + 2.0 * np.sum(weights * gammas[1:]))
-
-    lags = np.arange(1, h)
-    used = kernel
-    var_long = lrv(np.ones(h - 1)) if kernel == "rectangular" else lrv(1.0 - lags / h)
-    if var_long <= 0.0 and kernel == "rectangular":
-        used = "bartlett"
-        var_long = lrv(1.0 - lags / h)
+    var_long, used = long_run_variance(d, h - 1, kernel)
     out["kernel"] = used
     if not var_long > 0.0:
         return out
@@ -397,4 +244,200 @@ def diebold_mariano(
 
     p_value = float(2.0 * student_t.sf(abs(stat), df=n - 1))
     out.update(stat=stat, p_value=p_value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# HAC inference: cheap, analytic p-values for serially dependent records
+# --------------------------------------------------------------------------------------------
+
+
+def newey_west_lags(n: int) -> int:
+    """Newey & West (1994)'s plug-in-free rule ``floor(4 (n / 100)^(2/9))`` (at least 1)."""
+    if n < 1:
+        raise ValueError("n must be positive")
+    return max(1, math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0)))
+
+
+def long_run_variance(
+    x: ArrayLike,
+    lags: int,
+    kernel: Literal["rectangular", "bartlett"] = "bartlett",
+    *,
+    mean: float | None = None,
+) -> tuple[float, str]:
+    """Long-run variance ``gamma_0 + 2 sum_{k=1}^{lags} w_k gamma_k`` of a series, and the kernel used.
+
+    ``rectangular`` (``w_k = 1``, Hansen & Hodrick 1980) is exact when the series is uncorrelated
+    beyond ``lags`` -- the case of a statistic built on h-bar forward returns under the null, with
+    ``lags = h - 1`` -- but can be negative in a small sample; then the Bartlett weights
+    ``w_k = 1 - k / (lags + 1)`` (Newey & West 1987), always non-negative, are used instead and the
+    returned kernel says so. ``gamma_k = (1/n) sum_t (x_t - m)(x_{t-k} - m)`` with ``m`` the
+    sample mean, or ``mean`` when given (the mean under a null hypothesis: a score test's variance).
+    """
+    arr = as_1d(x, "x")
+    if kernel not in ("rectangular", "bartlett"):
+        raise ValueError(f"unknown kernel {kernel!r}")
+    if lags < 0:
+        raise ValueError("lags must be >= 0")
+    n = arr.size
+    if n < 2:
+        raise ValueError("need at least 2 observations")
+    lags = min(lags, n - 1)
+    xc = arr - (arr.mean() if mean is None else float(mean))
+    gammas = np.array([float(np.dot(xc[k:], xc[: n - k])) / n for k in range(lags + 1)])
+    ks = np.arange(1, lags + 1)
+    if kernel == "rectangular":
+        value = float(gammas[0] + 2.0 * gammas[1:].sum())
+        if value > 0.0:
+            return value, "rectangular"
+    return float(gammas[0] + 2.0 * np.sum((1.0 - ks / (lags + 1.0)) * gammas[1:])), "bartlett"
+
+
+def hac_mean_test(
+    x: ArrayLike,
+    *,
+    lags: int | None = None,
+    kernel: Literal["rectangular", "bartlett"] = "bartlett",
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Mean of a dependent series with a HAC standard error, a ``1 - alpha`` interval and p-values.
+
+    ``lags`` defaults to :func:`newey_west_lags`. The interval is ``mean -+ z * se`` (normal
+    quantiles); ``p_greater`` is the one-sided p-value of ``mean > 0``, ``p_two_sided`` the
+    two-sided one. Analytic, so a briefing over hundreds of symbols stays cheap and its p-values
+    are fine-grained enough for a multiple-testing correction (a bootstrap's are not).
+    ``se`` and everything after it are ``None`` when the series has no variance.
+    """
+    arr = as_1d(x, "x")
+    n = arr.size
+    if n < 3:
+        raise ValueError(f"need at least 3 observations, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError("alpha must be in (0, 1)")
+    lag = newey_west_lags(n) if lags is None else int(lags)
+    lrv, used = long_run_variance(arr, lag, kernel)
+    mean = float(arr.mean())
+    out: dict[str, Any] = dict.fromkeys(("se", "ci_low", "ci_high", "stat", "p_greater", "p_two_sided"))
+    out.update(mean=mean, n=int(n), lags=lag, kernel=used)
+    if not lrv > 0.0:
+        return out
+    se = math.sqrt(lrv / n)
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+    stat = mean / se
+    out.update(
+        se=se,
+        ci_low=mean - z * se,
+        ci_high=mean + z * se,
+        stat=stat,
+        p_greater=float(NormalDist().cdf(-stat)),
+        p_two_sided=float(2.0 * NormalDist().cdf(-abs(stat))),
+    )
+    return out
+
+
+def rank_ic_test(
+    score: ArrayLike, realised: ArrayLike, *, horizon: int, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Rank information coefficient (Spearman) of a score against forward returns, with HAC inference.
+
+    ``ic = mean(a_t * b_t)`` with ``a``, ``b`` the standardised average ranks of ``score`` and
+    ``realised`` (Spearman's rho). Its standard error is the HAC long-run variance of
+    ``a_t * b_t - ic`` over ``n``, with ``horizon - 1`` lags and the rectangular kernel: when the
+    score is known at t and the ``horizon``-bar forward return is unpredictable in mean given
+    what is known at t (the null), the products are uncorrelated beyond lag ``horizon - 1``
+    however persistent the score is, so this is the exact truncation (Hansen & Hodrick 1980).
+    Ranks make it robust to fat tails. The interval is ``ic -+ z * se``; ``p_greater`` is the
+    one-sided p-value of ``ic > 0`` (a positive edge: higher score, higher forward return).
+
+    The p-values use the variance under the null (products centred at 0, not at ``ic``: a score
+    test). Centring at the estimate shrinks the variance exactly when ``ic`` is large by chance,
+    which inflated the far tail that a multiple-testing correction relies on (measured on a
+    GARCH-t null with a persistent score, 600 rows: rejections at p <= 0.0025 were 2.2x nominal
+    centred at ``ic``, 1.1x centred at 0; ``docs/methodology.md``). The interval, which is about
+    the estimate, uses the variance around ``ic``.
+    """
+    from scipy.stats import rankdata  # lazy: scipy.stats is slow to import
+
+    s = as_1d(score, "score")
+    r = as_1d(realised, "realised")
+    if s.shape != r.shape:
+        raise ValueError("score and realised must have the same length")
+    if horizon < 1:
+        raise ValueError("horizon must be >= 1")
+    n = s.size
+    out: dict[str, Any] = dict.fromkeys(
+        ("ic", "se", "ci_low", "ci_high", "stat", "p_greater", "p_two_sided", "kernel")
+    )
+    out.update(n=int(n), lags=int(horizon) - 1)
+    if n < max(3, horizon + 1):
+        return out
+    a = rankdata(s)
+    b = rankdata(r)
+    if a.std() == 0.0 or b.std() == 0.0:
+        return out
+    a = (a - a.mean()) / a.std()
+    b = (b - b.mean()) / b.std()
+    products = a * b
+    ic = float(products.mean())
+    lrv, used = long_run_variance(products, int(horizon) - 1, "rectangular")
+    null_lrv, _ = long_run_variance(products, int(horizon) - 1, "rectangular", mean=0.0)
+    out.update(ic=ic, kernel=used)
+    if not (lrv > 0.0 and null_lrv > 0.0):
+        return out
+    se = math.sqrt(lrv / n)
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+    stat = ic / math.sqrt(null_lrv / n)
+    out.update(
+        se=se,
+        ci_low=ic - z * se,
+        ci_high=ic + z * se,
+        stat=stat,
+        p_greater=float(NormalDist().cdf(-stat)),
+        p_two_sided=float(2.0 * NormalDist().cdf(-abs(stat))),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Multiple testing
+# --------------------------------------------------------------------------------------------
+
+
+def benjamini_hochberg(p_values: ArrayLike) -> NDArray[np.float64]:
+    """Benjamini-Hochberg adjusted p-values (q-values): reject where ``q <= level``.
+
+    Rejecting every hypothesis whose adjusted value is at most ``level`` controls the false
+    discovery rate at ``level`` for independent or positively dependent (PRDS) p-values
+    (Benjamini & Hochberg 1995; Benjamini & Yekutieli 2001); when every hypothesis is null, FDR
+    equals the family-wise error rate, so an all-null family rejects anything with probability
+    at most ``level``.
+    """
+    p = as_1d(p_values, "p_values")
+    if np.any((p < 0.0) | (p > 1.0)):
+        raise ValueError("p-values must lie in [0, 1]")
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    adjusted_sorted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adjusted_sorted
+    return out
+
+
+def holm(p_values: ArrayLike) -> NDArray[np.float64]:
+    """Holm (1979) step-down adjusted p-values: reject where ``adj <= level`` (controls FWER)."""
+    p = as_1d(p_values, "p_values")
+    if np.any((p < 0.0) | (p > 1.0)):
+        raise ValueError("p-values must lie in [0, 1]")
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (m - np.arange(m))
+    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(scaled))
+    out = np.empty(m)
+    out[order] = adjusted_sorted
     return out

@@ -341,6 +341,22 @@ def predict_raw_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(raw(x), dtype="float64")[:, 1]
 
 
+def standardized_score(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The student's ranking score, comparable across windows: raw log-odds in training-window sd.
+
+    A :class:`CalibratedStudent` standardises its raw log-odds by the centre and scale of its own
+    training window (known at the window's start, so free of look-ahead); each window's student
+    is then on the same footing, which pooled rank statistics across windows need. Calibrated
+    probabilities are not: shrinking each window's slope toward 0 compresses its spread, so the
+    windows' intercepts would dominate a pooled ranking. Other models give their log-odds.
+    """
+    x = frame[MODEL_FEATURES].astype("float64")
+    calibration = getattr(model, "calibration", None)
+    if isinstance(calibration, PlattCalibration):
+        return (model.decision_function(x) - calibration.center) / calibration.scale
+    return raw_score(model, x)
+
+
 def crossfit_scores(
     params: StudentParams, x: pd.DataFrame, soft: np.ndarray, horizon: int, n_folds: int
 ) -> np.ndarray:

@@ -30,7 +30,7 @@ from sensequant_assets.ml.evaluation import (
     reliability_diagram,
 )
 from sensequant_assets.ml.features import MODEL_FEATURES
-from sensequant_assets.ml.student import predict_proba, predict_raw_proba
+from sensequant_assets.ml.student import predict_proba, predict_raw_proba, standardized_score
 
 PREDICTION_COLUMNS: list[str] = [
     "ts",
@@ -41,6 +41,7 @@ PREDICTION_COLUMNS: list[str] = [
     "forward_return",
     "teacher_proba",
     "student_proba",
+    "student_score",
     "baseline_proba",
     "position",
     "strategy_return",
@@ -123,6 +124,7 @@ def evaluate_window(
             "forward_return": forward,
             "teacher_proba": teacher,
             "student_proba": student,
+            "student_score": standardized_score(model, frame),
             "baseline_proba": baseline,
             "position": equity["position"].to_numpy(dtype="int64"),
             "strategy_return": equity["strategy_return"].to_numpy(),

@@ -1,0 +1,342 @@
+"""The methodology study: how often the promotion decision is wrong, and how often it is right.
+
+Runs the real pipeline (``ml.protocol.walk_forward``: dataset, LightGBM teacher, distilled and
+calibrated student, out-of-sample evaluation of window k-1's student on window k) on simulated
+universes, stores every symbol's out-of-sample predictions, then scores the briefing's decision
+and every interval it prints on them. Scoring is cheap and can be repeated with other gates; the
+pipeline runs once per symbol.
+
+    .venv/bin/python bench/methodology.py run --out data/study            # default scenarios
+    .venv/bin/python bench/methodology.py report --out data/study         # tables (markdown)
+
+``run`` resumes: symbols already stored are skipped, so an interrupted study continues where it
+stopped. Scenarios: ``null:<process>`` (no signal: random_walk, garch, garch_t, regime) and
+``ic:<target>`` (a planted signal whose ideal predictor has that IC against the forward return,
+on the garch_t null), each with ``--null-symbols`` / ``--signal-symbols`` symbols of
+``--windows`` six-month windows from 2015-07-01. See docs/methodology.md for the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sensequant_assets.ml.briefing import (  # noqa: E402
+    PROMOTE,
+    PromotionGates,
+    decide,
+    excess_log_returns,
+    symbol_statistics,
+)
+from sensequant_assets.ml.labels import LabelSpec  # noqa: E402
+from sensequant_assets.ml.protocol import WalkForwardSettings, month_windows, walk_forward  # noqa: E402
+from sensequant_assets.ml.stats import rank_ic_test  # noqa: E402
+from sensequant_assets.sources.synthetic import SyntheticSource, _params  # noqa: E402
+
+FIRST_WINDOW = dt.date(2015, 7, 1)
+HORIZON = 7
+NULLS = ("random_walk", "garch", "garch_t", "regime")
+STRENGTHS = (0.02, 0.05, 0.10, 0.15, 0.20)
+SIGNAL_NULL = "garch_t"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of symbol: a null process, optionally with a planted signal, and the protocol."""
+
+    process: str
+    signal_ic: float = 0.0
+    label: str = "sign"
+    lookback: int = 0
+
+    @property
+    def name(self) -> str:
+        kind = f"null-{self.process}" if self.signal_ic == 0 else f"ic{self.signal_ic:.2f}-{self.process}"
+        suffix = "" if self.label == "sign" else f"-{self.label}"
+        return kind + suffix + (f"-lb{self.lookback}" if self.lookback else "")
+
+    @property
+    def seed(self) -> int:
+        """Independent paths per scenario: the source's seed is derived from the name."""
+        return int.from_bytes(self.name.encode()[:6].ljust(6, b"_"), "little") % 1_000_003
+
+
+def symbol_name(index: int) -> str:
+    return f"SYM{index:04d}"
+
+
+def _run_one(task: tuple[Scenario, int, int, str]) -> tuple[str, float]:
+    """Run the pipeline for one symbol and store its predictions and truth; returns (name, seconds)."""
+    scenario, index, n_windows, out = task
+    began = time.perf_counter()
+    symbol = symbol_name(index)
+    source = SyntheticSource(seed=scenario.seed, process=scenario.process, signal_ic=scenario.signal_ic)
+    windows = month_windows(FIRST_WINDOW, n_windows)
+    settings = WalkForwardSettings(
+        horizon=HORIZON, label=LabelSpec(kind=scenario.label), lookback_windows=scenario.lookback
+    )
+    result = walk_forward(source, symbol, windows, settings)
+    predictions = result.predictions
+    truth: dict[str, Any] = {
+        "scenario": scenario.name,
+        "process": scenario.process,
+        "signal_ic": scenario.signal_ic,
+        "label": scenario.label,
+        "lookback": scenario.lookback,
+        "symbol": symbol,
+        "seed": scenario.seed,
+        "log_drift": 0.0 if scenario.process == "random_walk" else _params(symbol, scenario.seed).drift,
+        "windows": len(windows),
+        "seconds": None,
+    }
+    if len(predictions):
+        ideal = source.ideal_forecast(symbol, windows[0][0], windows[-1][1])
+        ts = pd.DatetimeIndex(pd.to_datetime(predictions["ts"]))
+        truth["ideal_ic"] = rank_ic_test(
+            ideal.reindex(ts).to_numpy(), predictions["forward_return"].to_numpy(), horizon=HORIZON
+        )["ic"]
+    directory = Path(out) / scenario.name
+    directory.mkdir(parents=True, exist_ok=True)
+    truth["seconds"] = time.perf_counter() - began
+    predictions.to_parquet(directory / f"{symbol}.parquet.tmp")
+    (directory / f"{symbol}.json.tmp").write_text(json.dumps(truth))
+    (directory / f"{symbol}.parquet.tmp").replace(directory / f"{symbol}.parquet")
+    (directory / f"{symbol}.json.tmp").replace(directory / f"{symbol}.json")
+    return f"{scenario.name}/{symbol}", truth["seconds"]
+
+
+def scenarios(args: argparse.Namespace) -> list[tuple[Scenario, int]]:
+    """(scenario, number of symbols) for the command line."""
+    out: list[tuple[Scenario, int]] = []
+    for process in args.nulls:
+        out.append((Scenario(process, label=args.label, lookback=args.lookback), args.null_symbols))
+    for strength in args.strengths:
+        out.append(
+            (Scenario(SIGNAL_NULL, strength, label=args.label, lookback=args.lookback), args.signal_symbols)
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    tasks = [
+        (scenario, i, args.windows, str(out))
+        for scenario, count in scenarios(args)
+        for i in range(count)
+        if not (out / scenario.name / f"{symbol_name(i)}.json").exists()
+    ]
+    print(f"{len(tasks)} symbol(s) to run with {args.workers} worker(s)", flush=True)
+    began = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(args.workers, maxtasksperchild=20) as pool:
+        for done, (name, seconds) in enumerate(pool.imap_unordered(_run_one, tasks), start=1):
+            print(
+                f"[{done}/{len(tasks)}] {name} {seconds:.1f}s (elapsed {time.perf_counter() - began:.0f}s)",
+                flush=True,
+            )
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Record:
+    """One stored symbol: its truth, its statistics under the gates, and interval checks."""
+
+    truth: dict[str, Any]
+    stats: dict[str, Any]
+    predictions: pd.DataFrame
+
+
+def load(out: Path, gates: PromotionGates) -> dict[str, list[Record]]:
+    """Every stored symbol, by scenario name."""
+    by_scenario: dict[str, list[Record]] = {}
+    for meta in sorted(out.glob("*/*.json")):
+        truth = json.loads(meta.read_text())
+        predictions = pd.read_parquet(meta.with_suffix(".parquet"))
+        if predictions.empty:
+            continue
+        stats = symbol_statistics(predictions, horizon=HORIZON, n_trials=1, gates=gates)
+        by_scenario.setdefault(truth["scenario"], []).append(Record(truth, stats, predictions))
+    return by_scenario
+
+
+def excess_estimand(record: Record, benchmark: str) -> float:
+    """The true mean daily excess log return given the positions, under a null (known log drift).
+
+    Under a null the conditional mean of the next log return is the drift, so the expected excess
+    of each bar is its realised excess with the realised log return replaced by the drift.
+    """
+    frame = record.predictions.sort_values("ts", kind="stable")
+    excess = excess_log_returns(frame, benchmark)
+    close = frame["close"].to_numpy(dtype="float64")
+    first = (frame["window"] != frame["window"].shift()).to_numpy()
+    log_return = np.zeros(len(frame))
+    log_return[1:] = np.log(close[1:] / close[:-1])
+    log_return[first] = 0.0
+    position = frame["position"].to_numpy(dtype="float64")
+    weight = position - 1.0 if benchmark == "buy_hold" else position
+    surprise = np.where(first, 0.0, log_return - record.truth["log_drift"])
+    return float(np.mean(excess - weight * surprise)) * 252
+
+
+def one_sided_upper(k: int, n: int, level: float = 0.95) -> float:
+    """Clopper-Pearson one-sided upper bound of a rate with k events in n trials."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
+
+
+def universes(records: list[Record], size: int) -> Iterable[list[Record]]:
+    """Disjoint universes of ``size`` independent symbols (the remainder is left out)."""
+    for start in range(0, len(records) - size + 1, size):
+        yield records[start : start + size]
+
+
+def promoted(records: list[Record], gates: PromotionGates) -> list[bool]:
+    decisions = decide([r.stats for r in records], gates)
+    return [d["decision"] == PROMOTE for d in decisions]
+
+
+def _rate(k: int, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    return f"{k}/{n} = {100 * k / n:.1f} % (95 % upper {100 * one_sided_upper(k, n):.1f} %)"
+
+
+def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str) -> list[str]:
+    lines = [
+        f"| null | symbols | per-symbol IC p <= 0.05 | universes of {size} with any PROMOTE "
+        "| IC 95 % CI covers 0 | excess 95 % CI covers its estimand | log loss - base (median) |",
+        "| --- | ---: | --- | --- | --- | --- | ---: |",
+    ]
+    for process in NULLS:
+        records = by.get(Scenario(process, label=label).name, [])
+        if not records:
+            continue
+        p = [r.stats["ic"]["p_value"] for r in records]
+        small = sum(1 for v in p if v is not None and v <= 0.05)
+        groups = list(universes(records, size))
+        any_promoted = sum(1 for g in groups if any(promoted(g, gates)))
+        ic_cover = sum(1 for r in records if r.stats["ic"]["ci_low"] <= 0.0 <= r.stats["ic"]["ci_high"])
+        ex_cover = 0
+        for r in records:
+            truth = excess_estimand(r, gates.benchmark)
+            ex_cover += r.stats["excess"]["ci_low"] <= truth <= r.stats["excess"]["ci_high"]
+        loss = [
+            r.stats["diebold_mariano"]["student_log_loss"] - r.stats["diebold_mariano"]["baseline_log_loss"]
+            for r in records
+        ]
+        lines.append(
+            f"| {process} | {len(records)} | {_rate(small, len(records))} | "
+            f"{_rate(any_promoted, len(groups))} | {_rate(ic_cover, len(records))} | "
+            f"{_rate(ex_cover, len(records))} | {np.median(loss):+.4f} |"
+        )
+    return lines
+
+
+def mixed_table(
+    by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str, lookback: int, seed: int = 0
+) -> list[str]:
+    """Power per strength and the false discovery rate in universes mixing planted and null symbols.
+
+    Each universe holds one planted symbol of every strength and ``size - len(STRENGTHS)`` garch_t
+    nulls; there are as many universes as planted symbols per strength (nulls are re-drawn per
+    universe, so universes share nulls: the FDR estimate is unbiased, its spread understated).
+    """
+    nulls = by.get(Scenario(SIGNAL_NULL, label=label, lookback=lookback).name, [])
+    planted = {
+        s: by.get(Scenario(SIGNAL_NULL, s, label=label, lookback=lookback).name, []) for s in STRENGTHS
+    }
+    n_universes = min((len(v) for v in planted.values()), default=0)
+    n_nulls = size - len(STRENGTHS)
+    if n_universes == 0 or len(nulls) < n_nulls:
+        return [f"(mixed universes need planted symbols of every strength and {n_nulls} nulls)"]
+    rng = np.random.default_rng(seed)
+    hits = dict.fromkeys(STRENGTHS, 0)
+    fdp = []
+    for u in range(n_universes):
+        chosen = [nulls[i] for i in rng.choice(len(nulls), n_nulls, replace=False)]
+        members = [planted[s][u] for s in STRENGTHS] + chosen
+        flags = promoted(members, gates)
+        for s, flag in zip(STRENGTHS, flags, strict=False):
+            hits[s] += flag
+        false = sum(flags[len(STRENGTHS) :])
+        fdp.append(false / max(1, sum(flags)))
+    lines = [
+        "| ideal IC (target) | ideal IC (median) | model IC (median) | symbols | promoted (power) |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in STRENGTHS:
+        ideal = np.median([r.truth.get("ideal_ic") or np.nan for r in planted[s]])
+        model = np.median([r.stats["ic"]["pooled"] for r in planted[s]])
+        lines.append(
+            f"| {s:.2f} | {ideal:.3f} | {model:.3f} | {len(planted[s])} | {_rate(hits[s], n_universes)} |"
+        )
+    lines.append("")
+    lines.append(
+        f"False discovery proportion over {n_universes} mixed universes of {size}: "
+        f"mean {np.mean(fdp):.3f}; universes with any false promotion: "
+        f"{_rate(sum(1 for f in fdp if f > 0), n_universes)}."
+    )
+    return lines
+
+
+def report(args: argparse.Namespace) -> None:
+    gates = PromotionGates(**json.loads(args.gates)) if args.gates else PromotionGates()
+    by = load(Path(args.out), gates)
+    print(f"Gates: {gates}\n")
+    for name, records in sorted(by.items()):
+        secs = [r.truth["seconds"] for r in records]
+        print(f"- {name}: {len(records)} symbols, {np.median(secs):.1f} s per symbol (median)")
+    print()
+    print("\n".join(null_table(by, gates, args.universe, args.label)))
+    print()
+    print("\n".join(mixed_table(by, gates, args.universe, args.label, args.lookback)))
+    if args.variants:
+        for variant in json.loads(args.variants):
+            g = replace(gates, **variant)
+            print(f"\n### variant {variant}\n")
+            print("\n".join(null_table(by, g, args.universe, args.label)))
+            print()
+            print("\n".join(mixed_table(by, g, args.universe, args.label, args.lookback)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--out", default="data/study")
+    parser.add_argument("--nulls", type=lambda s: [x for x in s.split(",") if x], default=list(NULLS))
+    parser.add_argument(
+        "--strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=list(STRENGTHS)
+    )
+    parser.add_argument("--null-symbols", type=int, default=100)
+    parser.add_argument("--signal-symbols", type=int, default=20)
+    parser.add_argument("--windows", type=int, default=20)
+    parser.add_argument("--label", default="sign")
+    parser.add_argument("--lookback", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 1)))
+    parser.add_argument("--universe", type=int, default=20, help="symbols per simulated universe")
+    parser.add_argument("--gates", default="", help="PromotionGates fields as JSON")
+    parser.add_argument("--variants", default="", help="a JSON list of gate overrides to score too")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The walk-forward protocol of the asset graph as one pure loop over a symbol's windows.
+
+For each window: the dataset (with history for warm-up), the teacher, the student on the
+teacher's out-of-fold soft labels, and the evaluation of the *previous* window's student on this
+window's rows -- exactly what the assets do partition by partition. The methodology study
+(``bench/methodology.py``) and the statistical tests run it on simulated universes, so what they
+measure is the pipeline's behaviour, not a model of it.
+
+Pure pandas/numpy; no Dagster, no file I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+
+from sensequant_assets.ml.dataset import FeatureFn, build_dataset
+from sensequant_assets.ml.labels import LabelSpec
+from sensequant_assets.ml.student import StudentParams, train_student
+from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
+from sensequant_assets.ml.walk_forward import evaluate_window
+
+HISTORY_DAYS = 210  # > WARMUP_BARS trading days, as the teacher asset fetches
+
+
+class BarSource(Protocol):
+    """Anything with the sources' ``bars(symbol, start, end)``."""
+
+    def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame: ...
+
+
+def month_windows(start: dt.date, count: int, months: int = 6) -> list[tuple[dt.date, dt.date]]:
+    """``count`` consecutive windows of ``months`` calendar months: (first day, last day)."""
+    out = []
+    for _ in range(count):
+        total = start.month - 1 + months
+        nxt = dt.date(start.year + total // 12, total % 12 + 1, 1)
+        out.append((start, nxt - dt.timedelta(days=1)))
+        start = nxt
+    return out
+
+
+@dataclass(frozen=True)
+class WalkForwardSettings:
+    """Everything that shapes one symbol's walk-forward run (the assets' defaults by default).
+
+    ``lookback_windows``: each fit also learns from up to this many earlier windows of the symbol
+    (its training rows run from the earliest of them to the window's end, labels purged at the
+    window end); 0 trains on the window alone, as the assets do.
+    """
+
+    horizon: int = 7
+    label: LabelSpec = field(default_factory=LabelSpec)
+    teacher: TeacherParams = field(default_factory=TeacherParams)
+    student: StudentParams = field(default_factory=StudentParams)
+    cost_bps: float = 10.0
+    min_rows: int = 20
+    lookback_windows: int = 0
+
+
+@dataclass(frozen=True)
+class WalkForwardResult:
+    """Stitched out-of-sample predictions (``ml.walk_forward.PREDICTION_COLUMNS``) and per-window notes."""
+
+    predictions: pd.DataFrame
+    windows: list[dict[str, Any]]
+
+
+def walk_forward(
+    source: BarSource,
+    symbol: str,
+    windows: list[tuple[dt.date, dt.date]],
+    settings: WalkForwardSettings | None = None,
+    *,
+    feature_fn: FeatureFn | None = None,
+) -> WalkForwardResult:
+    """Every window's out-of-sample predictions (concatenated) and per-window in-window scores.
+
+    A window whose teacher cannot train (too few rows, one label class) is skipped like the asset
+    skips it, so the next window has no previous student and is not evaluated either.
+    """
+    s = settings or WalkForwardSettings()
+    predictions: list[pd.DataFrame] = []
+    notes: list[dict[str, Any]] = []
+    previous = None  # (student model, training base rate)
+    for k, (start, end) in enumerate(windows):
+        train_start = windows[max(0, k - s.lookback_windows)][0]
+        bars = source.bars(symbol, train_start - dt.timedelta(days=HISTORY_DAYS), end)
+        frame = build_dataset(bars, train_start, end, s.horizon, s.label, symbol, feature_fn=feature_fn).frame
+        in_window = frame[pd.to_datetime(frame["ts"]).dt.tz_localize(None) >= pd.Timestamp(start)]
+        note: dict[str, Any] = {"window": start.isoformat(), "rows": len(in_window), "train_rows": len(frame)}
+        try:
+            check_rows(frame, s.min_rows, symbol, start.isoformat())
+            fitted = train_teacher(frame, s.teacher, s.horizon)
+        except TooFewRowsError as exc:
+            notes.append({**note, "skipped": str(exc)})
+            previous = None
+            continue
+        oof = pd.Series(fitted.oof_proba, index=frame.index)
+        if previous is not None and len(in_window) >= 2:
+            result = evaluate_window(
+                previous[0],
+                in_window.assign(teacher_proba=oof.loc[in_window.index].to_numpy()).reset_index(drop=True),
+                train_base_rate=previous[1],
+                cost_bps=s.cost_bps,
+                window=f"{symbol}|{start.isoformat()}",
+            )
+            predictions.append(result.predictions)
+        distilled = train_student(frame, fitted.oof_proba, s.student, s.horizon)
+        notes.append({**note, **fitted.metrics})
+        previous = (distilled.model, float(frame["label"].mean()))
+    stitched = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
+    return WalkForwardResult(predictions=stitched, windows=notes)
