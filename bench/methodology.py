@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> None:
         for i in range(count)
         if not (out / scenario.name / f"{symbol_name(i)}.json").exists()
     ]
+    tasks.sort(key=lambda task: task[1])  # every scenario advances together: a cut-short study is balanced
     print(f"{len(tasks)} symbol(s) to run with {args.workers} worker(s)", flush=True)
     began = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(args.workers, maxtasksperchild=20) as pool:
@@ -249,38 +250,44 @@ def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, la
 
 
 def mixed_table(
-    by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str, lookback: int, seed: int = 0
+    by: dict[str, list[Record]],
+    gates: PromotionGates,
+    size: int,
+    label: str,
+    lookback: int,
+    strengths: list[float],
+    seed: int = 0,
 ) -> list[str]:
     """Power per strength and the false discovery rate in universes mixing planted and null symbols.
 
-    Each universe holds one planted symbol of every strength and ``size - len(STRENGTHS)`` garch_t
+    Each universe holds one planted symbol of every strength and ``size - len(strengths)`` garch_t
     nulls; there are as many universes as planted symbols per strength (nulls are re-drawn per
     universe, so universes share nulls: the FDR estimate is unbiased, its spread understated).
     """
     nulls = by.get(Scenario(SIGNAL_NULL, label=label, lookback=lookback).name, [])
     planted = {
-        s: by.get(Scenario(SIGNAL_NULL, s, label=label, lookback=lookback).name, []) for s in STRENGTHS
+        s: by.get(Scenario(SIGNAL_NULL, s, label=label, lookback=lookback).name, []) for s in strengths
     }
     n_universes = min((len(v) for v in planted.values()), default=0)
-    n_nulls = size - len(STRENGTHS)
+    n_nulls = size - len(strengths)
     if n_universes == 0 or len(nulls) < n_nulls:
         return [f"(mixed universes need planted symbols of every strength and {n_nulls} nulls)"]
     rng = np.random.default_rng(seed)
-    hits = dict.fromkeys(STRENGTHS, 0)
+    hits = dict.fromkeys(strengths, 0)
     fdp = []
     for u in range(n_universes):
         chosen = [nulls[i] for i in rng.choice(len(nulls), n_nulls, replace=False)]
-        members = [planted[s][u] for s in STRENGTHS] + chosen
+        members = [planted[s][u] for s in strengths] + chosen
         flags = promoted(members, gates)
-        for s, flag in zip(STRENGTHS, flags, strict=False):
+        for s, flag in zip(strengths, flags, strict=False):
             hits[s] += flag
-        false = sum(flags[len(STRENGTHS) :])
+        false = sum(flags[len(strengths) :])
         fdp.append(false / max(1, sum(flags)))
     lines = [
         "| ideal IC (target) | ideal IC (median) | model IC (median) | symbols | promoted (power) |",
         "| ---: | ---: | ---: | ---: | --- |",
     ]
-    for s in STRENGTHS:
+    for s in strengths:
         ideal = np.median([r.truth.get("ideal_ic") or np.nan for r in planted[s]])
         model = np.median([r.stats["ic"]["pooled"] for r in planted[s]])
         lines.append(
@@ -305,14 +312,14 @@ def report(args: argparse.Namespace) -> None:
     print()
     print("\n".join(null_table(by, gates, args.universe, args.label)))
     print()
-    print("\n".join(mixed_table(by, gates, args.universe, args.label, args.lookback)))
+    print("\n".join(mixed_table(by, gates, args.universe, args.label, args.lookback, args.strengths)))
     if args.variants:
         for variant in json.loads(args.variants):
             g = replace(gates, **variant)
             print(f"\n### variant {variant}\n")
             print("\n".join(null_table(by, g, args.universe, args.label)))
             print()
-            print("\n".join(mixed_table(by, g, args.universe, args.label, args.lookback)))
+            print("\n".join(mixed_table(by, g, args.universe, args.label, args.lookback, args.strengths)))
 
 
 def main(argv: list[str] | None = None) -> None:
