@@ -8,6 +8,7 @@ pipeline runs once per symbol.
 
     .venv/bin/python bench/methodology.py run --out data/study            # default scenarios
     .venv/bin/python bench/methodology.py report --out data/study         # tables (markdown)
+    .venv/bin/python bench/methodology.py ceiling                           # best IC from prices
 
 ``run`` resumes: symbols already stored are skipped, so an interrupted study continues where it
 stopped. Scenarios: ``null:<process>`` (no signal: random_walk, garch, garch_t, regime) and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import multiprocessing
 import sys
@@ -62,17 +64,120 @@ class Scenario:
     signal_ic: float = 0.0
     label: str = "sign"
     lookback: int = 0
+    signal_kind: str = "latent"
 
     @property
     def name(self) -> str:
-        kind = f"null-{self.process}" if self.signal_ic == 0 else f"ic{self.signal_ic:.2f}-{self.process}"
+        prefix = "ic" if self.signal_kind == "latent" else "rev"
+        planted = f"{prefix}{self.signal_ic:.2f}-{self.process}"
+        kind = f"null-{self.process}" if self.signal_ic == 0 else planted
         suffix = "" if self.label == "sign" else f"-{self.label}"
         return kind + suffix + (f"-lb{self.lookback}" if self.lookback else "")
 
     @property
     def seed(self) -> int:
-        """Independent paths per scenario: the source's seed is derived from the name."""
-        return int.from_bytes(self.name.encode()[:6].ljust(6, b"_"), "little") % 1_000_003
+        """Independent paths per process and strength, the same paths across label and lookback
+        variants (so those comparisons are paired): the seed is a hash of the kind of symbol."""
+        kind = f"{self.signal_kind}:{self.process}:{self.signal_ic!r}"
+        return int.from_bytes(hashlib.sha256(kind.encode()).digest()[:4], "little")
+
+
+# ------------------------------------------------------------------------------ observable signal
+
+REVERSAL_SMA = 20  # the planted reversal leans against the close's deviation from its 20-bar mean
+
+
+def _plant_reversal(log_close: np.ndarray, strength: float) -> np.ndarray:
+    """Log closes with a reversal planted: each bar's return gains ``-strength * d_t``, where
+    ``d_t`` is the planted path's log close minus its trailing ``REVERSAL_SMA``-bar mean at t
+    (observable from bars, so a model of the bars can reach the signal's whole IC)."""
+    returns = np.diff(log_close, prepend=log_close[0])
+    out = np.empty_like(log_close)
+    out[0] = log_close[0]
+    window: list[float] = [out[0]]
+    total = out[0]
+    for t in range(1, len(log_close)):
+        deviation = out[t - 1] - total / len(window)
+        out[t] = out[t - 1] + returns[t] - strength * deviation
+        window.append(out[t])
+        total += out[t]
+        if len(window) > REVERSAL_SMA:
+            total -= window.pop(0)
+    return out
+
+
+def _reversal_ic(log_close: np.ndarray) -> float:
+    """Spearman IC of ``-d_t`` (the observable predictor) against the forward HORIZON-bar log return."""
+    series = pd.Series(log_close)
+    deviation = series - series.rolling(REVERSAL_SMA, min_periods=1).mean()
+    forward = series.shift(-HORIZON) - series
+    ok = forward.notna()
+    return float(pd.Series(-deviation[ok]).corr(forward[ok], method="spearman"))
+
+
+_STRENGTHS: dict[tuple[str, float], float] = {}
+
+
+def reversal_strength(process: str, target: float) -> float:
+    """The planted strength whose observable IC is ``target`` on a long calibration path of ``process``.
+
+    Calibrated by bisection on 40 years of one synthetic symbol that no study symbol uses.
+    """
+    key = (process, target)
+    if key not in _STRENGTHS:
+        source = SyntheticSource(seed=987_654, process=process)
+        bars = source.bars("CALIBRATION", dt.date(1990, 1, 1), dt.date(2030, 1, 1))
+        base = np.log(bars["close"].to_numpy(dtype="float64"))
+        low, high = 0.0, 1.0
+        for _ in range(30):
+            mid = (low + high) / 2.0
+            low, high = (mid, high) if _reversal_ic(_plant_reversal(base, mid)) < target else (low, mid)
+        _STRENGTHS[key] = (low + high) / 2.0
+    return _STRENGTHS[key]
+
+
+class ReversalSource:
+    """A synthetic null source with an observable short-term reversal planted (see ``_plant_reversal``).
+
+    The latent planted signal of ``SyntheticSource`` is a deviation no model of the bars can see
+    well (the ``ceiling`` command measures how little); this one is a function of past closes, so
+    its IC is what a perfect model of the bars would reach. OHLC are moved with the close (each
+    bar keeps its shape), volume is unchanged. Paths are generated over a fixed span, as the
+    source does, so a window's bars do not depend on the range asked for.
+    """
+
+    SPAN = (dt.date(2014, 1, 1), dt.date(2027, 1, 1))
+
+    def __init__(self, seed: int, process: str, target_ic: float) -> None:
+        self.null = SyntheticSource(seed=seed, process=process)
+        self.strength = reversal_strength(process, target_ic)
+        self._paths: dict[str, pd.DataFrame] = {}
+
+    def _path(self, symbol: str) -> pd.DataFrame:
+        if symbol not in self._paths:
+            bars = self.null.bars(symbol, *self.SPAN)
+            log_close = np.log(bars["close"].to_numpy(dtype="float64"))
+            factor = np.exp(_plant_reversal(log_close, self.strength) - log_close)
+            moved = bars.copy()
+            for column in ("open", "high", "low", "close"):
+                moved[column] = bars[column].to_numpy(dtype="float64") * factor
+            self._paths[symbol] = moved
+        return self._paths[symbol]
+
+    def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        if start < self.SPAN[0] or end > self.SPAN[1]:
+            raise ValueError(f"ReversalSource covers {self.SPAN}, asked for {start}..{end}")
+        path = self._path(symbol)
+        local = path.index.tz_localize(None).normalize()
+        return path[(local >= pd.Timestamp(start)) & (local <= pd.Timestamp(end))]
+
+    def ideal_forecast(self, symbol: str, start: dt.date, end: dt.date) -> pd.Series:
+        """The observable predictor ``-d_t`` on the bars' dates."""
+        path = self._path(symbol)
+        log_close = np.log(path["close"])
+        forecast = -(log_close - log_close.rolling(REVERSAL_SMA, min_periods=1).mean())
+        local = path.index.tz_localize(None).normalize()
+        return forecast[(local >= pd.Timestamp(start)) & (local <= pd.Timestamp(end))]
 
 
 def symbol_name(index: int) -> str:
@@ -84,7 +189,10 @@ def _run_one(task: tuple[Scenario, int, int, str]) -> tuple[str, float]:
     scenario, index, n_windows, out = task
     began = time.perf_counter()
     symbol = symbol_name(index)
-    source = SyntheticSource(seed=scenario.seed, process=scenario.process, signal_ic=scenario.signal_ic)
+    if scenario.signal_kind == "reversal":
+        source: Any = ReversalSource(scenario.seed, scenario.process, scenario.signal_ic)
+    else:
+        source = SyntheticSource(seed=scenario.seed, process=scenario.process, signal_ic=scenario.signal_ic)
     windows = month_windows(FIRST_WINDOW, n_windows)
     settings = WalkForwardSettings(
         horizon=HORIZON, label=LabelSpec(kind=scenario.label), lookback_windows=scenario.lookback
@@ -95,6 +203,7 @@ def _run_one(task: tuple[Scenario, int, int, str]) -> tuple[str, float]:
         "scenario": scenario.name,
         "process": scenario.process,
         "signal_ic": scenario.signal_ic,
+        "signal_kind": scenario.signal_kind,
         "label": scenario.label,
         "lookback": scenario.lookback,
         "symbol": symbol,
@@ -125,9 +234,8 @@ def scenarios(args: argparse.Namespace) -> list[tuple[Scenario, int]]:
     for process in args.nulls:
         out.append((Scenario(process, label=args.label, lookback=args.lookback), args.null_symbols))
     for strength in args.strengths:
-        out.append(
-            (Scenario(SIGNAL_NULL, strength, label=args.label, lookback=args.lookback), args.signal_symbols)
-        )
+        planted = Scenario(SIGNAL_NULL, strength, args.label, args.lookback, args.signal_kind)
+        out.append((planted, args.signal_symbols))
     return out
 
 
@@ -148,6 +256,53 @@ def run(args: argparse.Namespace) -> None:
                 f"[{done}/{len(tasks)}] {name} {seconds:.1f}s (elapsed {time.perf_counter() - began:.0f}s)",
                 flush=True,
             )
+
+
+# ------------------------------------------------------------------------------------------- ceiling
+
+
+def observable_ic(target: float, *, n: int = 200_000, daily_vol: float = 0.015, seed: int = 0) -> tuple:
+    """(ideal IC, IC of the best forecast from prices alone) for a planted signal of ``target``.
+
+    The planted deviation x is latent: the log price is a random walk plus x. The best any model
+    of the bars can do is the Kalman filter of x from the returns, run here with the true
+    parameters (AR(1) x with the source's reversion speed and innovation scale, constant-vol
+    normal noise), so the second number is a ceiling on what the pipeline can reach.
+    """
+    from sensequant_assets.sources.synthetic import _REVERSION_SPEED, deviation_scale
+
+    phi = 1.0 - _REVERSION_SPEED
+    scale = deviation_scale(target, daily_vol**2, HORIZON)
+    rng = np.random.default_rng(seed)
+    shocks = rng.normal(0.0, scale, n)
+    x = np.zeros(n)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + shocks[t]
+    returns = np.diff(x, prepend=0.0) + rng.normal(0.0, daily_vol, n)
+    # State (x_t, x_{t-1}); observation r_t = x_t - x_{t-1} + noise.
+    f = np.array([[phi, 0.0], [1.0, 0.0]])
+    q = np.array([[scale**2, 0.0], [0.0, 0.0]])
+    obs = np.array([1.0, -1.0])
+    mean, cov = np.zeros(2), np.eye(2) * scale**2 / (1.0 - phi**2)
+    filtered = np.zeros(n)
+    for t in range(1, n):
+        mean, cov = f @ mean, f @ cov @ f.T + q
+        gain = cov @ obs / (obs @ cov @ obs + daily_vol**2)
+        mean = mean + gain * (returns[t] - obs @ mean)
+        cov = cov - np.outer(gain, obs @ cov)
+        filtered[t] = mean[0]
+    log_price = np.cumsum(returns)
+    forward = log_price[HORIZON:] - log_price[:-HORIZON]
+    ideal = float(np.corrcoef(-x[:-HORIZON], forward)[0, 1])
+    return ideal, float(np.corrcoef(-filtered[:-HORIZON], forward)[0, 1])
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    print("| ideal IC (target) | ideal IC (simulated) | best IC from prices (Kalman, true parameters) |")
+    print("| ---: | ---: | ---: |")
+    for target in args.strengths:
+        ideal, observable = observable_ic(target)
+        print(f"| {target:.2f} | {ideal:.3f} | {observable:.3f} |")
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -201,6 +356,23 @@ def one_sided_upper(k: int, n: int, level: float = 0.95) -> float:
     return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a rate with k events in n trials."""
+    from scipy.stats import beta
+
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1.0 - tail, k + 1, n - k))
+    return low, high
+
+
+def _coverage(k: int, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    low, high = clopper_pearson(k, n)
+    return f"{k}/{n} = {100 * k / n:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def universes(records: list[Record], size: int) -> Iterable[list[Record]]:
     """Disjoint universes of ``size`` independent symbols (the remainder is left out)."""
     for start in range(0, len(records) - size + 1, size):
@@ -243,8 +415,8 @@ def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, la
         ]
         lines.append(
             f"| {process} | {len(records)} | {_rate(small, len(records))} | "
-            f"{_rate(any_promoted, len(groups))} | {_rate(ic_cover, len(records))} | "
-            f"{_rate(ex_cover, len(records))} | {np.median(loss):+.4f} |"
+            f"{_rate(any_promoted, len(groups))} | {_coverage(ic_cover, len(records))} | "
+            f"{_coverage(ex_cover, len(records))} | {np.median(loss):+.4f} |"
         )
     return lines
 
@@ -256,6 +428,7 @@ def mixed_table(
     label: str,
     lookback: int,
     strengths: list[float],
+    signal_kind: str = "latent",
     seed: int = 0,
 ) -> list[str]:
     """Power per strength and the false discovery rate in universes mixing planted and null symbols.
@@ -265,9 +438,7 @@ def mixed_table(
     universe, so universes share nulls: the FDR estimate is unbiased, its spread understated).
     """
     nulls = by.get(Scenario(SIGNAL_NULL, label=label, lookback=lookback).name, [])
-    planted = {
-        s: by.get(Scenario(SIGNAL_NULL, s, label=label, lookback=lookback).name, []) for s in strengths
-    }
+    planted = {s: by.get(Scenario(SIGNAL_NULL, s, label, lookback, signal_kind).name, []) for s in strengths}
     n_universes = min((len(v) for v in planted.values()), default=0)
     n_nulls = size - len(strengths)
     if n_universes == 0 or len(nulls) < n_nulls:
@@ -310,23 +481,24 @@ def report(args: argparse.Namespace) -> None:
         secs = [r.truth["seconds"] for r in records]
         print(f"- {name}: {len(records)} symbols, {np.median(secs):.1f} s per symbol (median)")
     print()
+    mixed = (args.universe, args.label, args.lookback, args.strengths, args.signal_kind)
     print("\n".join(null_table(by, gates, args.universe, args.label)))
     print()
-    print("\n".join(mixed_table(by, gates, args.universe, args.label, args.lookback, args.strengths)))
+    print("\n".join(mixed_table(by, gates, *mixed)))
     if args.variants:
         for variant in json.loads(args.variants):
             g = replace(gates, **variant)
             print(f"\n### variant {variant}\n")
             print("\n".join(null_table(by, g, args.universe, args.label)))
             print()
-            print("\n".join(mixed_table(by, g, args.universe, args.label, args.lookback, args.strengths)))
+            print("\n".join(mixed_table(by, g, *mixed)))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("command", choices=("run", "report", "ceiling"))
     parser.add_argument("--out", default="data/study")
     parser.add_argument("--nulls", type=lambda s: [x for x in s.split(",") if x], default=list(NULLS))
     parser.add_argument(
@@ -336,13 +508,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--signal-symbols", type=int, default=20)
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--label", default="sign")
+    parser.add_argument(
+        "--signal-kind",
+        choices=("latent", "reversal"),
+        default="latent",
+        help="latent: the source's planted deviation; reversal: an observable 20-bar reversal",
+    )
     parser.add_argument("--lookback", type=int, default=0)
     parser.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 1)))
     parser.add_argument("--universe", type=int, default=20, help="symbols per simulated universe")
     parser.add_argument("--gates", default="", help="PromotionGates fields as JSON")
     parser.add_argument("--variants", default="", help="a JSON list of gate overrides to score too")
     args = parser.parse_args(argv)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "ceiling": ceiling}[args.command](args)
 
 
 if __name__ == "__main__":
