@@ -223,11 +223,11 @@ def _brief(defs, instance, symbols: list[str]) -> bool:
     for entry in briefing.symbols:
         if entry["symbol"] not in symbols:
             continue
-        auc = entry["auc"]
+        ic = entry["ic"]
         ci = (
-            f"AUC {auc['pooled']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
-            if auc.get("ci_low") is not None
-            else "AUC n/a"
+            f"IC {ic['pooled']:+.3f} [{ic['ci_low']:+.3f}, {ic['ci_high']:+.3f}] q={ic['q_value']:.3g}"
+            if ic.get("ci_low") is not None and ic.get("q_value") is not None
+            else "IC n/a"
         )
         why = ", ".join(entry["reasons"]) or "all gates passed"
         print(f"  {entry['symbol']:<14} {entry['decision']:<18} {ci}  ({why})")

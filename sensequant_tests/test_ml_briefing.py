@@ -112,7 +112,7 @@ def test_briefing_is_deterministic(planted: dict[str, pd.DataFrame]) -> None:
 def handmade(
     *,
     windows: int = 3,
-    rows: int = 80,
+    rows: int = 200,
     strategy_drift: float = 0.002,
     buy_hold_drift: float = 0.0005,
     proba: str = "informative",
@@ -206,7 +206,7 @@ def test_the_family_and_the_configurations_tried_raise_the_bar() -> None:
     """A p-value that promotes a symbol alone does not survive 50 no-edge neighbours or 40 configurations."""
     rng = np.random.default_rng(8)
     weak = handmade(proba="uninformative")
-    weak = weak.assign(forward_return=(weak["student_proba"] - 0.5) * 0.16 + rng.normal(0, 0.02, len(weak)))
+    weak = weak.assign(forward_return=(weak["student_proba"] - 0.5) * 0.08 + rng.normal(0, 0.02, len(weak)))
     alone = _brief(weak)
     assert alone["decision"] == PROMOTE and 0.001 < alone["ic"]["p_value"] < 0.05
     many_configs = symbol_briefing(weak, horizon=H, n_trials=40, gates=PromotionGates())
@@ -254,7 +254,7 @@ def test_diebold_mariano_is_reported_by_default_and_gates_when_set() -> None:
 
 
 def test_too_little_data_is_insufficient_not_a_verdict() -> None:
-    one_window = _brief(handmade(windows=1, rows=150))
+    one_window = _brief(handmade(windows=1, rows=600))
     assert one_window["decision"] == INSUFFICIENT_DATA
     assert one_window["reasons"] == ["min_windows"]
     few_rows = _brief(handmade(windows=2, rows=40, proba="uninformative"))
@@ -299,7 +299,7 @@ def test_render_markdown_has_a_row_and_gate_lines_per_symbol() -> None:
     assert "| symbol | decision | windows | n | IC [CI] | p | q | AUC |" in md
     table = [line for line in md.splitlines() if line.startswith("| AAA") or line.startswith("| BBB")]
     assert len(table) == 2
-    assert "| AAA | PROMOTE | 3 | 240 |" in table[0]
+    assert "| AAA | PROMOTE | 3 | 600 |" in table[0]
     assert "## BBB: REJECT" in md
     ex = rejected["gates"]["excess_return"]
     assert f"- FAIL `excess_return`: {ex['value']:.4f}, needs <= 0.0500" in md

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy.stats import spearmanr
+from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
 from sensequant_assets.ml import stats as S
@@ -83,9 +84,14 @@ def test_rank_ic_is_spearman_and_one_sided() -> None:
     realised = 0.3 * score + rng.normal(size=500)
     out = S.rank_ic_test(score, realised, horizon=H)
     assert out["ic"] == pytest.approx(spearmanr(score, realised).statistic)
-    assert out["p_greater"] < 1e-6 and out["ci_low"] > 0.0
+    assert out["p_greater"] < 1e-4 and out["ci_low"] > 0.0
+    # Student's t with n / h - 1 degrees of freedom on the null-centred standard error.
+    assert out["df"] == pytest.approx(500 / H - 1)
+    assert out["stat"] == pytest.approx(out["ic"] / out["null_se"])
+    assert out["p_greater"] == pytest.approx(student_t.sf(out["stat"], out["df"]))
+    assert out["ci_high"] - out["ic"] == pytest.approx(student_t.ppf(0.975, out["df"]) * out["se"])
     flipped = S.rank_ic_test(-score, realised, horizon=H)
-    assert flipped["p_greater"] > 1 - 1e-6  # a negative edge is not evidence of a positive one
+    assert flipped["p_greater"] > 1 - 1e-4  # a negative edge is not evidence of a positive one
     assert S.rank_ic_test(np.ones(50), realised[:50], horizon=H)["ic"] is None
 
 
@@ -129,11 +135,9 @@ def test_rank_ic_test_has_power_against_a_realistic_edge() -> None:
     assert power > 0.8, power
 
 
-def test_benjamini_hochberg_and_holm_match_statsmodels() -> None:
+def test_benjamini_hochberg_matches_statsmodels() -> None:
     p = np.array([0.001, 0.04, 0.03, 0.2, 0.011, 0.9, 0.04])
-    for ours, method in ((S.benjamini_hochberg(p), "fdr_bh"), (S.holm(p), "holm")):
-        reference = multipletests(p, method=method)[1]
-        np.testing.assert_allclose(ours, reference)
+    np.testing.assert_allclose(S.benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
     assert S.benjamini_hochberg([]).size == 0
     with pytest.raises(ValueError):
         S.benjamini_hochberg([0.5, 1.5])

@@ -18,7 +18,7 @@ from sensequant_assets.io_manager import CHECKSUMS, ArtifactError, ArtifactStore
 from sensequant_assets.registry import PromotionRefused, RegistryError, RollbackError
 from sensequant_assets.sources.symbols import InvalidSymbolError
 
-GATES = {"auc_lower_bound": {"value": 0.61, "threshold": 0.5, "passed": True}}
+GATES = {"ic_fdr": {"value": 0.004, "threshold": 0.05, "op": "<=", "passed": True}}
 T1 = datetime(2026, 11, 26, 17, 15, tzinfo=UTC)
 T2 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 T3 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)

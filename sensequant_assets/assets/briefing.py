@@ -42,7 +42,7 @@ class BriefingConfig(Config):
     """
 
     min_windows: int = 2
-    min_rows: int = 100
+    min_rows: int = 500
     fdr: float = 0.05  # Benjamini-Hochberg level of the IC test across the briefing's symbols
     max_excess_pvalue: float | None = None  # None: excess return over the benchmark reported, not a gate
     benchmark: str = "buy_hold"  # or "cash"

@@ -11,8 +11,10 @@ behind every choice):
 - **Direction, not volatility.** The primary statistic is the rank information coefficient of
   the student's score (``student_score``: its raw log-odds standardised by its training window,
   comparable across windows; the calibrated probability for records without it) against the
-  forward return, which volatility alone cannot move
-  (a score that only knows "a big move is coming" ranks both tails alike). AUC is reported but
+  forward return. A score that only knows "a big move is coming" ranks both tails alike, so it
+  cannot move this statistic when returns are symmetric about a level that does not depend on
+  the volatility; skew or a volatility-dependent drift can (the null is that the score does not
+  predict the forward return's rank, see ``stats.rank_ic_test``). AUC is reported but
   gates nothing: for a threshold label it is largely a volatility score.
 - **Honest uncertainty under overlap.** The IC's interval and one-sided p-value use a HAC
   variance with ``horizon - 1`` lags (exact under the null for h-bar overlapping returns, see
@@ -88,7 +90,7 @@ class PromotionGates:
     """
 
     min_windows: int = 2
-    min_rows: int = 100
+    min_rows: int = 500
     fdr: float = 0.05
     max_excess_pvalue: float | None = None
     benchmark: str = "buy_hold"
@@ -140,20 +142,19 @@ def _prepare(predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def ranking_score(frame: pd.DataFrame) -> pd.Series:
-    """The score the IC ranks: ``student_score`` where recorded, else the student's probability.
-
-    Probabilities rank like their log-odds, so older records without ``student_score`` are judged
-    on the same footing as within a window (not across windows, where calibration shifts them).
-    """
+def ranking_score(frame: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The score the IC ranks and its column: ``student_score`` if every row has one, else the
+    calibrated ``student_proba`` for the whole record (evaluations written before
+    ``student_score`` existed; across windows calibration shifts it, so the briefing names the
+    column it ranked, and re-evaluating the old windows restores the comparable score)."""
     if "student_score" in frame.columns and frame["student_score"].notna().all():
-        return frame["student_score"].astype("float64")
-    return frame["student_proba"].astype("float64")
+        return frame["student_score"].astype("float64"), "student_score"
+    return frame["student_proba"].astype("float64"), "student_proba"
 
 
 def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
     """Pooled rank IC with its HAC interval and one-sided p-value, and the per-window ICs."""
-    score = ranking_score(frame).rank(pct=True)  # AUC is rank-based; percentiles lie in (0, 1]
+    score, column = ranking_score(frame)
     per_window = []
     for window, part in frame.groupby("window", sort=True):
         test = rank_ic_test(score[part.index], part["forward_return"], horizon=horizon, alpha=alpha)
@@ -166,6 +167,7 @@ def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
         "ci_low": _num(pooled["ci_low"]),
         "ci_high": _num(pooled["ci_high"]),
         "p_value": _num(pooled["p_greater"]),
+        "score": column,
         "kernel": pooled["kernel"],
         "lags": pooled["lags"],
         "mean_per_window": _num(np.mean(defined)) if defined else None,
@@ -175,7 +177,7 @@ def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
 
 def _auc(frame: pd.DataFrame) -> dict[str, Any]:
     """Descriptive AUC (pooled and per window); it gates nothing (see the module docstring)."""
-    score = ranking_score(frame).rank(pct=True)  # AUC is rank-based; percentiles lie in (0, 1]
+    score = ranking_score(frame)[0].rank(pct=True)  # AUC is rank-based; percentiles lie in (0, 1]
     per_window = [
         {"window": str(window), "n": len(part), "auc": _num(auc(score[part.index], part["label"]))}
         for window, part in frame.groupby("window", sort=True)
@@ -294,7 +296,7 @@ def symbol_statistics(
 
 
 def _ic_empty() -> dict[str, Any]:
-    keys = ("pooled", "se", "ci_low", "ci_high", "p_value", "kernel", "lags", "mean_per_window")
+    keys = ("pooled", "se", "ci_low", "ci_high", "p_value", "score", "kernel", "lags", "mean_per_window")
     return {**dict.fromkeys(keys), "per_window": []}
 
 

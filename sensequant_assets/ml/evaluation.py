@@ -72,7 +72,7 @@ def auc_rows(proba: NDArray[np.float64], labels: NDArray[np.float64]) -> NDArray
 
     Mann-Whitney form ``(sum of positive ranks - n1 (n1 + 1) / 2) / (n1 n0)`` with average ranks
     for ties, which equals the area under the ROC curve with ties counted as one half (Hanley &
-    McNeil 1982). Vectorised over rows so a bootstrap scores all its replicates at once. NaN
+    McNeil 1982). Vectorised over rows (one row is the common case). NaN
     where a row holds one class. No validation: :func:`auc` is the checked entry point.
     """
     from scipy.stats import rankdata  # lazy: scipy.stats is slow to import
@@ -100,7 +100,7 @@ def accuracy(proba: ArrayLike, labels: ArrayLike) -> float:
 def spearman_rows(pred: NDArray[np.float64], realised: NDArray[np.float64]) -> NDArray[np.float64]:
     """Spearman correlation of each row of two ``(rows, n)`` matrices (Pearson of average ranks).
 
-    Vectorised for the bootstrap like :func:`auc_rows`; NaN where a row of either side is
+    Vectorised over rows like :func:`auc_rows`; NaN where a row of either side is
     constant. No validation: :func:`spearman_ic` is the checked entry point.
     """
     from scipy.stats import rankdata
