@@ -390,33 +390,63 @@ def _rate(k: int, n: int) -> str:
     return f"{k}/{n} = {100 * k / n:.1f} % (95 % upper {100 * one_sided_upper(k, n):.1f} %)"
 
 
+def _covers(
+    interval: dict[str, Any], value: float, low: str = "ci_low", high: str = "ci_high"
+) -> bool | None:
+    if interval.get(low) is None or interval.get(high) is None:
+        return None
+    return interval[low] <= value <= interval[high]
+
+
+def resampled_fwer(records: list[Record], gates: PromotionGates, size: int, draws: int = 2000) -> float:
+    """Share of universes of ``size`` symbols, drawn without replacement from the pool, with any
+    PROMOTE: a plug-in estimate of the family-wise rate from the pool's p-values (universes
+    share symbols, so its precision is that of the pool's tail, not of ``draws``)."""
+    rng = np.random.default_rng(0)
+    stats = [r.stats for r in records]
+    hits = 0
+    for _ in range(draws):
+        members = [stats[i] for i in rng.choice(len(stats), size, replace=False)]
+        hits += any(d["decision"] == PROMOTE for d in decide(members, gates))
+    return hits / draws
+
+
 def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str) -> list[str]:
+    """Per null: the IC statistic's bias and spread, p-value tail rates, the family-wise rate, coverage."""
+    from scipy.stats import kstest
+
     lines = [
-        f"| null | symbols | per-symbol IC p <= 0.05 | universes of {size} with any PROMOTE "
-        "| IC 95 % CI covers 0 | excess 95 % CI covers its estimand | log loss - base (median) |",
-        "| --- | ---: | --- | --- | --- | --- | ---: |",
+        "| null | symbols | mean z (sd) | IC p <= 0.05 | IC p <= 0.01 | KS uniform p "
+        f"| FWER, {size} symbols (resampled) | IC 95 % CI covers 0 | excess 95 % CI covers estimand "
+        "| log loss - base (median) |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | ---: |",
     ]
     for process in NULLS:
         records = by.get(Scenario(process, label=label).name, [])
         if not records:
             continue
-        p = [r.stats["ic"]["p_value"] for r in records]
-        small = sum(1 for v in p if v is not None and v <= 0.05)
-        groups = list(universes(records, size))
-        any_promoted = sum(1 for g in groups if any(promoted(g, gates)))
-        ic_cover = sum(1 for r in records if r.stats["ic"]["ci_low"] <= 0.0 <= r.stats["ic"]["ci_high"])
-        ex_cover = 0
-        for r in records:
-            truth = excess_estimand(r, gates.benchmark)
-            ex_cover += r.stats["excess"]["ci_low"] <= truth <= r.stats["excess"]["ci_high"]
+        p = np.array([r.stats["ic"]["p_value"] for r in records if r.stats["ic"]["p_value"] is not None])
+        z = np.array(
+            [
+                r.stats["ic"]["pooled"] / r.stats["ic"]["null_se"]
+                for r in records
+                if r.stats["ic"].get("null_se")
+            ]
+        )
+        ic_cover = [_covers(r.stats["ic"], 0.0) for r in records]
+        ex_cover = [_covers(r.stats["excess"], excess_estimand(r, gates.benchmark)) for r in records]
         loss = [
             r.stats["diebold_mariano"]["student_log_loss"] - r.stats["diebold_mariano"]["baseline_log_loss"]
             for r in records
         ]
+        fwer = resampled_fwer(records, gates, size) if len(records) >= size else float("nan")
         lines.append(
-            f"| {process} | {len(records)} | {_rate(small, len(records))} | "
-            f"{_rate(any_promoted, len(groups))} | {_coverage(ic_cover, len(records))} | "
-            f"{_coverage(ex_cover, len(records))} | {np.median(loss):+.4f} |"
+            f"| {process} | {len(records)} | {z.mean():+.2f} ({z.std(ddof=1):.2f}) "
+            f"| {_rate(int(np.sum(p <= 0.05)), p.size)} | {_rate(int(np.sum(p <= 0.01)), p.size)} "
+            f"| {kstest(p, 'uniform').pvalue:.3f} | {100 * fwer:.1f} % "
+            f"| {_coverage(sum(c is True for c in ic_cover), sum(c is not None for c in ic_cover))} "
+            f"| {_coverage(sum(c is True for c in ex_cover), sum(c is not None for c in ex_cover))} "
+            f"| {np.median(loss):+.4f} |"
         )
     return lines
 

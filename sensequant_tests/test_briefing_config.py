@@ -281,3 +281,16 @@ def test_every_shaping_field_and_the_horizon_move_the_id(config_cls: type[Config
             assert moved == default, f"{name} only changes how a window trains, not the model"
         else:
             assert moved != default, f"{side} field {name} does not change the configuration id"
+
+
+def test_label_settings_the_kind_ignores_do_not_make_a_new_configuration() -> None:
+    def config_id(**teacher: object) -> str:
+        return config_hash(
+            model_configuration(teacher_configuration(TeacherConfig(**teacher), HORIZON), StudentConfig())
+        )
+
+    assert config_id() == default_config_id(HORIZON)
+    assert config_id(label_threshold=0.03, label_vol_k=1.0) == config_id()  # sign ignores both
+    assert config_id(label="fixed", label_threshold=0.03) != config_id(label="fixed")
+    assert config_id(label="vol_scaled", label_vol_k=1.0) != config_id(label="vol_scaled")
+    assert config_id(label="vol_scaled", label_threshold=0.03) == config_id(label="vol_scaled")

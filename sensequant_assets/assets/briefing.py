@@ -57,13 +57,14 @@ class BriefingConfig(Config):
         return PromotionGates(**{k: v for k, v in self.model_dump().items() if k in fields})
 
 
-def configurations_tried(context: AssetExecutionContext, symbol: str) -> int:
-    """Distinct model configurations ever evaluated for `symbol`, from the instance's event log.
+def configurations_tried(context: AssetExecutionContext) -> dict[str, int]:
+    """Distinct model configurations ever evaluated per symbol, from the instance's event log.
 
     Counting the history (not just the artifacts on disk, which re-runs overwrite) keeps the
-    deflated Sharpe ratio honest about how many configurations were tried before this one.
+    multiple-testing count honest about how many configurations were tried before this one. One
+    pass over the log for all symbols: a briefing of an index reads it once, not once per symbol.
     """
-    seen: set[str] = set()
+    seen: dict[str, set[str]] = {}
     cursor = None
     while True:
         page = context.instance.fetch_materializations(
@@ -71,13 +72,13 @@ def configurations_tried(context: AssetExecutionContext, symbol: str) -> int:
         )
         for record in page.records:
             mat = record.asset_materialization
-            if mat is None or mat.partition is None or split_key(mat.partition)[0] != symbol:
+            if mat is None or mat.partition is None:
                 continue
             config_id = partition_metadata(mat).get(CONFIG_ID_KEY)
             if config_id is not None:
-                seen.add(str(config_id))
+                seen.setdefault(split_key(mat.partition)[0], set()).add(str(config_id))
         if not page.has_more:
-            return max(len(seen), 1)
+            return {symbol: len(ids) for symbol, ids in seen.items()}
         cursor = page.cursor
 
 
@@ -156,7 +157,8 @@ def promotion_briefing(
 ) -> BriefingArtifact:
     judged = judged_config_id(config, settings.forecast_horizon)
     by_symbol, left_out = select_configuration(student_evaluation, judged)
-    trials = {symbol: configurations_tried(context, symbol) + config.extra_trials for symbol in by_symbol}
+    tried = configurations_tried(context)
+    trials = {symbol: max(tried.get(symbol, 0), 1) + config.extra_trials for symbol in by_symbol}
     decided = brief_symbols(
         {symbol: _stitched(frames) for symbol, frames in by_symbol.items()},
         horizon=settings.forecast_horizon,

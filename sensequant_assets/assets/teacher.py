@@ -84,8 +84,21 @@ def teacher_configuration(config: TeacherConfig, horizon: int) -> dict[str, Any]
     Recorded in the teacher's metadata so its student (possibly trained in a later run) can name the
     configuration it belongs to; a field added to TeacherConfig is covered without touching this.
     """
-    fields = {k: v for k, v in config.model_dump().items() if k not in RUN_ONLY_FIELDS}
+    fields = {
+        k: v
+        for k, v in config.model_dump().items()
+        if k not in RUN_ONLY_FIELDS | _unused_label_fields(config)
+    }
     return {"teacher": fields, "forecast_horizon": int(horizon)}
+
+
+def _unused_label_fields(config: TeacherConfig) -> frozenset[str]:
+    """Label settings the chosen kind ignores: changing them trains the same model, so they must not
+    make a new configuration (a new trial for the briefing's multiple-testing count)."""
+    used = {"fixed": {"label_threshold"}, "vol_scaled": {"label_vol_k", "label_vol_window"}}.get(
+        config.label, set()
+    )
+    return frozenset({"label_threshold", "label_vol_k", "label_vol_window"} - used)
 
 
 def bars_hash(bars: pd.DataFrame) -> str:

@@ -164,6 +164,8 @@ def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
     return {
         "pooled": _num(pooled["ic"]),
         "se": _num(pooled["se"]),
+        "null_se": _num(pooled["null_se"]),
+        "df": _num(pooled["df"]),
         "ci_low": _num(pooled["ci_low"]),
         "ci_high": _num(pooled["ci_high"]),
         "p_value": _num(pooled["p_greater"]),
@@ -296,7 +298,8 @@ def symbol_statistics(
 
 
 def _ic_empty() -> dict[str, Any]:
-    keys = ("pooled", "se", "ci_low", "ci_high", "p_value", "score", "kernel", "lags", "mean_per_window")
+    keys = ("pooled", "se", "null_se", "df", "ci_low", "ci_high", "p_value", "score", "kernel", "lags")
+    keys += ("mean_per_window",)
     return {**dict.fromkeys(keys), "per_window": []}
 
 
