@@ -269,11 +269,20 @@ def _other_value(name: str, info: FieldInfo, value: Any) -> Any:
     [(TeacherConfig, "teacher"), (StudentConfig, "student")],
 )
 def test_every_shaping_field_and_the_horizon_move_the_id(config_cls: type[Config], side: str) -> None:
-    """Every field of the configs is in the id (new fields included), except the run-only ones."""
+    """Every field of the configs is in the id (new fields included), except the run-only ones;
+    a label setting counts under the label kind that uses it."""
     default = default_config_id(HORIZON)
     assert default_config_id(HORIZON + 1) != default
+    kind_of = {"label_threshold": "fixed", "label_vol_k": "vol_scaled", "label_vol_window": "vol_scaled"}
     for name, info in config_cls.model_fields.items():
-        changed = config_cls(**{name: _other_value(name, info, getattr(config_cls(), name))})
+        base = {"label": kind_of[name]} if side == "teacher" and name in kind_of else {}
+        if base:
+            default = config_hash(
+                model_configuration(teacher_configuration(TeacherConfig(**base), HORIZON), StudentConfig())
+            )
+        else:
+            default = default_config_id(HORIZON)
+        changed = config_cls(**base, **{name: _other_value(name, info, getattr(config_cls(), name))})
         teacher = changed if side == "teacher" else TeacherConfig()
         student = changed if side == "student" else StudentConfig()
         moved = config_hash(model_configuration(teacher_configuration(teacher, HORIZON), student))
