@@ -230,8 +230,8 @@ def test_bad_windows_are_refused(tmp_path: Path) -> None:
         SyntheticSource().window_fingerprints("TCS", [JAN, (D(2024, 1, 1), D(2024, 2, 29))])
 
 
-def test_fifty_symbols_twenty_windows_daily_layout_is_fast(tmp_path: Path) -> None:
-    """Only scandir + stat: 50 symbols x 20 monthly windows (~21k day files) in well under a second."""
+def test_fifty_symbols_twenty_windows_daily_layout_fingerprints(tmp_path: Path) -> None:
+    """Only scandir + stat: 50 symbols x 20 monthly windows (~21k day files) all fingerprinted."""
     days = pd.bdate_range("2022-01-01", "2023-08-31")
     windows = [
         (m.date(), (m + pd.offsets.MonthEnd(0)).date())
@@ -252,8 +252,7 @@ def test_fifty_symbols_twenty_windows_daily_layout_is_fast(tmp_path: Path) -> No
     elapsed = time.perf_counter() - t0
     assert len(set(tokens.values())) == 50
     assert all(v is not None for fp in got.values() for v in fp.values())
-    print(f"50 symbols x 20 windows: {elapsed:.3f}s")
-    assert elapsed < 1.0, f"{elapsed:.2f}s for tokens + fingerprints of 50 symbols x 20 windows"
+    print(f"50 symbols x 20 windows: {elapsed:.3f}s")  # informative only: tests do not time things
 
 
 # -- csv, single-file layout ------------------------------------------------------------------

@@ -159,7 +159,8 @@ def _ic(frame: pd.DataFrame, horizon: int, alpha: float) -> dict[str, Any]:
     for window, part in frame.groupby("window", sort=True):
         test = rank_ic_test(score[part.index], part["forward_return"], horizon=horizon, alpha=alpha)
         per_window.append({"window": str(window), "n": len(part), "ic": _num(test["ic"])})
-    pooled = rank_ic_test(score, frame["forward_return"], horizon=horizon, alpha=alpha)
+    windows = int(frame["window"].nunique())
+    pooled = rank_ic_test(score, frame["forward_return"], horizon=horizon, alpha=alpha, df=windows - 1)
     defined = [w["ic"] for w in per_window if w["ic"] is not None]
     return {
         "pooled": _num(pooled["ic"]),
