@@ -337,7 +337,7 @@ def hac_mean_test(
 
 
 def rank_ic_test(
-    score: ArrayLike, realised: ArrayLike, *, horizon: int, alpha: float = 0.05, df: float | None = None
+    score: ArrayLike, realised: ArrayLike, *, horizon: int, alpha: float = 0.05
 ) -> dict[str, Any]:
     """Rank information coefficient (Spearman) of a score against forward returns, with HAC inference.
 
@@ -359,10 +359,7 @@ def rank_ic_test(
     the estimate, so it uses the variance around ``ic`` (``se``, ``kernel``): ``ic -+ q * se``.
     Both refer to Student's t with ``n / horizon - 1`` degrees of freedom (the non-overlapping
     h-bar returns in the record), not the normal: it holds the size of short records closer to
-    nominal (230 rows: 6.9 % -> 6.4 % at the 5 % level) and vanishes for long ones. ``df``
-    overrides it: the briefing passes the number of windows minus one, because a stitched record's
-    score shifts level with each window's model, so the variance estimate is only as precise as
-    the windows are many.
+    nominal (230 rows: 6.9 % -> 6.4 % at the 5 % level) and vanishes for long ones.
     """
     from scipy.stats import rankdata  # lazy: scipy.stats is slow to import
 
@@ -394,7 +391,7 @@ def rank_ic_test(
         return out
     from scipy.stats import t as student_t
 
-    df = max(1.0, n / horizon - 1.0) if df is None else max(1.0, float(df))
+    df = max(1.0, n / horizon - 1.0)
     se, null_se = math.sqrt(lrv / n), math.sqrt(null_lrv / n)
     q = float(student_t.ppf(1.0 - alpha / 2.0, df))
     stat = ic / null_se
