@@ -224,11 +224,10 @@ def _brief(defs, instance, symbols: list[str]) -> bool:
         if entry["symbol"] not in symbols:
             continue
         ic = entry["ic"]
-        ci = (
-            f"IC {ic['pooled']:+.3f} [{ic['ci_low']:+.3f}, {ic['ci_high']:+.3f}] q={ic['q_value']:.3g}"
-            if ic.get("ci_low") is not None and ic.get("q_value") is not None
-            else "IC n/a"
-        )
+        ci = "IC n/a"
+        if ic.get("ci_low") is not None:
+            ci = f"IC {ic['pooled']:+.3f} [{ic['ci_low']:+.3f}, {ic['ci_high']:+.3f}]"
+            ci += f" q={ic['q_value']:.3g}" if ic.get("q_value") is not None else ""
         why = ", ".join(entry["reasons"]) or "all gates passed"
         print(f"  {entry['symbol']:<14} {entry['decision']:<18} {ci}  ({why})")
     return True
