@@ -1,7 +1,6 @@
 """`teacher_model` + `teacher_labels`: the LightGBM teacher of one symbol-window and its soft labels."""
 
 import hashlib
-import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +27,7 @@ from sensequant_assets.assets.partition_context import (
     metadata_value,
 )
 from sensequant_assets.ml.dataset import build_dataset, model_features
-from sensequant_assets.ml.features import FEATURE_COLUMNS, WARMUP_BARS
+from sensequant_assets.ml.features import FEATURE_COLUMNS, HISTORY_DAYS
 from sensequant_assets.ml.labels import LabelSpec
 from sensequant_assets.ml.leakage import ensure_point_in_time
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
@@ -107,11 +106,6 @@ def bars_hash(bars: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
-def _history_days() -> int:
-    """Calendar days that hold WARMUP_BARS trading days, with room for holidays."""
-    return math.ceil(WARMUP_BARS * 7 / 5 * 1.15) + 10
-
-
 @multi_asset(
     outs={
         "teacher_model": AssetOut(
@@ -167,7 +161,7 @@ def train_partition(
     horizon: int,
 ) -> tuple[TeacherArtifact, pd.DataFrame]:
     """One partition's teacher and soft labels; raises TooFewRowsError when it must be skipped."""
-    history_start = pw.start - timedelta(days=_history_days())
+    history_start = pw.start - timedelta(days=HISTORY_DAYS)
     history = market_data.source_for(pw.symbol).bars(pw.symbol, history_start, pw.start - timedelta(days=1))
     bars = pd.concat([history, window_bars]) if len(history) else window_bars
     label = config.label_spec()

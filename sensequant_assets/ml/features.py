@@ -37,6 +37,9 @@ FEATURE_COLUMNS: list[str] = [
 # (25/27)**120 ~ 1e-4 for EMA-26 and (13/14)**120 ~ 1e-4 for Wilder-14, so a row's features no
 # longer depend on where the supplied history happens to begin.
 WARMUP_BARS: int = 120
+# Calendar days before a window that hold WARMUP_BARS trading days, with room for holidays: the
+# history every fit reads (the teacher asset and ml.protocol alike).
+HISTORY_DAYS: int = -(-WARMUP_BARS * 7 * 115 // (5 * 100)) + 10
 
 # Scale-free model inputs, derived only from the 15 features (and the bar's own close/volume
 # used to express them relative to the price and volume level).

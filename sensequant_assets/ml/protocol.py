@@ -18,12 +18,11 @@ from typing import Any, Protocol
 import pandas as pd
 
 from sensequant_assets.ml.dataset import FeatureFn, build_dataset
+from sensequant_assets.ml.features import HISTORY_DAYS
 from sensequant_assets.ml.labels import LabelSpec
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
 from sensequant_assets.ml.walk_forward import evaluate_window
-
-HISTORY_DAYS = 210  # > WARMUP_BARS trading days, as the teacher asset fetches
 
 
 class BarSource(Protocol):
