@@ -12,7 +12,7 @@ from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
 from sensequant_assets.io_manager import PartitionDirIOManager
-from sensequant_assets.jobs import briefing_job, rollback_job, train_job
+from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
 from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 from sensequant_assets.settings import env
@@ -32,7 +32,7 @@ def build_definitions() -> Definitions:
             promotion_briefing,
             production_models,
         ],
-        jobs=[train_job, briefing_job, rollback_job],
+        jobs=[train_job, briefing_job, rollback_job, demote_job],
         sensors=[symbol_universe, new_data, model_decay, automation_sensor],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),

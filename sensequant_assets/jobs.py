@@ -1,10 +1,19 @@
-"""Jobs: per-partition training + evaluation, the briefing, and registry rollback."""
+"""Jobs: per-partition training + evaluation, the briefing, registry rollback and demotion."""
 
-from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
+from dagster import (
+    AssetObservation,
+    AssetSelection,
+    Config,
+    MetadataValue,
+    OpExecutionContext,
+    define_asset_job,
+    job,
+    op,
+)
 
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.partitions import symbol_window_partitions
-from sensequant_assets.registry import rollback
+from sensequant_assets.registry import demote, rollback
 
 PARTITION_ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation")
 
@@ -39,3 +48,53 @@ def rollback_model(context: OpExecutionContext, config: RollbackConfig) -> None:
 @job(description="Restore an archived production model of one symbol (see production/<SYMBOL>/).")
 def rollback_job() -> None:
     rollback_model()
+
+
+class DemoteConfig(Config):
+    """Which production model to stop serving (`expected`: the partition the decay verdict judged)."""
+
+    symbol: str
+    expected: str
+    reason: str
+    after_window: str  # the newest evaluated window behind the verdict; retraining waits for a newer one
+
+
+@op(required_resource_keys={"artifacts_io_manager"})
+def demote_model(context: OpExecutionContext, config: DemoteConfig) -> None:
+    store: PartitionDirIOManager = context.resources.artifacts_io_manager
+    entry = demote(
+        store.base_dir,
+        config.symbol,
+        expected=config.expected,
+        reason=config.reason,
+        evidence={"after_window": config.after_window, "run_id": context.run_id},
+    )
+    if entry is None:
+        context.log.warning(
+            f"{config.symbol}: production no longer serves {config.expected} (promoted or rolled back "
+            "since the verdict); nothing demoted"
+        )
+        return
+    context.log.warning(f"{config.symbol}: demoted {config.expected}: {config.reason}")
+    context.log_event(
+        AssetObservation(
+            asset_key="production_models",
+            metadata={
+                "symbol": config.symbol,
+                "action": "demoted",
+                "model": config.expected,
+                "reason": MetadataValue.text(config.reason),
+                "archived_as": entry["archived"],
+            },
+        )
+    )
+
+
+@job(
+    description=(
+        "Stop serving a decayed production model (archived, restorable with rollback_job); requested "
+        "by the model_decay sensor, once per promoted model."
+    )
+)
+def demote_job() -> None:
+    demote_model()

@@ -86,3 +86,10 @@ def previous_window(window_key: str) -> str | None:
     keys = window_partitions.get_partition_keys()
     i = keys.index(window_key)
     return keys[i - 1] if i > 0 else None
+
+
+def next_window(window_key: str) -> str | None:
+    """The window after `window_key`, or None while it is the newest complete window."""
+    keys = window_partitions.get_partition_keys()
+    i = keys.index(window_key)
+    return keys[i + 1] if i + 1 < len(keys) else None

@@ -11,7 +11,11 @@ Layout under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
         checksums.json      sha256 of every file above
     archive/<id>/           earlier `current/` directories, byte for byte;
                             id = `<UTC archival time YYYYMMDDTHHMMSSZ>_<window>`, sortable
-    history.jsonl           one JSON line per promote/rollback
+    history.jsonl           one JSON line per promote/rollback/demote
+
+A demotion (`demote`, requested by the `model_decay` sensor) archives `current/` without a
+successor, so the symbol has no production model; it stays in force until a student of a newer
+window than the demoted one is promoted, or a person rolls back (`active_demotion`).
 
 Sources are read through `ArtifactStore.read`, so they are verified against the partition's
 `checksums.json` exactly as the IO manager verifies them. A new `current/` is built in a staging
@@ -57,8 +61,10 @@ __all__ = [
     "RegistryError",
     "RollbackError",
     "StudentChoice",
+    "active_demotion",
     "archives",
     "current",
+    "demote",
     "history",
     "load_current_model",
     "newest_student_of_config",
@@ -69,6 +75,7 @@ __all__ = [
 ]
 
 PROMOTE = "PROMOTE"
+DEMOTE = "demote"  # the history action of a demotion
 PRODUCTION = "production"
 CURRENT = "current"
 ARCHIVE = "archive"
@@ -323,11 +330,17 @@ def _recover(root: Path) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             journal = None  # torn journal: written before any rename, so nothing was moved yet
         if journal is not None:
-            staging = root / journal["staging"]
+            staging = root / journal["staging"] if journal.get("staging") else None
             cur = root / CURRENT
             archived = root / ARCHIVE / journal["archive_id"] if journal.get("archive_id") else None
             restored = root / ARCHIVE / journal["restored_from"] if journal.get("restored_from") else None
-            if staging.exists():
+            if journal["history"].get("action") == DEMOTE:
+                # One rename (current -> archive): done iff current is gone and the archive exists.
+                done = not cur.exists() and archived is not None and archived.exists()
+                entry = json.dumps(journal["history"], sort_keys=True, default=str)
+                if done and _last_history_line(root) != entry:
+                    _append_history(root, journal["history"])
+            elif staging is not None and staging.exists():
                 # The new current was not swapped in: undo in reverse order.
                 if not cur.exists() and archived is not None and archived.exists():
                     _rename(archived, cur)
@@ -376,7 +389,14 @@ def _swap(root: Path, staging: Path, journal: dict[str, Any], restored_from: Pat
 
 
 def _history_entry(
-    action: str, symbol: str, frm: str | None, to: str, at: datetime, decision: str, reason: str, **extra: Any
+    action: str,
+    symbol: str,
+    frm: str | None,
+    to: str | None,
+    at: datetime,
+    decision: str,
+    reason: str,
+    **extra: Any,
 ) -> dict[str, Any]:
     return {
         "action": action,
@@ -496,6 +516,13 @@ def promote(
     root = production_dir(base, symbol)
     with _locked(root):
         _recover(root)
+        demotion = _active_demotion(root)
+        if demotion is not None and window <= split_key(demotion["from"])[1]:
+            raise PromotionRefused(
+                f"refusing to promote {symbol} ({partition_key}): production model {demotion['from']} "
+                f"was demoted at {demotion['at']} ({demotion['reason']}); until a person rolls back, "
+                f"only a student of a window newer than {split_key(demotion['from'])[1]} is promoted"
+            )
         cur = root / CURRENT
         previous = _existing_record(cur)
         if previous is not None and previous.partition_key == partition_key and previous.files == sums:
@@ -601,6 +628,74 @@ def rollback(
         return _record_from(cur)
 
 
+def demote(
+    base_dir: str | Path,
+    symbol: str,
+    *,
+    expected: str,
+    reason: str,
+    evidence: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """Stop serving `symbol`'s production model: archive `current/` (restorable with rollback).
+
+    `expected` is the partition the caller judged; if production has moved on since (a newer
+    promotion or a rollback), nothing is demoted and None is returned, so a stale decay verdict
+    never removes a model it did not judge. Returns the history entry, whose `archived` id is the
+    demotion's identity.
+    """
+    symbol = validate_symbol(symbol)
+    root = production_dir(base_dir, symbol)
+    with _locked(root):
+        _recover(root)
+        cur = root / CURRENT
+        previous = _existing_record(cur)
+        if previous is None or previous.partition_key != expected:
+            return None
+        at = _utc(now)
+        archive_id = _new_archive_id(root, at, _window_of(previous))
+        entry = _history_entry(
+            DEMOTE,
+            symbol,
+            previous.partition_key,
+            None,
+            at,
+            "DEMOTE",
+            reason,
+            archived=archive_id,
+            evidence=dict(evidence or {}),
+            config_id=previous.config_id,
+        )
+        _write_json_atomic(root / _JOURNAL, {"staging": None, "archive_id": archive_id, "history": entry})
+        try:
+            (root / ARCHIVE).mkdir(exist_ok=True)
+            _rename(cur, root / ARCHIVE / archive_id)
+            _fsync_dir(root)
+            _append_history(root, entry)
+            (root / _JOURNAL).unlink()
+            _fsync_dir(root)
+        except BaseException:
+            _recover(root)
+            raise
+        return entry
+
+
+def _active_demotion(root: Path) -> dict[str, Any] | None:
+    """The last history entry if it is a demotion (a later promote or rollback ends it)."""
+    entries = _read_history(root)
+    return entries[-1] if entries and entries[-1].get("action") == DEMOTE else None
+
+
+def active_demotion(base_dir: str | Path, symbol: str) -> dict[str, Any] | None:
+    """The demotion in force for `symbol` (its history entry), or None."""
+    root = production_dir(base_dir, symbol)
+    if not root.is_dir():
+        return None
+    with _locked(root):
+        _recover(root)
+        return _active_demotion(root)
+
+
 def current(base_dir: str | Path, symbol: str) -> PromotionRecord | None:
     """The production model's record, or None if `symbol` has never been promoted."""
     root = production_dir(base_dir, symbol)
@@ -613,24 +708,28 @@ def current(base_dir: str | Path, symbol: str) -> PromotionRecord | None:
 
 
 def history(base_dir: str | Path, symbol: str) -> list[dict[str, Any]]:
-    """Every promote/rollback of `symbol`, oldest first."""
+    """Every promote/rollback/demote of `symbol`, oldest first."""
     root = production_dir(base_dir, symbol)
     if not root.is_dir():
         return []
     with _locked(root):
         _recover(root)
-        path = root / HISTORY
-        if not path.is_file():
-            return []
-        entries = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RegistryError(f"{path} line {n} is not valid JSON: {exc}") from exc
-        return entries
+        return _read_history(root)
+
+
+def _read_history(root: Path) -> list[dict[str, Any]]:
+    path = root / HISTORY
+    if not path.is_file():
+        return []
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{path} line {n} is not valid JSON: {exc}") from exc
+    return entries
 
 
 def archives(base_dir: str | Path, symbol: str) -> list[str]:

@@ -6,6 +6,7 @@ Every tick says why it did or did not act (a SkipReason in the UI), every run re
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 from dagster import (
@@ -13,8 +14,10 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -25,10 +28,11 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from sensequant_assets import registry
 from sensequant_assets.assets.partition_context import partition_metadata
-from sensequant_assets.jobs import PARTITION_ASSETS, train_job
+from sensequant_assets.jobs import PARTITION_ASSETS, demote_job, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
     make_key,
+    next_window,
     split_key,
     window_bounds,
     window_partitions,
@@ -191,70 +195,133 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
 # --- decay of promoted models ----------------------------------------------------------------
 
 
-def latest_aucs(context: SensorEvaluationContext, symbol: str) -> list[tuple[str, float | None, int]]:
-    """(window, AUC, storage id) of the newest evaluation of each of `symbol`'s windows, newest first."""
-    keys = [str(make_key(symbol, w)) for w in window_partitions.get_partition_keys()]
+def latest_aucs(
+    context: SensorEvaluationContext, symbol: str, limit: int
+) -> list[tuple[str, float | None, int]]:
+    """(window, AUC, storage id) of the newest evaluations of `symbol`, newest first, at most `limit`.
+
+    Walks the windows newest first and stops at `limit` evaluated ones, so a tick costs about
+    `limit` queries per production model, not one per window.
+    """
     out = []
-    for key in reversed(keys):
+    for window in reversed(window_partitions.get_partition_keys()):
         page = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("student_evaluation"), asset_partitions=[key]), limit=1
+            AssetRecordsFilter(
+                asset_key=AssetKey("student_evaluation"), asset_partitions=[str(make_key(symbol, window))]
+            ),
+            limit=1,
         )
         if not page.records:
             continue
         record = page.records[0]
         auc = partition_metadata(record.asset_materialization).get("auc")
-        out.append((split_key(key)[1], auc if isinstance(auc, float) else None, record.storage_id))
+        out.append((window, auc if isinstance(auc, float) else None, record.storage_id))
+        if len(out) >= limit:
+            break
     return out
+
+
+def _demote_request(symbol: str, record: registry.PromotionRecord, window: str, reason: str) -> RunRequest:
+    """One demotion per promoted model: the run key names the promotion, not the evaluation."""
+    config = {"symbol": symbol, "expected": record.partition_key, "reason": reason, "after_window": window}
+    return RunRequest(
+        job_name=demote_job.name,
+        run_key=f"demote:{symbol}:{record.partition_key}:{record.promoted_at}",
+        run_config={"ops": {"demote_model": {"config": config}}},
+        tags={TRIGGER: "model_decay", REASON: reason},
+    )
+
+
+def _in_hand(context: SensorEvaluationContext, partition: str, since: float) -> str | None:
+    """Why the newer window needs no retraining request: trained since the demotion, or a run on it."""
+    page = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("student_model"), asset_partitions=[partition]), limit=1
+    )
+    if page.records and page.records[0].timestamp > since:
+        return f"{partition} was trained after the demotion"
+    active = context.instance.get_runs_count(
+        RunsFilter(
+            tags={"dagster/partition": partition},
+            statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+        )
+    )
+    return f"a run on {partition} is in progress" if active else None
+
+
+def _retrain_request(
+    context: SensorEvaluationContext, market_data: MarketDataResource, symbol: str, demotion: dict
+) -> tuple[RunRequest | None, str]:
+    """Retraining after a demotion: requested once, when a window newer than the verdict's is complete."""
+    after = demotion.get("evidence", {}).get("after_window") or split_key(demotion["from"])[1]
+    newer = next_window(after)
+    if newer is None:
+        return None, f"{symbol}: demoted, waiting for a window after {after}"
+    start, end = window_bounds(newer)
+    covered = market_data.source_for(symbol).window_fingerprints(symbol, [(start, end)])[start]
+    if covered is None:
+        return None, f"{symbol}: demoted, waiting for window {newer} to complete"
+    partition = str(make_key(symbol, newer))
+    since = datetime.fromisoformat(demotion["at"].replace("Z", "+00:00")).timestamp()
+    if (why := _in_hand(context, partition, since)) is not None:
+        return None, f"{symbol}: demoted; {why}"
+    reason = f"{symbol}: retrain window {newer} after demoting {demotion['from']} ({demotion['reason']})"
+    request = RunRequest(
+        partition_key=partition,
+        job_name=train_job.name,
+        run_key=f"decay-retrain:{symbol}:{demotion['archived']}",
+        tags={TRIGGER: "model_decay", REASON: reason},
+    )
+    return request, reason
 
 
 @sensor(
     name="model_decay",
-    job=train_job,
+    jobs=[demote_job, train_job],
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(
         "For every symbol with a production model: when its newest SENSEQUANT_DECAY_WINDOWS "
-        "evaluations all score an AUC below SENSEQUANT_DECAY_MIN_AUC, requests retraining of the "
-        "symbol's newest window; the reason is in the run's tags."
+        "evaluations all score an AUC below SENSEQUANT_DECAY_MIN_AUC, demotes the model once "
+        "(demote_job: archived, restorable with rollback_job); once a window newer than the verdict's "
+        "is complete, requests its training once. Reasons are in the runs' tags and the ticks."
     ),
 )
-def model_decay(context: SensorEvaluationContext) -> SensorResult:
+def model_decay(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
     try:
         min_auc = float(number("SENSEQUANT_DECAY_MIN_AUC", float, 0.0))
         needed = int(number("SENSEQUANT_DECAY_WINDOWS", int, 1))
     except SettingsError as exc:
         return SensorResult(skip_reason=str(exc))
     base = env("SENSEQUANT_ARTIFACTS_DIR")
-    requests, healthy = [], []
+    requests, healthy, notes = [], [], []
     for symbol in _registered(context):
         record = registry.current(base, symbol)
         if record is None:
+            demotion = registry.active_demotion(base, symbol)
+            if demotion is not None:
+                try:
+                    request, note = _retrain_request(context, market_data, symbol, demotion)
+                except (DataSourceError, SettingsError, ValueError) as exc:
+                    request, note = None, f"{symbol}: demoted; cannot read its bars: {exc}"
+                requests += [request] if request else []
+                notes.append(note)
             continue
-        recent = latest_aucs(context, symbol)[:needed]
+        recent = latest_aucs(context, symbol, needed)
         decayed = len(recent) == needed and all(auc is not None and auc < min_auc for _, auc, _ in recent)
         if not decayed:
             healthy.append(symbol)
             continue
-        newest_window, _, storage_id = recent[0]
         scores = ", ".join(f"{window}: {auc:.3f}" for window, auc, _ in recent)
         reason = (
             f"production model {record.partition_key} decayed: AUC below {min_auc} in the last "
             f"{needed} evaluated windows ({scores})"
         )
         context.log.warning(f"{symbol}: {reason}")
-        partition = make_key(symbol, newest_window)
-        requests.append(
-            RunRequest(
-                partition_key=partition,
-                run_key=f"decay:{partition}:{storage_id}",
-                tags={TRIGGER: "model_decay", REASON: reason},
-            )
-        )
+        requests.append(_demote_request(symbol, record, recent[0][0], reason))
+    for note in notes:
+        context.log.info(note)
     skip = None
     if not requests:
-        skip = (
-            f"no decay: {len(healthy)} production models within the gate"
-            if healthy
-            else "no production models"
-        )
+        status = [f"{len(healthy)} production models within the gate" if healthy else "no production models"]
+        skip = "no decay: " + "; ".join(status + notes)
     return SensorResult(run_requests=requests, skip_reason=skip)

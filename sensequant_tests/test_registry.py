@@ -468,3 +468,80 @@ def test_a_corrupt_production_model_is_never_unpickled(base: Path) -> None:
         registry.load_current_model(base, "TCS")
     assert registry.current(base, "TCS") is None
     assert registry.history(base, "TCS") == [] and registry.archives(base, "TCS") == []
+
+
+# --- demotion ----------------------------------------------------------------------------------
+
+
+def test_demotion_archives_the_model_and_blocks_its_re_promotion(base: Path) -> None:
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    served = _tree(_prod(base) / "current")
+    entry = registry.demote(base, "RELIANCE", expected="RELIANCE|2023-07-01", reason="AUC 0.41, 0.44", now=T2)
+    assert entry["action"] == "demote" and entry["from"] == "RELIANCE|2023-07-01" and entry["to"] is None
+    assert registry.current(base, "RELIANCE") is None
+    assert not (_prod(base) / "current").exists()
+    assert _tree(_prod(base) / "archive" / entry["archived"]) == served  # byte for byte, restorable
+    assert registry.active_demotion(base, "RELIANCE") == entry
+    # The next briefing cannot simply re-promote the demoted model, nor an older window's.
+    with pytest.raises(PromotionRefused, match="demoted at .*AUC 0.41.*newer than 2023-07-01"):
+        registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T3)
+    assert registry.current(base, "RELIANCE") is None
+    # A student of a newer window ends the demotion.
+    registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T3)
+    assert registry.current(base, "RELIANCE").partition_key == "RELIANCE|2024-01-01"
+    assert registry.active_demotion(base, "RELIANCE") is None
+    assert [e["action"] for e in registry.history(base, "RELIANCE")] == ["promote", "demote", "promote"]
+
+
+def test_a_person_can_roll_a_demotion_back(base: Path) -> None:
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    served = _tree(_prod(base) / "current")
+    registry.demote(base, "RELIANCE", expected="RELIANCE|2023-07-01", reason="decayed", now=T2)
+    restored = registry.rollback(base, "RELIANCE", now=T3)
+    assert restored.partition_key == "RELIANCE|2023-07-01"
+    assert _tree(_prod(base) / "current") == served
+    assert registry.active_demotion(base, "RELIANCE") is None
+
+
+def test_a_stale_verdict_demotes_nothing(base: Path) -> None:
+    """The decay verdict judged 2023-07-01; production moved on to 2024-01-01 since: keep serving it."""
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES, now=T2)
+    before = _tree(_prod(base))
+    assert registry.demote(base, "RELIANCE", expected="RELIANCE|2023-07-01", reason="x", now=T3) is None
+    assert registry.demote(base, "TCS", expected="TCS|2023-07-01", reason="x", now=T3) is None
+    assert _tree(_prod(base)) == before
+
+
+@pytest.mark.parametrize("die_after_rename", [False, True])
+def test_a_demotion_killed_midway_is_all_or_nothing(
+    base: Path, monkeypatch: pytest.MonkeyPatch, die_after_rename: bool
+) -> None:
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    before = _tree(_prod(base))
+
+    class Killed(BaseException):
+        pass
+
+    real_rename, real_recover = registry._rename, registry._recover
+
+    def rename(src: Path, dst: Path) -> None:
+        if die_after_rename:
+            real_rename(src, dst)
+        raise Killed
+
+    monkeypatch.setattr(registry, "_rename", rename)
+    monkeypatch.setattr(registry, "_recover", lambda root: None)  # a dead process cleans nothing up
+    with pytest.raises(Killed):
+        registry.demote(base, "RELIANCE", expected="RELIANCE|2023-07-01", reason="decayed", now=T2)
+    monkeypatch.setattr(registry, "_rename", real_rename)
+    monkeypatch.setattr(registry, "_recover", real_recover)
+
+    if die_after_rename:  # the archive rename happened: the demotion is completed, history included
+        assert registry.current(base, "RELIANCE") is None
+        assert registry.active_demotion(base, "RELIANCE")["reason"] == "decayed"
+        assert [e["action"] for e in registry.history(base, "RELIANCE")] == ["promote", "demote"]
+    else:  # nothing moved: nothing happened
+        assert registry.current(base, "RELIANCE").partition_key == "RELIANCE|2023-07-01"
+        assert _tree(_prod(base)) == before
+    assert not (_prod(base) / ".pending.json").exists()

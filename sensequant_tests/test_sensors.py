@@ -158,8 +158,10 @@ def _evaluated(instance, key: str, auc: float) -> None:
     )
 
 
-def test_decay_requests_retraining_after_two_bad_windows(instance, monkeypatch, tmp_path: Path) -> None:
+def test_decay_demotes_once_per_promoted_model(instance, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path))
+    monkeypatch.setenv("SENSEQUANT_DECAY_MIN_AUC", "0.5")
+    monkeypatch.setenv("SENSEQUANT_DECAY_WINDOWS", "2")
     instance.add_dynamic_partitions("symbols", ["TCS", "INFY"])
     _promote(tmp_path, "TCS|2023-01-01")
     _promote(tmp_path, "INFY|2023-01-01")
@@ -167,15 +169,50 @@ def test_decay_requests_retraining_after_two_bad_windows(instance, monkeypatch, 
         _evaluated(instance, f"TCS|{window}", auc)
     for window, auc in (("2023-07-01", 0.45), ("2024-01-01", 0.58)):
         _evaluated(instance, f"INFY|{window}", auc)
-    result = _tick(model_decay, instance)
-    [request] = result.run_requests
-    assert request.partition_key == "TCS|2024-01-01"
+    market = MarketDataResource(data_source="synthetic")
+    [request] = _tick(model_decay, instance, market_data=market).run_requests
+    assert request.job_name == "demote_job"
     assert request.tags["sensequant/trigger"] == "model_decay"
     assert "0.470" in request.tags["sensequant/reason"] and "0.440" in request.tags["sensequant/reason"]
-    # A new evaluation that recovers ends the alarm.
+    config = request.run_config["ops"]["demote_model"]["config"]
+    assert config["expected"] == "TCS|2023-01-01" and config["after_window"] == "2024-01-01"
+    # The run key names the promoted model, not the newest evaluation: re-evaluating the same
+    # window (a new storage id, what retrained forever before) asks for the same, deduplicated run.
+    _evaluated(instance, "TCS|2024-01-01", 0.46)
+    [again] = _tick(model_decay, instance, market_data=market).run_requests
+    assert again.run_key == request.run_key
+    # An evaluation that recovers ends the alarm.
     _evaluated(instance, "TCS|2024-01-01", 0.66)
-    assert _tick(model_decay, instance).run_requests == []
+    assert _tick(model_decay, instance, market_data=market).run_requests == []
+
+
+def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypatch, tmp_path: Path) -> None:
+    data, artifacts = tmp_path / "bars", tmp_path / "models"
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    _promote(artifacts, "TCS|2023-01-01")
+    registry.demote(
+        artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
+    )
+    write_daily(data, "TCS", date(2022, 6, 1), date(2023, 12, 15))  # 2024-01-01 not complete
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    waiting = _tick(model_decay, instance, market_data=market)
+    assert waiting.run_requests == []
+    assert "waiting for window 2024-01-01 to complete" in waiting.skip_reason.skip_message
+    write_daily(data, "TCS", date(2023, 12, 16), date(2024, 6, 30))
+    [retrain] = _tick(model_decay, instance, market_data=market).run_requests
+    assert retrain.job_name == "train_job" and retrain.partition_key == "TCS|2024-01-01"
+    assert retrain.run_key.startswith("decay-retrain:TCS:")
+    [same] = _tick(model_decay, instance, market_data=market).run_requests
+    assert same.run_key == retrain.run_key  # the daemon launches a run key once
+    # Once that window is trained (by this request or by new_data), nothing more is asked.
+    instance.report_runless_asset_event(
+        AssetMaterialization(asset_key="student_model", partition="TCS|2024-01-01")
+    )
+    done = _tick(model_decay, instance, market_data=market)
+    assert done.run_requests == [] and "trained after the demotion" in done.skip_reason.skip_message
 
 
 def test_decay_without_production_models_says_so(instance) -> None:
-    assert "no production model" in _tick(model_decay, instance).skip_reason.skip_message
+    market = MarketDataResource(data_source="synthetic")
+    assert "no production model" in _tick(model_decay, instance, market_data=market).skip_reason.skip_message

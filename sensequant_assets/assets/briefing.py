@@ -29,7 +29,13 @@ from sensequant_assets.ml.briefing import (
     render_markdown,
 )
 from sensequant_assets.partitions import split_key
-from sensequant_assets.registry import PROMOTE, newest_student_of_config, promote
+from sensequant_assets.registry import (
+    PROMOTE,
+    PromotionRefused,
+    active_demotion,
+    newest_student_of_config,
+    promote,
+)
 from sensequant_assets.resources import PipelineSettings
 
 
@@ -124,6 +130,30 @@ def _with_configuration(briefing: dict, config_id: str, left_out: int, judged_wi
     return out
 
 
+def _with_demotions(markdown: str, base_dir: str, briefings: list[dict]) -> str:
+    """Mark each symbol whose production model was demoted, and append why (the registry's record)."""
+    lines = []
+    for b in briefings:
+        demotion = active_demotion(base_dir, b["symbol"])
+        if demotion is None:
+            continue
+        window = split_key(demotion["from"])[1]
+        b["demoted"] = {
+            "model": demotion["from"],
+            "at": demotion["at"],
+            "reason": demotion["reason"],
+            "archived": demotion.get("archived"),
+        }
+        lines.append(
+            f"- **{b['symbol']}**: {demotion['from']} demoted at {demotion['at']} ({demotion['reason']}); "
+            f"no production model until a student of a window after {window} is promoted or a person "
+            f"rolls back (archive {demotion.get('archived')})."
+        )
+    if not lines:
+        return markdown
+    return markdown + "\n\n## Demoted production models\n\n" + "\n".join(lines) + "\n"
+
+
 def _configuration_header(markdown: str, config_id: str, default: bool, left_out: dict[str, int]) -> str:
     """Insert, under the title, which configuration was judged and what was left out per symbol."""
     title, _, rest = markdown.partition("\n")
@@ -154,6 +184,7 @@ def promotion_briefing(
     config: BriefingConfig,
     student_evaluation: dict[str, EvaluationArtifact],
     settings: PipelineSettings,
+    artifacts_io_manager: ResourceParam[PartitionDirIOManager],
 ) -> BriefingArtifact:
     judged = judged_config_id(config, settings.forecast_horizon)
     by_symbol, left_out = select_configuration(student_evaluation, judged)
@@ -173,6 +204,7 @@ def promotion_briefing(
     markdown = _configuration_header(
         render_markdown(briefings, generated_at=generated_at), judged, is_default, left_out
     )
+    markdown = _with_demotions(markdown, artifacts_io_manager.base_dir, briefings)
     counts = pd.Series([b["decision"] for b in briefings], dtype="object").value_counts().to_dict()
     context.add_output_metadata(
         {
@@ -221,7 +253,13 @@ def production_models(
             why = f"not promoted: no materialised student of configuration {judged}"
             lines.append(f"| {symbol} | {decision} | {judged} | {why}{'; ' + passed if passed else ''} |")
             continue
-        record = promote(base_dir, symbol, choice.partition_key, decision, entry["gates"], config_id=judged)
+        try:
+            record = promote(
+                base_dir, symbol, choice.partition_key, decision, entry["gates"], config_id=judged
+            )
+        except PromotionRefused as exc:  # a demotion in force, or a configuration changed since
+            lines.append(f"| {symbol} | {decision} | {judged} | not promoted: {exc} |")
+            continue
         action = f"{record.partition_key} now in production{'; ' + passed if passed else ''}"
         lines.append(f"| {symbol} | {decision} | {judged} | {action} |")
     table = "| symbol | decision | config | action |\n| --- | --- | --- | --- |\n" + "\n".join(lines)
