@@ -1,10 +1,16 @@
 """The one place that knows the artifact layout.
 
 Every partition `SYMBOL|YYYY-MM-DD` owns `<base_dir>/<SYMBOL>_<start>_to_<end>/`. Each output is written
-into a staging directory beside it, merged with the files already there (hard links), and swapped into
-place, so a crash never leaves a directory that looks complete but is not. Every file written is
-recorded with its sha256 in `checksums.json`, which is verified before anything is read (and before
-any pickle is loaded). An output covering several partitions is a dict keyed by partition key.
+into a staging directory, merged with the files already there (hard links), and swapped into place, so a
+crash never leaves a directory that looks complete but is not. Every file written is recorded with its
+sha256 in `checksums.json`, which is verified before anything is read (and before any pickle is loaded).
+An output covering several partitions is a dict keyed by partition key.
+
+In-flight swaps live in `<base_dir>/.txn/` under names fixed by the partition (`<dir>.staging`,
+`<dir>.old`; one writer per partition at a time, under `<base_dir>/.locks/<dir>.lock`), so a write or a
+read checks a couple of exact paths and never lists `base_dir`, whatever the number of partitions.
+`.txn` is on the same filesystem as the partition directories, so both renames stay atomic. Every
+directory whose name starts with a dot is bookkeeping, not a partition.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pickle
 import re
 import shutil
 import tempfile
-import uuid
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -33,6 +39,10 @@ from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, St
 from sensequant_assets.partitions import split_key, window_bounds
 
 CHECKSUMS = "checksums.json"
+TXN_DIR = ".txn"  # in-flight (or crashed) swaps only; never a partition
+LOCKS_DIR = ".locks"
+# Older versions staged and backed up beside the partitions: `.staging-<dir>-<random>`, `.old-<dir>-<hex>`.
+_LEGACY_PREFIXES = (".staging-", ".old-")
 _DIR_RE = re.compile(r"^(?P<symbol>.+)_(?P<start>\d{4}-\d{2}-\d{2})_to_(?P<end>\d{4}-\d{2}-\d{2})$")
 
 
@@ -214,6 +224,10 @@ CODECS: dict[str, Codec] = {
 
 # --- the store: directories, atomic commits, verified reads -------------------------------------
 
+# base_dirs (absolute) this process has swept for leftovers of the old layout; see _sweep_legacy.
+_SWEPT_BASE_DIRS: set[str] = set()
+_SWEEP_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class ArtifactStore:
@@ -230,10 +244,20 @@ class ArtifactStore:
         symbol, start, _ = parse_partition_dir_name(Path(directory).name)
         return f"{symbol}|{start.isoformat()}"
 
+    @property
+    def txn_dir(self) -> Path:
+        return self.base_dir / TXN_DIR
+
+    def _staging(self, final: Path) -> Path:
+        return self.txn_dir / f"{final.name}.staging"
+
+    def _backup(self, final: Path) -> Path:
+        return self.txn_dir / f"{final.name}.old"
+
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         """Serialise commits to one partition directory across processes."""
-        lock_dir = self.base_dir / ".locks"
+        lock_dir = self.base_dir / LOCKS_DIR
         lock_dir.mkdir(parents=True, exist_ok=True)
         with (lock_dir / f"{name}.lock").open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -243,21 +267,70 @@ class ArtifactStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _recover(self, final: Path) -> None:
-        """Undo what a crash between the two renames of a swap, or mid-staging, left behind."""
-        backups = sorted(self.base_dir.glob(f".old-{final.name}-*"))
+        """Undo what a crash between the two renames of a swap, or mid-staging, left behind.
+
+        Call with the partition's lock held. Only exact paths are checked, nothing is listed.
+        """
+        backup = self._backup(final)
+        if backup.exists():
+            if final.exists():
+                shutil.rmtree(backup, ignore_errors=True)  # the swap completed; only the cleanup did not
+            else:
+                os.rename(backup, final)  # crashed between the renames: the old directory is complete
+        staging = self._staging(final)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _sweep_legacy(self) -> None:
+        """Recover leftovers of the old layout (`.old-<dir>-*`, `.staging-<dir>-*` in `base_dir`).
+
+        Finding them takes a listing of `base_dir`, which costs time in proportion to the number of
+        partitions, so it runs once per process and base_dir (not per write, as the old layout did).
+        New code never creates such names, so one sweep finds every legacy leftover, except those of
+        an older version still running beside this one at the same time (not supported; the next
+        process to start sweeps them).
+        """
+        key = os.path.abspath(self.base_dir)
+        if key in _SWEPT_BASE_DIRS:
+            return
+        with _SWEEP_LOCK:
+            if key in _SWEPT_BASE_DIRS:
+                return
+            by_name: dict[str, list[Path]] = {}
+            try:
+                with os.scandir(self.base_dir) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(_LEGACY_PREFIXES):
+                            continue
+                        name = entry.name.split("-", 1)[1].rpartition("-")[0]
+                        if _DIR_RE.match(name):
+                            by_name.setdefault(name, []).append(Path(entry.path))
+            except FileNotFoundError:
+                pass  # no base_dir yet, so nothing left behind
+            for name, leftovers in sorted(by_name.items()):
+                with self._locked(name):  # an older process may still be writing this partition
+                    self._recover_legacy(self.base_dir / name, leftovers)
+            _SWEPT_BASE_DIRS.add(key)
+
+    @staticmethod
+    def _recover_legacy(final: Path, leftovers: list[Path]) -> None:
+        backups = sorted(p for p in leftovers if p.name.startswith(".old-") and p.exists())
         if backups and not final.exists():
             os.rename(backups[-1], final)
             backups = backups[:-1]
-        for leftover in [*backups, *self.base_dir.glob(f".staging-{final.name}-*")]:
+        stagings = [p for p in leftovers if p.name.startswith(".staging-")]
+        for leftover in [*backups, *stagings]:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def write(self, partition_key: str, codec: Codec, obj: Any) -> Path:
         """Write one asset's files for one partition, atomically; return the partition directory."""
         final = self.partition_dir(partition_key)
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.txn_dir.mkdir(parents=True, exist_ok=True)
+        self._sweep_legacy()
         with self._locked(final.name):
             self._recover(final)
-            staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=self.base_dir))
+            staging = self._staging(final)
+            staging.mkdir()
             try:
                 files = codec.dump(obj)
                 checksums = {}
@@ -281,7 +354,7 @@ class ArtifactStore:
                             checksums[rel] = old_sums[rel]
                 (staging / CHECKSUMS).write_bytes(_json_bytes(dict(sorted(checksums.items()))))
                 if final.exists():
-                    backup = self.base_dir / f".old-{final.name}-{uuid.uuid4().hex}"
+                    backup = self._backup(final)
                     os.rename(final, backup)
                     os.rename(staging, final)
                     shutil.rmtree(backup, ignore_errors=True)
@@ -340,9 +413,11 @@ class ArtifactStore:
     def read(self, partition_key: str, codec: Codec, asset: str) -> Any:
         """Load one asset's value for one partition, verifying every file's sha256 first."""
         directory = self.partition_dir(partition_key)
-        if not directory.is_dir() and any(self.base_dir.glob(f".old-{directory.name}-*")):
-            with self._locked(directory.name):
-                self._recover(directory)  # a crash between the two renames of a swap
+        if not directory.is_dir():
+            self._sweep_legacy()
+            if self._backup(directory).exists():
+                with self._locked(directory.name):
+                    self._recover(directory)  # a crash between the two renames of a swap
         if not directory.is_dir():
             raise MissingArtifactError(
                 f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"

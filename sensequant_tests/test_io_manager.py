@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -10,9 +12,11 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, PartitionKeyRange, build_input_context, build_output_context
 
+from sensequant_assets import io_manager
 from sensequant_assets.artifacts import TeacherArtifact
 from sensequant_assets.io_manager import (
     CHECKSUMS,
+    TXN_DIR,
     ArtifactError,
     ArtifactStore,
     PartitionDirIOManager,
@@ -36,6 +40,12 @@ def _teacher(tag: str) -> TeacherArtifact:
         metadata={"symbol": "RELIANCE", "tag": tag},
         importance=pd.DataFrame({"feature": ["a"], "importance": [1.0], "rank": [1]}),
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a new process would: no base_dir swept for legacy leftovers yet."""
+    monkeypatch.setattr(io_manager, "_SWEPT_BASE_DIRS", set())
 
 
 @pytest.fixture
@@ -159,7 +169,8 @@ def test_exception_mid_write_keeps_previous_artifacts_and_leaves_no_half_directo
     with pytest.raises(RuntimeError, match="disk full"):
         store.write(key, codec_for("teacher_model"), broken)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", directory.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", TXN_DIR, directory.name]
+    assert list((tmp_path / TXN_DIR).iterdir()) == []
     assert store.read(key, codec_for("teacher_model"), "teacher_model").model["tag"] == "v1"
 
     fresh = "TCS|2023-01-01"
@@ -168,17 +179,139 @@ def test_exception_mid_write_keeps_previous_artifacts_and_leaves_no_half_directo
     assert not store.partition_dir(fresh).exists()
 
 
-def test_crash_between_swap_renames_is_recovered(tmp_path: Path) -> None:
+class _Crash(BaseException):
+    """Stands for the process being killed: nothing after it runs."""
+
+
+def _crash_between_renames(store: ArtifactStore, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overwrite `key`'s bars, dying after the old directory is moved aside and before the new one is in.
+
+    The first rename (partition -> backup) happens; the second (staging -> partition) kills the process,
+    so no cleanup runs and both the backup and the complete staging directory stay in `.txn`.
+    """
+    real_rename = os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise _Crash
+        real_rename(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(io_manager.os, "rename", rename)
+        m.setattr(io_manager.shutil, "rmtree", lambda *a, **k: None)
+        with pytest.raises(_Crash):
+            store.write(key, codec_for("market_bars"), _bars(9))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("next_op", ["read", "write"])
+def test_crash_between_swap_renames_is_recovered_by_the_next_read_or_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, next_op: str
+) -> None:
     store = ArtifactStore(tmp_path)
-    key = "RELIANCE|2023-01-01"
+    key = "M&M|2023-01-01"
     store.write(key, codec_for("market_bars"), _bars())
     directory = store.partition_dir(key)
-    # Simulate a crash after moving the old directory aside and before renaming the new one in.
+    _crash_between_renames(store, key, monkeypatch)
+    txn = tmp_path / TXN_DIR
+    assert not directory.exists()
+    assert sorted(p.name for p in txn.iterdir()) == [f"{directory.name}.old", f"{directory.name}.staging"]
+
+    if next_op == "write":
+        store.write(key, codec_for("teacher_model"), _teacher("v1"))
+        assert store.read(key, codec_for("teacher_model"), "teacher_model").model["tag"] == "v1"
+    # The old (complete) directory is back, not the interrupted new one.
+    assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 5
+    assert list(txn.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", TXN_DIR, directory.name]
+
+
+def test_leftovers_of_a_crash_mid_staging_or_mid_cleanup_are_removed(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    key = "BAJAJ-AUTO|2023-01-01"
+    store.write(key, codec_for("market_bars"), _bars())
+    directory = store.partition_dir(key)
+    txn = tmp_path / TXN_DIR
+    # Killed while staging (a half-written staging directory), and killed while deleting the backup
+    # after a completed swap (a partial backup beside a complete partition, which must not come back).
+    (txn / f"{directory.name}.staging" / "student").mkdir(parents=True)
+    (txn / f"{directory.name}.staging" / "bars.parquet").write_bytes(b"half")
+    (txn / f"{directory.name}.old").mkdir()
+    (txn / f"{directory.name}.old" / "bars.parquet").write_bytes(b"stale")
+    store.write(key, codec_for("teacher_model"), _teacher("v1"))
+    assert list(txn.iterdir()) == []
+    assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 5
+    assert store.read(key, codec_for("teacher_model"), "teacher_model").model["tag"] == "v1"
+
+
+@pytest.mark.parametrize("next_op", ["read", "write"])
+def test_legacy_leftovers_beside_the_partitions_are_recovered(tmp_path: Path, next_op: str) -> None:
+    """Older versions staged in base_dir itself: `.old-<dir>-<hex>` and `.staging-<dir>-<random>`."""
+    store = ArtifactStore(tmp_path)
+    key, other = "M&M|2023-01-01", "BAJAJ-AUTO|2023-07-01"
+    store.write(key, codec_for("market_bars"), _bars())
+    store.write(other, codec_for("market_bars"), _bars(4))
+    io_manager._SWEPT_BASE_DIRS.clear()  # a new process, started after an old version crashed
+    directory, other_dir = store.partition_dir(key), store.partition_dir(other)
+    # Crashed between the two renames of a swap (directory) and during cleanup (other_dir, still there).
     directory.rename(tmp_path / f".old-{directory.name}-deadbeef")
-    (tmp_path / f".staging-{directory.name}-x").mkdir()
-    loaded = store.read(key, codec_for("market_bars"), "market_bars")
-    assert len(loaded) == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", directory.name]
+    (tmp_path / f".staging-{directory.name}-ab_12xyz").mkdir()
+    shutil.copytree(other_dir, tmp_path / f".old-{other_dir.name}-0123abcd")
+    (tmp_path / f".staging-{other_dir.name}-q9w8e7r6" / "student").mkdir(parents=True)
+
+    if next_op == "read":
+        assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 5
+    else:
+        store.write("TCS|2023-01-01", codec_for("market_bars"), _bars())
+        assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 5
+    assert len(store.read(other, codec_for("market_bars"), "market_bars")) == 4
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".old-", ".staging-"))]
+
+
+def test_writes_and_reads_do_not_list_the_artifact_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cost independent of the number of partitions: after the one legacy sweep, nothing lists base_dir."""
+    store = ArtifactStore(tmp_path)
+    for i in range(200):
+        (tmp_path / partition_dir_name(f"SYM{i}", date(2023, 1, 1), date(2023, 6, 30))).mkdir()
+    (tmp_path / TXN_DIR).mkdir()
+    watched = {(s.st_dev, s.st_ino) for s in (os.stat(tmp_path), os.stat(tmp_path / TXN_DIR))}
+    listings: list[str] = []
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def record(path) -> None:
+        st = os.fstat(path) if isinstance(path, int) else os.stat(path)
+        if (st.st_dev, st.st_ino) in watched:
+            listings.append(str(path))
+
+    def scandir(path="."):
+        record(path)
+        return real_scandir(path)
+
+    def listdir(path="."):
+        record(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
+    key = "RELIANCE|2023-01-01"
+    store.write(key, codec_for("market_bars"), _bars())
+    assert listings == [
+        str(tmp_path)
+    ]  # the once-per-process sweep for legacy leftovers (and the probe works)
+    listings.clear()
+
+    store.write(key, codec_for("market_bars"), _bars(6))  # overwrite: swap with a backup
+    store.write(key, codec_for("teacher_model"), _teacher("v1"))  # merge with the existing files
+    store.write("TCS|2023-07-01", codec_for("market_bars"), _bars())  # a new partition
+    assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 6
+    with pytest.raises(ArtifactError, match="has not been materialised"):
+        store.read("INFY|2023-01-01", codec_for("market_bars"), "market_bars")
+    ArtifactStore(tmp_path).write(key, codec_for("market_bars"), _bars())  # another store, same process
+    assert listings == []
 
 
 def test_checksum_mismatch_names_the_corrupt_file(tmp_path: Path) -> None:
