@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from dagster import DagsterInstance, materialize
+from sklearn.linear_model import LogisticRegression
 
+from sensequant_assets import registry
+from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
 from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactStore, PartitionDirIOManager, codec_for
 from sensequant_assets.resources import MarketDataResource, PipelineSettings
 
 TRAINING = [market_bars, teacher, student_model]
@@ -73,3 +77,13 @@ def failure_messages(result) -> list[str]:
         for e in result.all_events
         if e.is_step_failure and e.step_failure_data.error
     ]
+
+
+def promote_toy_model(base: Path, key: str) -> None:
+    """A tiny real teacher and student written for `key` and promoted, for registry-driven tests."""
+    model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    store = ArtifactStore(base)
+    importance = pd.DataFrame({"feature": ["x"], "importance": [1.0], "rank": [1]})
+    store.write(key, codec_for("teacher_model"), TeacherArtifact(model, {"symbol": key}, importance))
+    store.write(key, codec_for("student_model"), StudentArtifact(model, {"auc": 0.7}, {}))
+    registry.promote(base, key.split("|")[0], key, "PROMOTE", {}, reason="test")

@@ -483,7 +483,7 @@ def test_demotion_archives_the_model_and_blocks_its_re_promotion(base: Path) -> 
     assert _tree(_prod(base) / "archive" / entry["archived"]) == served  # byte for byte, restorable
     assert registry.active_demotion(base, "RELIANCE") == entry
     # The next briefing cannot simply re-promote the demoted model, nor an older window's.
-    with pytest.raises(PromotionRefused, match="demoted at .*AUC 0.41.*newer than 2023-07-01"):
+    with pytest.raises(PromotionRefused, match=r"demoted at .*AUC 0\.41.*newer than 2023-07-01"):
         registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T3)
     assert registry.current(base, "RELIANCE") is None
     # A student of a newer window ends the demotion.

@@ -6,18 +6,15 @@ import json
 from datetime import date
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
-from sklearn.linear_model import LogisticRegression
 
 from sensequant_assets import registry
-from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
 from sensequant_assets.definitions import defs
-from sensequant_assets.io_manager import ArtifactStore, codec_for
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 from sensequant_tests.daily_csv import write_daily
+from sensequant_tests.pipeline_helpers import promote_toy_model
 
 
 @pytest.fixture
@@ -143,15 +140,6 @@ def test_bad_files_become_a_skip_reason(instance, csv_world) -> None:
 # --- decay -------------------------------------------------------------------------------------
 
 
-def _promote(base: Path, key: str) -> None:
-    model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
-    store = ArtifactStore(base)
-    importance = pd.DataFrame({"feature": ["x"], "importance": [1.0], "rank": [1]})
-    store.write(key, codec_for("teacher_model"), TeacherArtifact(model, {"symbol": key}, importance))
-    store.write(key, codec_for("student_model"), StudentArtifact(model, {"auc": 0.7}, {}))
-    registry.promote(base, key.split("|")[0], key, "PROMOTE", {}, reason="test")
-
-
 def _evaluated(instance, key: str, auc: float) -> None:
     instance.report_runless_asset_event(
         AssetMaterialization(asset_key="student_evaluation", partition=key, metadata={"auc": auc})
@@ -163,8 +151,8 @@ def test_decay_demotes_once_per_promoted_model(instance, monkeypatch, tmp_path: 
     monkeypatch.setenv("SENSEQUANT_DECAY_MIN_AUC", "0.5")
     monkeypatch.setenv("SENSEQUANT_DECAY_WINDOWS", "2")
     instance.add_dynamic_partitions("symbols", ["TCS", "INFY"])
-    _promote(tmp_path, "TCS|2023-01-01")
-    _promote(tmp_path, "INFY|2023-01-01")
+    promote_toy_model(tmp_path, "TCS|2023-01-01")
+    promote_toy_model(tmp_path, "INFY|2023-01-01")
     for window, auc in (("2023-01-01", 0.61), ("2023-07-01", 0.44), ("2024-01-01", 0.47)):
         _evaluated(instance, f"TCS|{window}", auc)
     for window, auc in (("2023-07-01", 0.45), ("2024-01-01", 0.58)):
@@ -190,7 +178,7 @@ def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypat
     data, artifacts = tmp_path / "bars", tmp_path / "models"
     monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
     instance.add_dynamic_partitions("symbols", ["TCS"])
-    _promote(artifacts, "TCS|2023-01-01")
+    promote_toy_model(artifacts, "TCS|2023-01-01")
     registry.demote(
         artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
     )
