@@ -6,10 +6,27 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import Definitions, in_process_executor
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetRecordsFilter,
+    Definitions,
+    in_process_executor,
+    materialize,
+)
+from dagster._serdes import serialize_value
 
+from sensequant_assets.assets import evaluation as evaluation_asset
+from sensequant_assets.assets.partition_context import partition_metadata
+from sensequant_assets.assets.student import CONFIG_ID_KEY
 from sensequant_assets.jobs import train_job
-from sensequant_tests.pipeline_helpers import ALL_ASSETS, instance_with, resources
+from sensequant_tests.pipeline_helpers import (
+    ALL_ASSETS,
+    PARTITIONED,
+    TRAINING,
+    instance_with,
+    resources,
+)
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -52,17 +69,29 @@ def test_one_run_over_three_windows_writes_three_directories(tmp_path: Path) -> 
     assert not (tmp_path / DIRS["2023-01-01"] / "evaluation").exists()
     metrics = json.loads((tmp_path / DIRS["2024-01-01"] / "evaluation" / "metrics.json").read_text())
     assert metrics["model_partition"] == "RELIANCE|2023-07-01"
-    # One materialisation event per partition; the evaluations carry each partition's numbers.
+    # One materialisation event per partition, carrying that partition's own numbers.
     events = result.get_asset_materialization_events()
-    teachers = [e for e in events if e.asset_key.to_user_string() == "teacher_model"]
-    assert sorted(e.partition for e in teachers) == [f"RELIANCE|{w}" for w in DIRS]
-    evaluation = next(e for e in events if e.asset_key.to_user_string() == "student_evaluation")
-    per = evaluation.materialization.metadata["per_partition"].value
-    evaluated = ("2023-07-01", "2024-01-01")
-    stored = {
-        w: json.loads((tmp_path / DIRS[w] / "evaluation" / "metrics.json").read_text()) for w in evaluated
+    assert not any("per_partition" in e.materialization.metadata for e in events)
+    teachers = {
+        e.partition: e.materialization.metadata for e in events if e.asset_key.path == ["teacher_model"]
     }
-    assert {k: v["auc"] for k, v in per.items()} == {f"RELIANCE|{w}": stored[w]["auc"] for w in evaluated}
+    assert sorted(teachers) == [f"RELIANCE|{w}" for w in DIRS]
+    for window, name in DIRS.items():
+        meta = json.loads((tmp_path / name / "metadata.json").read_text())
+        assert teachers[f"RELIANCE|{window}"]["rows"].value == meta["total_samples"]
+        assert teachers[f"RELIANCE|{window}"]["oof_auc"].value == meta["metrics"]["oof_auc"]
+    evaluations = {
+        e.partition: e.materialization.metadata for e in events if e.asset_key.path == ["student_evaluation"]
+    }
+    for window in ("2023-07-01", "2024-01-01"):
+        stored = json.loads((tmp_path / DIRS[window] / "evaluation" / "metrics.json").read_text())
+        assert evaluations[f"RELIANCE|{window}"]["auc"].value == stored["auc"]
+    # Dagster records the skipped first window as materialised too: its event says why, and nothing else
+    # of the partition's own.
+    first = evaluations["RELIANCE|2023-01-01"]
+    assert "previous window's student_model was not materialised" in first["skipped"].value
+    assert set(first) == {"skipped", "partitions_written", "partitions_skipped"}
+    assert first["partitions_skipped"].value == 1  # a count: the reasons are not copied to every event
 
 
 def test_a_skipped_partition_in_a_batch_gets_no_files_and_a_reason(tmp_path: Path) -> None:
@@ -145,3 +174,99 @@ def test_a_multi_threaded_teacher_counts_its_threads_as_cores(
     by_step = {e.step_key: e.user_message for e in logs if "process(es)" in (e.user_message or "")}
     assert "in 1 process(es)" in by_step["teacher"]  # two threads per partition fill both cores
     assert "in 2 process(es)" in by_step["student_model"]
+
+
+def _range(first_window: str, last_window: str) -> dict[str, str]:
+    return {RANGE_START: f"RELIANCE|{first_window}", RANGE_END: f"RELIANCE|{last_window}"}
+
+
+def _evaluations(result) -> dict[str, AssetMaterialization]:
+    return {
+        str(e.partition): e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path == ["student_evaluation"]
+    }
+
+
+def test_each_partition_of_a_batch_gets_its_own_numbers_and_no_event_grows_with_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Students of seven windows, then their evaluations in two batches; for speed, a small teacher and
+    # no figures drawn (a batch does not put them in the metadata).
+    monkeypatch.setattr(evaluation_asset, "equity_png", lambda *args, **kwargs: b"png")
+    monkeypatch.setattr(evaluation_asset, "reliability_png", lambda *args, **kwargs: b"png")
+    windows = ["2023-01-01", "2023-07-01", "2024-01-01", "2024-07-01", "2025-01-01", "2025-07-01"]
+    instance = instance_with("RELIANCE")
+    training = materialize(
+        TRAINING,
+        resources=resources(tmp_path),
+        instance=instance,
+        tags=_range("2022-07-01", windows[-1]),
+        run_config={"ops": {"teacher": {"config": {"n_estimators": 10, "n_folds": 2}}}},
+    )
+    assert training.success
+    batches = {}
+    for batch in (windows[:2], windows):
+        result = materialize(
+            PARTITIONED,
+            selection=["student_evaluation"],
+            resources=resources(tmp_path),
+            instance=instance,
+            tags=_range(batch[0], batch[-1]),
+        )
+        assert result.success
+        batches[len(batch)] = _evaluations(result)
+    assert sorted(batches[6]) == [f"RELIANCE|{w}" for w in windows]
+    for window in windows:
+        key = f"RELIANCE|{window}"
+        (directory,) = tmp_path.glob(f"RELIANCE_{window}_to_*")
+        stored = json.loads((directory / "evaluation" / "metrics.json").read_text())
+        meta = batches[6][key].metadata
+        numbers = {k: v for k, v in stored.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        assert len(numbers) > 10
+        assert {k: meta[k].value for k in numbers} == numbers
+        assert meta["model_partition"].value == stored["model_partition"]
+        assert meta[CONFIG_ID_KEY].value == stored[CONFIG_ID_KEY]
+        # No blob of the batch's numbers, no inline figures (files only): the numbers and a count.
+        assert "per_partition" not in meta and "equity_curve" not in meta
+        assert meta["partitions_written"].value == 6
+        # What the decay sensor and the briefing read back.
+        (record,) = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("student_evaluation"), asset_partitions=[key]), limit=1
+        ).records
+        assert partition_metadata(record.asset_materialization)["auc"] == stored["auc"]
+    # The same partition's event is as large in a batch of two as in a batch of six.
+    sizes = {n: len(serialize_value(events["RELIANCE|2023-07-01"].metadata)) for n, events in batches.items()}
+    assert abs(sizes[2] - sizes[6]) <= 8, sizes
+    assert sizes[6] < 4096, sizes
+    # A run of that partition alone shows the same numbers, and the figures.
+    alone = materialize(
+        PARTITIONED,
+        selection=["student_evaluation"],
+        resources=resources(tmp_path),
+        instance=instance,
+        partition_key="RELIANCE|2023-07-01",
+    )
+    (single,) = _evaluations(alone).values()
+    batched = batches[6]["RELIANCE|2023-07-01"].metadata
+    assert {k: v for k, v in single.metadata.items() if k in batched} == {
+        k: v for k, v in batched.items() if k != "partitions_written"
+    }
+    assert {"equity_curve", "reliability_diagram"} <= set(single.metadata)
+
+
+def test_partition_metadata_reads_new_events_and_old_ones_with_the_batch_blob() -> None:
+    new = AssetMaterialization("student_evaluation", partition="A|2023-07-01", metadata={"auc": 0.61})
+    assert partition_metadata(new) == {"auc": 0.61}
+    old = AssetMaterialization(
+        "student_evaluation",
+        partition="B|2023-07-01",
+        metadata={
+            "partitions_written": 2,
+            "per_partition": {"A|2023-07-01": {"auc": 0.61}, "B|2023-07-01": {"auc": 0.47, "config_id": "x"}},
+        },
+    )
+    assert partition_metadata(old) == {"auc": 0.47, "config_id": "x"}
+    assert (
+        partition_metadata(AssetMaterialization("a", partition="C|2023-07-01", metadata=old.metadata)) == {}
+    )

@@ -8,11 +8,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 
+from sensequant_assets import registry
 from sensequant_assets.devserver import DagsterDev, write_instance_yaml
 from sensequant_tests.daily_csv import write_daily
-from sensequant_tests.pipeline_helpers import PARTITIONED, resources
+from sensequant_tests.pipeline_helpers import PARTITIONED, promote_toy_model, resources
 
 SYMBOL = "RELIANCE"
 FIRST, SECOND = "2022-01-01", "2022-07-01"
@@ -103,3 +104,86 @@ def test_new_daily_bars_retrain_exactly_that_symbol_and_window(tmp_path: Path, m
     for name in ("model.pkl", "student/student_model.pkl", "evaluation/metrics.json"):
         assert (artifacts / f"{SYMBOL}_{SECOND}_to_2022-12-31" / name).is_file()
     print(f"file drop -> evaluation materialised: {elapsed:.1f}s")
+
+
+SENSOR_STATE = """
+query($name: String!) {
+  sensorOrError(sensorSelector: {repositoryLocationName: "sensequant", repositoryName: "__repository__",
+                                 sensorName: $name}) {
+    ... on Sensor { id sensorState { ticks(limit: 20) { timestamp status skipReason } } }
+  }
+}"""
+STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename } }"
+
+
+def _ticks(dev: DagsterDev, name: str) -> list[dict]:
+    return dev.graphql(SENSOR_STATE, {"name": name})["sensorOrError"]["sensorState"]["ticks"]
+
+
+def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The real daemon over many ticks: one demotion per decay, one retraining once a newer window is in."""
+    data, artifacts, home = tmp_path / "historical", tmp_path / "models", tmp_path / "home"
+    home.mkdir()
+    write_instance_yaml(home)
+    write_daily(data, SYMBOL, date(2021, 6, 1), date(2022, 12, 30))  # windows 2022-01 and 2022-07
+    env = {
+        "SENSEQUANT_DATA_SOURCE": "csv",
+        "SENSEQUANT_DATA_DIR": str(data),
+        "SENSEQUANT_ARTIFACTS_DIR": str(artifacts),
+        "SENSEQUANT_SYMBOLS": SYMBOL,
+        "SENSEQUANT_SENSOR_INTERVAL_SECONDS": "1",
+        "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "0",
+        "SENSEQUANT_DECAY_MIN_AUC": "0.5",
+        "SENSEQUANT_DECAY_WINDOWS": "2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    promote_toy_model(artifacts, f"{SYMBOL}|{FIRST}")
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("symbols", [SYMBOL])
+        for window, auc in ((FIRST, 0.44), (SECOND, 0.46)):  # two evaluations below the gate
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    "student_evaluation", partition=f"{SYMBOL}|{window}", metadata={"auc": auc}
+                )
+            )
+
+    def decay_runs(job: str) -> list:
+        with DagsterInstance.from_config(str(home)) as instance:
+            runs = instance.get_runs(RunsFilter(job_name=job, tags={"sensequant/trigger": "model_decay"}))
+        return list(runs)
+
+    def succeeded(job: str) -> bool:
+        return any(r.status == DagsterRunStatus.SUCCESS for r in decay_runs(job))
+
+    def more_ticks(count: int) -> None:
+        """Wait until the decay sensor has ticked `count` more times (every tick re-judges everything)."""
+        since = time.time()
+        after = lambda: sum(t["timestamp"] > since for t in _ticks(dev, "model_decay"))  # noqa: E731
+        _wait(lambda: after() >= count, 60, f"{count} more model_decay ticks", dev, 0.5)
+
+    with DagsterDev(home, env={**os.environ, **env}) as dev:
+        # new_data would also train the completed window: stopped, so every run here is model_decay's.
+        sensor_id = dev.graphql(SENSOR_STATE, {"name": "new_data"})["sensorOrError"]["id"]
+        dev.graphql(STOP_SENSOR, {"id": sensor_id})
+        _wait(lambda: succeeded("demote_job"), 120, "the demote_job run", dev)
+        more_ticks(4)
+        assert len(decay_runs("demote_job")) == 1
+        assert registry.current(artifacts, SYMBOL) is None
+        demotion = registry.active_demotion(artifacts, SYMBOL)
+        assert demotion["from"] == f"{SYMBOL}|{FIRST}" and "0.460" in demotion["reason"]
+        assert decay_runs("train_job") == []
+        assert "waiting for window 2023-01-01 to complete" in (
+            _ticks(dev, "model_decay")[0]["skipReason"] or ""
+        )
+
+        write_daily(data, SYMBOL, date(2023, 1, 2), date(2023, 6, 30))  # completes window 2023-01-01
+        _wait(lambda: succeeded("train_job"), 240, "the retraining run", dev)
+        more_ticks(4)
+        [retrain] = decay_runs("train_job")
+        assert retrain.tags["dagster/partition"] == f"{SYMBOL}|2023-01-01"
+        assert len(decay_runs("demote_job")) == 1
+    assert (artifacts / f"{SYMBOL}_2023-01-01_to_2023-06-30" / "student" / "student_model.pkl").is_file()
+    assert registry.active_demotion(artifacts, SYMBOL) is not None  # not promoted by itself

@@ -113,7 +113,7 @@ def student_evaluation(
             )
         else:
             values[pw.key] = evaluate(pw, student, labels[pw.key], config.cost_bps)
-    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"], per_partition=True)
+    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"])
 
 
 def evaluate(
@@ -153,6 +153,7 @@ def _metadata(artifact: EvaluationArtifact) -> dict:
         **{k: metadata_value(v) for k, v in metrics.items() if isinstance(v, int | float | type(None))},
         "model_partition": MetadataValue.text(str(metrics["model_partition"])),
         CONFIG_ID_KEY: MetadataValue.text(metrics[CONFIG_ID_KEY]),
+        # Figures inline for a run of one partition; `emit` leaves them out of batches (files only).
         "equity_curve": MetadataValue.md(png_markdown(artifact.equity_png, "equity curve")),
         "reliability_diagram": MetadataValue.md(
             png_markdown(artifact.reliability_png, "reliability diagram")

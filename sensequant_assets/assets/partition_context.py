@@ -5,9 +5,18 @@ per partition and hand `emit` a dict of results plus the reasons of the partitio
 one partition becomes a plain output (or no output, so downstream steps skip); several become
 one dict output, which the IO manager writes partition by partition.
 
+Each partition's metadata is attached to that partition's own materialisation event with
+`context.add_asset_metadata(..., partition_key=...)`, so a batched run records the same numbers per
+partition as a run of that partition alone (and the UI can plot them across partitions), and no
+event grows with the size of the batch. In a batch the figures, tables and JSON stay out (about
+19 KiB per partition for all five assets' events, 135 KiB with them; they are in the artifact
+files), and the output carries only counts (written, skipped), which Dagster copies onto every
+partition's event.
+
 Dagster records every partition of a batched run as materialised (it has no per-partition
-outcome within one output, dagster-io/dagster#17836); skipped partitions get no files and are
-listed with their reasons in the metadata and as observations, and downstream steps skip them.
+outcome within one output, dagster-io/dagster#17836); skipped partitions get no files, their
+reason is logged, recorded as an observation and attached to their own event, and downstream
+steps skip them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dagster import (
     AssetObservation,
     BackfillPolicy,
     DagsterRunStatus,
+    MarkdownMetadataValue,
     MetadataValue,
     Output,
     RunsFilter,
@@ -40,6 +50,7 @@ SKIP_METADATA_KEY = "skipped"
 # partition and multiprocess executor, which the benchmark measures as the baseline.
 BATCHED = flag("SENSEQUANT_BATCH_BACKFILLS")
 BACKFILL_POLICY = BackfillPolicy.single_run() if BATCHED else None
+# Written by older versions only: every partition's numbers in one entry copied onto each event.
 PER_PARTITION_KEY = "per_partition"
 
 
@@ -146,47 +157,61 @@ def emit(
     output_name: str,
     values: Mapping[str, Any],
     skipped: Mapping[str, str],
-    metadata: Callable[[Any], dict[str, Any]],
+    metadata: Callable[[Any], Mapping[str, Any]],
     skip_assets: Sequence[str],
-    per_partition: bool = False,
 ) -> Iterator:
     """Yield skip observations and the output: the value for one partition, a dict for several.
 
-    In a batch, Dagster copies the output's metadata onto every partition's event, so the
-    per-partition numbers (quadratic in the batch size) are attached only where something reads
-    them back (`per_partition=True`: the evaluations, for the briefing and the decay sensor).
+    `metadata(value)` goes onto that partition's own event (`add_asset_metadata`), never onto the
+    output, whose metadata Dagster copies onto every partition's event of a batch. In a batch it is
+    cut to `compact` (the numbers; no figures, tables or JSON), a skipped partition (which Dagster
+    still records as materialised) gets its reason on its event, and the output carries counts.
+    `skip_assets` get an observation per skipped partition and the reason is logged; a
+    multi-asset's later outputs pass none, as the first one has recorded the skips.
     """
-    for key, reason in sorted(skipped.items()):
-        yield from skip_events(context, skip_assets, key, reason)
+    if skip_assets:
+        for key, reason in sorted(skipped.items()):
+            yield from skip_events(context, skip_assets, key, reason)
     if not values:
         return  # nothing materialised: with `output_required=False` downstream steps skip
+    asset_key = context.asset_key_for_output(output_name)
     if len(context.partition_keys) == 1:
-        (value,) = values.values()
-        yield Output(value, output_name=output_name, metadata=metadata(value))
+        ((key, value),) = values.items()
+        context.add_asset_metadata(dict(metadata(value)), asset_key=asset_key, partition_key=key)
+        yield Output(value, output_name=output_name)
         return
-    batch_metadata = {
-        "partitions_written": len(values),
-        "partitions_skipped": MetadataValue.json(dict(sorted(skipped.items()))),
-    }
-    if per_partition:
-        numbers = {key: _plain(metadata(value)) for key, value in sorted(values.items())}
-        batch_metadata[PER_PARTITION_KEY] = MetadataValue.json(numbers)
-    yield Output(dict(values), output_name=output_name, metadata=batch_metadata)
+    for key, value in sorted(values.items()):
+        context.add_asset_metadata(compact(metadata(value)), asset_key=asset_key, partition_key=key)
+    for key, reason in sorted(skipped.items()):
+        context.add_asset_metadata({SKIP_METADATA_KEY: reason}, asset_key=asset_key, partition_key=key)
+    counts: dict[str, Any] = {"partitions_written": len(values)}
+    if skipped:
+        counts["partitions_skipped"] = len(skipped)
+    yield Output(dict(values), output_name=output_name, metadata=counts)
 
 
-def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-partition metadata as JSON values (the numbers; markdown and images stay out)."""
+def compact(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a partition's metadata that a batched run attaches: numbers and short text.
+
+    Markdown (inline figures, tables), JSON and long text are left to single-partition runs and the
+    artifact files: at 50-65 KiB per inline figure they would dwarf the numbers in a backfill.
+    """
     out = {}
     for name, value in meta.items():
+        if isinstance(value, MarkdownMetadataValue):
+            continue
         raw = value.value if isinstance(value, MetadataValue) else value
-        short = not isinstance(raw, str) or len(raw) <= 200
-        if (isinstance(raw, int | float | str | bool) or raw is None) and short:
-            out[name] = raw
+        if raw is None or isinstance(raw, bool | int | float) or (isinstance(raw, str) and len(raw) <= 200):
+            out[name] = value
     return out
 
 
 def partition_metadata(materialization: Any) -> dict[str, Any]:
-    """The metadata of one partition's materialisation, from a single or a batched run."""
+    """The metadata of one partition's materialisation (plain values), from a single or a batched run.
+
+    Events written before the metadata was attached per partition carry every partition's numbers
+    in one `per_partition` JSON entry; this partition's entry of it is returned for those.
+    """
     meta = materialization.metadata
     batch = meta.get(PER_PARTITION_KEY)
     if batch is not None:

@@ -150,7 +150,7 @@ def teacher(
     labels = {key: frame for key, (_, frame) in trained.items()}
     outputs = ("teacher_model", "teacher_labels")
     yield from emit(context, "teacher_model", models, skipped, _model_metadata, outputs)
-    yield from emit(context, "teacher_labels", labels, {}, _labels_metadata, outputs)
+    yield from emit(context, "teacher_labels", labels, skipped, _labels_metadata, ())
 
 
 def train_partition(
