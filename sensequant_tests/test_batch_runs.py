@@ -76,10 +76,9 @@ def test_one_run_over_three_windows_writes_three_directories(tmp_path: Path) -> 
         e.partition: e.materialization.metadata for e in events if e.asset_key.path == ["teacher_model"]
     }
     assert sorted(teachers) == [f"RELIANCE|{w}" for w in DIRS]
-    for window, name in DIRS.items():
-        meta = json.loads((tmp_path / name / "metadata.json").read_text())
-        assert teachers[f"RELIANCE|{window}"]["rows"].value == meta["total_samples"]
-        assert teachers[f"RELIANCE|{window}"]["oof_auc"].value == meta["metrics"]["oof_auc"]
+    # Training assets carry counts only in a batch (each per-partition attachment re-lists the run's
+    # partitions); their numbers are in the files, and in the events of single-partition runs.
+    assert all(set(meta) == {"partitions_written"} for meta in teachers.values())
     evaluations = {
         e.partition: e.materialization.metadata for e in events if e.asset_key.path == ["student_evaluation"]
     }

@@ -113,7 +113,7 @@ def student_evaluation(
             )
         else:
             values[pw.key] = evaluate(pw, student, labels[pw.key], config.cost_bps)
-    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"])
+    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"], per_partition=True)
 
 
 def evaluate(
