@@ -4,7 +4,9 @@ Every tick says why it did or did not act (a SkipReason in the UI), every run re
 `run_key` (a tick repeated after a crash starts nothing twice) and tags naming its trigger.
 """
 
+import base64
 import json
+import zlib
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -123,8 +125,61 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
 # --- new or corrected bars -------------------------------------------------------------------
 
 
-def _short(fingerprint: str | None) -> str | None:
-    return fingerprint[:16] if fingerprint else None
+TOKEN_CHARS = 12  # hex digits kept of a symbol's data token (6 bytes): change detection only
+FINGERPRINT_CHARS = 6  # hex digits kept per window fingerprint: a 1 in 16.7 million chance to miss a change
+_CURSOR_PREFIX = "b1:"
+
+
+def _short(fingerprint: str | None, chars: int = FINGERPRINT_CHARS) -> str | None:
+    return fingerprint[:chars] if fingerprint else None
+
+
+def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
+    """The new_data state in ~46 KiB for 500 symbols x 20 windows (the plain JSON was 375 KiB).
+
+    Window keys and symbols are listed once; then per symbol, in bytes: its short token, a bitmap
+    of the windows covered, and the covered windows' short fingerprints; zlib, then base85.
+    """
+    windows = sorted({key for per_symbol in seen.values() for key in per_symbol})
+    symbols = sorted(seen)
+    blob = bytearray()
+    for symbol in symbols:
+        blob += bytes.fromhex(tokens.get(symbol, "").ljust(TOKEN_CHARS, "0"))
+        prints = [seen[symbol].get(key) for key in windows]
+        bitmap = sum(1 << i for i, fp in enumerate(prints) if fp)
+        blob += bitmap.to_bytes((len(windows) + 7) // 8, "little")
+        blob += b"".join(bytes.fromhex(fp) for fp in prints if fp)
+    packed = base64.b85encode(zlib.compress(bytes(blob), 9)).decode()
+    return _CURSOR_PREFIX + json.dumps({"windows": windows, "symbols": symbols, "packed": packed})
+
+
+def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    """(tokens, window fingerprints) from `encode_cursor`'s text, or from the plain JSON of older
+    versions (whose longer token and fingerprints are cut to the same prefixes, so an upgrade does
+    not look like a correction of every window)."""
+    if not text:
+        return {}, {}
+    if not text.startswith(_CURSOR_PREFIX):
+        old = json.loads(text)
+        tokens = {s: t[:TOKEN_CHARS] for s, t in old.get("tokens", {}).items()}
+        seen = {s: {k: _short(f) for k, f in w.items()} for s, w in old.get("windows", {}).items()}
+        return tokens, seen
+    body = json.loads(text[len(_CURSOR_PREFIX) :])
+    windows, blob = body["windows"], zlib.decompress(base64.b85decode(body["packed"]))
+    token_bytes, map_bytes, print_bytes = TOKEN_CHARS // 2, (len(windows) + 7) // 8, FINGERPRINT_CHARS // 2
+    tokens, seen, at = {}, {}, 0
+    for symbol in body["symbols"]:
+        tokens[symbol] = blob[at : at + token_bytes].hex()
+        bitmap = int.from_bytes(blob[at + token_bytes : at + token_bytes + map_bytes], "little")
+        at += token_bytes + map_bytes
+        seen[symbol] = {}
+        for i, key in enumerate(windows):
+            if bitmap >> i & 1:
+                seen[symbol][key] = blob[at : at + print_bytes].hex()
+                at += print_bytes
+            else:
+                seen[symbol][key] = None
+    return tokens, seen
 
 
 @sensor(
@@ -141,15 +196,13 @@ def _short(fingerprint: str | None) -> str | None:
     ),
 )
 def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
-    cursor = json.loads(context.cursor or "{}")
-    tokens: dict[str, str] = cursor.get("tokens", {})
-    seen: dict[str, dict[str, str | None]] = cursor.get("windows", {})
+    tokens, seen = decode_cursor(context.cursor)
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines = [], [], []
     for symbol in _registered(context):
         try:
             source = market_data.source_for(symbol)
-            token = source.data_token(symbol)
+            token = _short(source.data_token(symbol), TOKEN_CHARS) or ""
             if tokens.get(symbol) == token:
                 continue
             fingerprints = source.window_fingerprints(symbol, [(start, end) for _, start, end in windows])
@@ -185,9 +238,10 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     skip = None
     if not requests:
         skip = "; ".join(notes) or f"no new or corrected bars ({market_data.data_source} source)"
+    cursor = encode_cursor(tokens, seen)
     return SensorResult(
         run_requests=requests,
-        cursor=json.dumps({"tokens": tokens, "windows": seen}, sort_keys=True),
+        cursor=None if cursor == context.cursor else cursor,  # None: unchanged, not copied to the tick
         skip_reason=skip,
     )
 

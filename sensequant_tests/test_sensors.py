@@ -6,13 +6,14 @@ import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
 
 from sensequant_assets import registry
 from sensequant_assets.definitions import defs
 from sensequant_assets.resources import MarketDataResource
-from sensequant_assets.sensors import model_decay, new_data, symbol_universe
+from sensequant_assets.sensors import decode_cursor, encode_cursor, model_decay, new_data, symbol_universe
 from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import promote_toy_model
 
@@ -98,7 +99,33 @@ def test_no_change_requests_nothing(instance, csv_world) -> None:
     again = _tick(new_data, instance, cursor, market_data=market)
     assert again.run_requests == []
     assert "no new or corrected bars" in again.skip_reason.skip_message
-    assert json.loads(again.cursor) == json.loads(cursor)  # the cursor round-trips unchanged
+    assert again.cursor is None  # unchanged: not written again (nor copied into the tick's row)
+
+
+def test_the_cursor_stays_small_at_index_scale() -> None:
+    """500 symbols x 20 windows of distinct fingerprints fit in 64 KiB and round-trip exactly."""
+    rng = np.random.default_rng(0)
+    windows = [f"{2015 + i // 2}-{'01' if i % 2 == 0 else '07'}-01" for i in range(20)]
+    tokens = {f"SYM{i:03d}": rng.bytes(6).hex() for i in range(500)}
+    seen = {
+        symbol: {w: (None if (i + j) % 97 == 0 else rng.bytes(3).hex()) for j, w in enumerate(windows)}
+        for i, symbol in enumerate(tokens)
+    }
+    text = encode_cursor(tokens, seen)
+    assert len(text.encode()) <= 64 * 1024
+    assert decode_cursor(text) == (tokens, seen)
+
+
+def test_a_cursor_of_the_previous_format_is_read_without_false_corrections() -> None:
+    old = json.dumps(
+        {
+            "tokens": {"TCS": "ab" * 32},
+            "windows": {"TCS": {"2022-01-01": "0123456789abcdef", "2022-07-01": None}},
+        }
+    )
+    tokens, seen = decode_cursor(old)
+    assert tokens == {"TCS": ("ab" * 32)[:12]}
+    assert seen == {"TCS": {"2022-01-01": "012345", "2022-07-01": None}}
 
 
 def test_bars_completing_a_window_request_exactly_that_partition(instance, csv_world) -> None:
