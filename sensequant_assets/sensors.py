@@ -6,6 +6,7 @@ Every tick says why it did or did not act (a SkipReason in the UI), every run re
 
 import base64
 import json
+import time
 import zlib
 from collections.abc import Iterable
 from datetime import datetime
@@ -134,6 +135,23 @@ def _short(fingerprint: str | None, chars: int = FINGERPRINT_CHARS) -> str | Non
     return fingerprint[:chars] if fingerprint else None
 
 
+SWEEP_SECONDS = 60.0  # every symbol's window fingerprints are re-compared at least this often
+
+
+def due_for_sweep(symbol: str, since: float | None, now: float, period: float = SWEEP_SECONDS) -> bool:
+    """Whether `symbol`'s fingerprints are re-compared on a tick at `now` after one at `since`.
+
+    `quick_token` misses edits made in place, so every symbol is also compared once per `period`
+    whatever its token says: at a fixed phase of the period (from a hash of its name), spreading the
+    index evenly over the ticks. The first tick (no `since`) and a late one compare everything.
+    """
+    if since is None or now - since >= period:
+        return True
+    phase = zlib.crc32(symbol.encode()) / 2**32 * period
+    latest = now - ((now - phase) % period)  # the newest moment <= now at this symbol's phase
+    return latest > since
+
+
 def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
     """The new_data state in ~46 KiB for 500 symbols x 20 windows (the plain JSON was 375 KiB).
 
@@ -188,8 +206,9 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(
-        "Polls the data source cheaply (file listings, sizes and modification times; no file read "
-        "unless something changed) and, when a symbol's bars complete a window or change an existing "
+        "Polls the data source cheaply (one stat per symbol per tick, and each symbol's window "
+        "fingerprints from its file listing at least once a minute; no file read unless something "
+        "changed) and, when a symbol's bars complete a window or change an existing "
         "one, requests the train_job run of exactly that partition (bars, teacher, student, "
         "evaluation); the next window's evaluation follows by automation. The first look at a "
         "symbol records a baseline (its history is the universe sensor's backfill)."
@@ -199,11 +218,12 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     tokens, seen = decode_cursor(context.cursor)
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines = [], [], []
+    since, now = context.last_tick_completion_time, time.time()
     for symbol in _registered(context):
         try:
             source = market_data.source_for(symbol)
-            token = _short(source.data_token(symbol), TOKEN_CHARS) or ""
-            if tokens.get(symbol) == token:
+            token = _short(source.quick_token(symbol), TOKEN_CHARS) or ""
+            if tokens.get(symbol) == token and not due_for_sweep(symbol, since, now):
                 continue
             fingerprints = source.window_fingerprints(symbol, [(start, end) for _, start, end in windows])
         except (DataSourceError, SettingsError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import date
 from pathlib import Path
@@ -10,10 +11,18 @@ import numpy as np
 import pytest
 from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
 
-from sensequant_assets import registry
+from sensequant_assets import registry, sensors
 from sensequant_assets.definitions import defs
 from sensequant_assets.resources import MarketDataResource
-from sensequant_assets.sensors import decode_cursor, encode_cursor, model_decay, new_data, symbol_universe
+from sensequant_assets.sensors import (
+    SWEEP_SECONDS,
+    decode_cursor,
+    due_for_sweep,
+    encode_cursor,
+    model_decay,
+    new_data,
+    symbol_universe,
+)
 from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import promote_toy_model
 
@@ -153,6 +162,33 @@ def test_corrected_bars_request_only_the_affected_window(instance, csv_world) ->
     [request] = result.run_requests
     assert request.partition_key == "RELIANCE|2022-01-01"
     assert "bars corrected" in request.tags["sensequant/reason"]
+
+
+def test_in_place_edits_are_found_by_the_sweep_not_the_quick_token(instance, csv_world, monkeypatch) -> None:
+    """One stat per symbol per tick: an edit in place (same file, new bytes) waits for the sweep."""
+    data, market, cursor = csv_world
+    day = data / "RELIANCE" / "1day" / "2022-03-14.csv"
+    day.write_text(day.read_text().replace("1000\n", "1001\n"))  # in place: the directory is untouched
+    monkeypatch.setattr(sensors, "due_for_sweep", lambda symbol, since, now: False)
+    assert _tick(new_data, instance, cursor, market_data=market).run_requests == []
+    monkeypatch.setattr(sensors, "due_for_sweep", lambda symbol, since, now: True)
+    [request] = _tick(new_data, instance, cursor, market_data=market).run_requests
+    assert request.partition_key == "RELIANCE|2022-01-01"
+    assert "bars corrected" in request.tags["sensequant/reason"]
+
+
+def test_the_sweep_visits_every_symbol_once_per_period() -> None:
+    symbols = [f"SYM{i:03d}" for i in range(300)]
+    assert all(due_for_sweep(s, None, 1000.0) for s in symbols)  # first tick: everything
+    assert all(due_for_sweep(s, 1000.0, 1000.0 + SWEEP_SECONDS) for s in symbols)  # a late tick
+    visits = dict.fromkeys(symbols, 0)
+    ticks = [1000.0 + 0.7 * k for k in range(int(3 * SWEEP_SECONDS / 0.7) + 1)]  # uneven spacing
+    for since, now in itertools.pairwise(ticks):
+        for s in symbols:
+            visits[s] += due_for_sweep(s, since, now)
+    assert set(visits.values()) <= {2, 3}  # three periods: each symbol 2 or 3 times, never skipped
+    per_tick = [sum(due_for_sweep(s, a, b) for s in symbols) for a, b in itertools.pairwise(ticks)]
+    assert max(per_tick) <= 3 * 300 * 0.7 / SWEEP_SECONDS + 5  # spread out, not all on one tick
 
 
 def test_bad_files_become_a_skip_reason(instance, csv_world) -> None:

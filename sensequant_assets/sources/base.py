@@ -98,6 +98,13 @@ class BarSource(Protocol):
         """
         ...
 
+    def quick_token(self, symbol: str) -> str:
+        """A token cheaper than `data_token` (one stat per symbol where the source can), for a
+        sensor polling an index every tick: it changes whenever data is added, removed or
+        replaced by a rename, but may miss an edit made in place (which `data_token` sees), so a
+        poller must still compare `window_fingerprints` now and then (the new_data sweep)."""
+        ...
+
     def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
         """Window start -> a fingerprint of the window's bars, or None while the window is not covered.
 

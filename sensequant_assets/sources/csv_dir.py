@@ -365,6 +365,19 @@ class CsvDirSource:
             raise _os_error(location, sym, exc) from None
         return digest("csv-file", sym, location.name, st.st_size, st.st_mtime_ns)
 
+    def quick_token(self, symbol: str) -> str:
+        """One stat of `<SYMBOL>/1day/` (its mtime changes when a day file is added, removed or
+        replaced by a rename) or of the single file; in-place edits of a day file are left to
+        `data_token` and `window_fingerprints`. About 1 us against `data_token`'s stat of every
+        file (0.8 s for 50 symbols x 2,600 files here)."""
+        sym = validate_symbol(symbol)
+        location = self._locate(sym)
+        try:
+            st = location.stat()
+        except OSError as exc:
+            raise _os_error(location, sym, exc) from None
+        return digest("csv-quick", sym, location.name, st.st_ino, st.st_size, st.st_mtime_ns)
+
     def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
         """Window start -> fingerprint of the window's bars, or None while not covered.
 

@@ -410,6 +410,10 @@ class SyntheticSource:
             f":signal_horizon={self.signal_horizon}:end_date={end}"
         )
 
+    def quick_token(self, symbol: str) -> str:
+        """The same as `data_token`: already free (no file behind it)."""
+        return self.data_token(symbol)
+
     def _last_bar(self) -> dt.date | None:
         """Date of the last bar when `end_date` caps the data (None: no bars at all)."""
         if self.end_date is None:
