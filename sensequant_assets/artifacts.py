@@ -48,6 +48,9 @@ class BriefingArtifact:
     generated_at: str
     symbols: list[dict[str, Any]]
     markdown: str
+    # symbol -> {"digest", "statistics", "left_out", "judged_windows", "excess"}: what the next
+    # briefing reuses for symbols whose evaluations did not change (see assets/briefing.py)
+    cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def decision(self, symbol: str) -> str | None:
         return next((b["decision"] for b in self.symbols if b["symbol"] == symbol), None)

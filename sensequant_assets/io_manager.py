@@ -26,12 +26,13 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
@@ -165,17 +166,40 @@ def _load_evaluation(read: Callable[[str], bytes]) -> EvaluationArtifact:
     )
 
 
+BRIEFING_CACHE = ("cache/statistics.json", "cache/excess_returns.npz")
+
+
+def _plain_number(value: Any) -> Any:
+    """numpy scalars as the Python numbers they stand for (ints stay ints), for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _dump_briefing(art: BriefingArtifact) -> dict[str, bytes]:
-    """Latest plus one dated copy of each file, so earlier briefings stay readable."""
+    """Latest plus one dated copy of each file, so earlier briefings stay readable; and the cache.
+
+    The cache (each symbol's statistics under the digest of their inputs) lets the next briefing
+    recompute only the symbols whose evaluations changed. Its two files name the digest of every
+    entry, so a crash between their writes only invalidates entries, never mixes them.
+    """
     stamp = art.generated_at.replace(":", "").replace("-", "")
     body = _json_bytes({"generated_at": art.generated_at, "symbols": art.symbols})
     md = art.markdown.encode()
-    return {
+    files = {
         "promotion_briefing.md": md,
         "promotion_briefing.json": body,
         f"history/promotion_briefing_{stamp}.md": md,
         f"history/promotion_briefing_{stamp}.json": body,
     }
+    if art.cache:
+        entries = {s: {k: v for k, v in e.items() if k != "excess"} for s, e in art.cache.items()}
+        arrays = {f"{e['digest']}": np.asarray(e["excess"], dtype="float64") for e in art.cache.values()}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        files[BRIEFING_CACHE[0]] = json.dumps(entries, default=_plain_number).encode()
+        files[BRIEFING_CACHE[1]] = buffer.getvalue()
+    return files
 
 
 def _load_briefing(read: Callable[[str], bytes]) -> BriefingArtifact:
@@ -184,7 +208,20 @@ def _load_briefing(read: Callable[[str], bytes]) -> BriefingArtifact:
         generated_at=body["generated_at"],
         symbols=body["symbols"],
         markdown=read("promotion_briefing.md").decode(),
+        cache=_load_briefing_cache(read),
     )
+
+
+def _load_briefing_cache(read: Callable[[str], bytes]) -> dict[str, dict[str, Any]]:
+    """The previous briefing's per-symbol cache; anything missing, unreadable or unmatched is dropped
+    (it is derived data: the cost of losing it is a recomputation)."""
+    try:
+        entries = json.loads(read(BRIEFING_CACHE[0]))
+        with np.load(io.BytesIO(read(BRIEFING_CACHE[1])), allow_pickle=False) as arrays:
+            excess = {name: arrays[name] for name in arrays.files}
+    except (ArtifactError, OSError, ValueError, KeyError):
+        return {}
+    return {s: {**e, "excess": excess[e["digest"]]} for s, e in entries.items() if e.get("digest") in excess}
 
 
 CODECS: dict[str, Codec] = {
@@ -401,6 +438,11 @@ class ArtifactStore:
         except Exception as exc:
             raise ArtifactError(f"{asset} in {directory} could not be read: {exc}") from exc
 
+    def owned_checksums(self, partition_key: str, codec: Codec) -> dict[str, str]:
+        """The recorded sha256 of the files `codec` owns in a partition ({} if none: not written)."""
+        sums = self._checksums(self.partition_dir(partition_key))
+        return {rel: digest for rel, digest in sorted(sums.items()) if codec.owns_path(rel)}
+
     def _checksums(self, directory: Path) -> dict[str, str]:
         path = directory / CHECKSUMS
         try:
@@ -458,6 +500,37 @@ def verified_bytes(directory: Path, rel: str, sums: dict[str, str], *, who: str 
             f"{who}{path} is corrupt (sha256 {actual[:12]}... != recorded {expected[:12]}...)"
         )
     return data
+
+
+class LazyPartitions(Mapping[str, Any]):
+    """An input of many partitions whose values load (verified) only when looked up.
+
+    Holds the partitions that have the asset's files, each with an `identity`: the sha256 of its
+    files' recorded checksums, which changes whenever any of them is rewritten. A consumer that
+    caches what it derives from a partition (the briefing) reads only those whose identity moved.
+    """
+
+    def __init__(self, store: ArtifactStore, codec: Codec, asset: str, keys: list[str]) -> None:
+        self._store, self._codec, self._asset = store, codec, asset
+        self._identity: dict[str, str] = {}
+        for key in keys:
+            owned = self._store.owned_checksums(key, codec)
+            if owned:
+                self._identity[key] = sha256_bytes(_json_bytes(owned))
+
+    def identity(self, key: str) -> str:
+        return self._identity[key]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._identity:
+            raise KeyError(key)
+        return self._store.read(key, self._codec, self._asset)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._identity)
+
+    def __len__(self) -> int:
+        return len(self._identity)
 
 
 def codec_for(asset: str) -> Codec:
@@ -518,6 +591,8 @@ class PartitionDirIOManager(ConfigurableIOManager):
         allow_missing = bool(meta.get("allow_missing"))
         as_dict = bool(meta.get("as_dict"))
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
+        if meta.get("lazy"):  # missing partitions are left out, as with allow_missing
+            return LazyPartitions(self.store, codec, asset, keys)
         values: dict[str, Any] = {}
         for key in keys:
             try:

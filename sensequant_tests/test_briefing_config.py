@@ -303,3 +303,17 @@ def test_label_settings_the_kind_ignores_do_not_make_a_new_configuration() -> No
     assert config_id(label="fixed", label_threshold=0.03) != config_id(label="fixed")
     assert config_id(label="vol_scaled", label_vol_k=1.0) != config_id(label="vol_scaled")
     assert config_id(label="vol_scaled", label_threshold=0.03) == config_id(label="vol_scaled")
+
+
+def test_an_unchanged_symbol_is_reused_and_gives_the_same_briefing(story) -> None:
+    """The second briefing over the same evaluations reads none of them and decides identically."""
+    artifacts, instance = story["artifacts"], story["instance"]
+    first = _brief(artifacts, instance)
+    again = _brief(artifacts, instance)
+    assert again["metadata"]["symbols_recomputed"] == 0
+    assert again["entry"] == first["entry"]
+    # Another judged configuration is another input: recomputed, then reused in turn.
+    other = _brief(artifacts, instance, config_id=_other_config_id())
+    assert other["metadata"]["symbols_recomputed"] == 1
+    assert other["entry"] != first["entry"]
+    assert _brief(artifacts, instance)["entry"] == first["entry"]

@@ -13,12 +13,13 @@ import pytest
 from dagster import DagsterInstance, PartitionKeyRange, build_input_context, build_output_context
 
 from sensequant_assets import io_manager
-from sensequant_assets.artifacts import TeacherArtifact
+from sensequant_assets.artifacts import EvaluationArtifact, TeacherArtifact
 from sensequant_assets.io_manager import (
     CHECKSUMS,
     TXN_DIR,
     ArtifactError,
     ArtifactStore,
+    LazyPartitions,
     PartitionDirIOManager,
     codec_for,
     parse_partition_dir_name,
@@ -332,3 +333,27 @@ def test_missing_file_and_missing_partition_are_named(tmp_path: Path) -> None:
     (store.partition_dir("RELIANCE|2023-01-01") / "feature_importance.csv").unlink()
     with pytest.raises(ArtifactError, match=r"missing file .*feature_importance\.csv"):
         store.read("RELIANCE|2023-01-01", codec_for("teacher_model"), "teacher_model")
+
+
+def test_lazy_partitions_load_on_demand_and_name_each_partitions_identity(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    codec = codec_for("student_evaluation")
+
+    def evaluation(auc: float) -> EvaluationArtifact:
+        frame = pd.DataFrame({"x": [1.0, 2.0]})
+        return EvaluationArtifact({"auc": auc}, frame, frame, b"png", b"png2")
+
+    a, b, never = "TCS|2023-01-01", "TCS|2023-07-01", "TCS|2024-01-01"
+    store.write(a, codec, evaluation(0.6))
+    store.write(b, codec, evaluation(0.7))
+    store.write(never, codec_for("teacher_model"), _teacher("t"))  # a partition without an evaluation
+    lazy = LazyPartitions(store, codec, "student_evaluation", [a, b, never])
+    assert sorted(lazy) == [a, b] and len(lazy) == 2
+    assert lazy[a].metrics == {"auc": 0.6}
+    with pytest.raises(KeyError):
+        lazy[never]
+    before = {key: lazy.identity(key) for key in lazy}
+    store.write(a, codec_for("teacher_model"), _teacher("u"))  # other assets' files do not count
+    store.write(b, codec, evaluation(0.71))  # a re-evaluation does
+    after = LazyPartitions(store, codec, "student_evaluation", [a, b])
+    assert after.identity(a) == before[a] and after.identity(b) != before[b]

@@ -1,8 +1,12 @@
 """`promotion_briefing` and `production_models`: honest statistics, then promotion of survivors."""
 
-from collections.abc import Mapping
+import hashlib
+import json
+from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -15,18 +19,19 @@ from dagster import (
     asset,
 )
 
-from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact
+from sensequant_assets.artifacts import BriefingArtifact
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactError, LazyPartitions, PartitionDirIOManager, codec_for
 from sensequant_assets.ml.briefing import (
     BRIEFING_COLUMNS,
     INSUFFICIENT_DATA,
     PromotionGates,
-    brief_symbols,
+    decide,
     render_markdown,
+    symbol_statistics,
 )
 from sensequant_assets.partitions import split_key
 from sensequant_assets.registry import (
@@ -93,25 +98,54 @@ def judged_config_id(config: BriefingConfig, horizon: int) -> str:
     return config.config_id or default_config_id(horizon)
 
 
-def select_configuration(
-    evaluations: Mapping[str, EvaluationArtifact], config_id: str
-) -> tuple[dict[str, list[pd.DataFrame]], dict[str, int]]:
-    """Per symbol: the predictions of the windows evaluated under `config_id`, and how many were not.
+STATISTICS_VERSION = "1"  # bump when ml.briefing.symbol_statistics changes what it computes
 
-    Every symbol with any evaluation is listed (with no frames when none matches), so a symbol
-    evaluated only under other configurations is briefed as INSUFFICIENT_DATA, not dropped.
+
+def _inputs_digest(
+    symbol: str, keys: list[str], evaluations: LazyPartitions, judged: str, settings: tuple[int, int, Any]
+) -> str:
+    """What a symbol's statistics depend on: its evaluations' identities and the briefing's settings."""
+    horizon, trials, gates = settings
+    parts = [STATISTICS_VERSION, symbol, judged, str(horizon), str(trials)]
+    parts.append(json.dumps(asdict(gates), sort_keys=True))
+    parts += [f"{key}={evaluations.identity(key)}" for key in keys]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def symbol_entry(
+    symbol: str,
+    keys: list[str],
+    evaluations: LazyPartitions,
+    judged: str,
+    *,
+    horizon: int,
+    trials: int,
+    gates: Any,
+    cached: dict[str, Any] | None,
+) -> tuple[dict[str, Any], bool]:
+    """One symbol's statistics over its windows evaluated under `judged`, and whether they were reused.
+
+    The previous briefing's entry is reused when the digest of the inputs matches: a briefing after
+    one partition's update reads that symbol's evaluations only. Otherwise the evaluations are
+    loaded one by one and only the judged configuration's predictions are kept.
     """
-    selected: dict[str, list[pd.DataFrame]] = {}
-    left_out: dict[str, int] = {}
-    for key, evaluation in sorted(evaluations.items()):
-        symbol = split_key(key)[0]
-        frames = selected.setdefault(symbol, [])
-        left_out.setdefault(symbol, 0)
-        if evaluation.metrics.get(CONFIG_ID_KEY) == config_id:
+    digest = _inputs_digest(symbol, keys, evaluations, judged, (horizon, trials, gates))
+    if cached is not None and cached.get("digest") == digest:
+        return cached, True
+    frames = []
+    for key in keys:
+        evaluation = evaluations[key]
+        if evaluation.metrics.get(CONFIG_ID_KEY) == judged:
             frames.append(evaluation.predictions)
-        else:
-            left_out[symbol] += 1
-    return selected, left_out
+    stats = symbol_statistics(_stitched(frames), horizon=horizon, n_trials=trials, gates=gates, symbol=symbol)
+    entry = {
+        "digest": digest,
+        "statistics": {k: v for k, v in stats.items() if k != "_excess_returns"},
+        "left_out": len(keys) - len(frames),
+        "judged_windows": len(frames),
+        "excess": stats["_excess_returns"],
+    }
+    return entry, False
 
 
 def _stitched(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -167,7 +201,7 @@ def _configuration_header(markdown: str, config_id: str, default: bool, left_out
 
 
 @asset(
-    ins={"student_evaluation": AssetIn(metadata={"allow_missing": True, "as_dict": True})},
+    ins={"student_evaluation": AssetIn(metadata={"allow_missing": True, "as_dict": True, "lazy": True})},
     io_manager_key="artifacts_io_manager",
     automation_condition=AFTER_BATCH_SETTLES,
     group_name="evaluation",
@@ -182,23 +216,41 @@ def _configuration_header(markdown: str, config_id: str, default: bool, left_out
 def promotion_briefing(
     context: AssetExecutionContext,
     config: BriefingConfig,
-    student_evaluation: dict[str, EvaluationArtifact],
+    student_evaluation: LazyPartitions,
     settings: PipelineSettings,
     artifacts_io_manager: ResourceParam[PartitionDirIOManager],
 ) -> BriefingArtifact:
     judged = judged_config_id(config, settings.forecast_horizon)
-    by_symbol, left_out = select_configuration(student_evaluation, judged)
+    gates = config.gates()
     tried = configurations_tried(context)
-    trials = {symbol: max(tried.get(symbol, 0), 1) + config.extra_trials for symbol in by_symbol}
-    decided = brief_symbols(
-        {symbol: _stitched(frames) for symbol, frames in by_symbol.items()},
-        horizon=settings.forecast_horizon,
-        n_trials=trials,
-        gates=config.gates(),
-    )
+    keys_by_symbol: dict[str, list[str]] = {}
+    for key in sorted(student_evaluation):
+        keys_by_symbol.setdefault(split_key(key)[0], []).append(key)
+    previous = _previous_cache(artifacts_io_manager)
+    cache, statistics, reused = {}, [], 0
+    for symbol, keys in sorted(keys_by_symbol.items()):
+        trials = max(tried.get(symbol, 0), 1) + config.extra_trials
+        entry, hit = symbol_entry(
+            symbol,
+            keys,
+            student_evaluation,
+            judged,
+            horizon=settings.forecast_horizon,
+            trials=trials,
+            gates=gates,
+            cached=previous.get(symbol),
+        )
+        reused += hit
+        cache[symbol] = entry
+        statistics.append({**entry["statistics"], "_excess_returns": np.asarray(entry["excess"])})
     briefings = [
-        _with_configuration(b, judged, left_out[b["symbol"]], len(by_symbol[b["symbol"]])) for b in decided
+        _with_configuration(b, judged, cache[b["symbol"]]["left_out"], cache[b["symbol"]]["judged_windows"])
+        for b in decide(statistics, gates)
     ]
+    left_out = {symbol: entry["left_out"] for symbol, entry in cache.items()}
+    context.log.info(
+        f"briefing of {len(cache)} symbols: {reused} reused unchanged, {len(cache) - reused} recomputed"
+    )
     generated_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     is_default = judged == default_config_id(settings.forecast_horizon)
     markdown = _configuration_header(
@@ -209,6 +261,7 @@ def promotion_briefing(
     context.add_output_metadata(
         {
             "symbols": len(briefings),
+            "symbols_recomputed": len(cache) - reused,  # the others' evaluations had not changed
             **{f"decision_{k.lower()}": int(v) for k, v in counts.items()},
             CONFIG_ID_KEY: MetadataValue.text(judged),
             "config_is_default": is_default,
@@ -216,7 +269,15 @@ def promotion_briefing(
             "briefing": MetadataValue.md(markdown),
         }
     )
-    return BriefingArtifact(generated_at=generated_at, symbols=briefings, markdown=markdown)
+    return BriefingArtifact(generated_at=generated_at, symbols=briefings, markdown=markdown, cache=cache)
+
+
+def _previous_cache(store: PartitionDirIOManager) -> dict[str, dict[str, Any]]:
+    """The last briefing's per-symbol cache ({} on a first briefing or an unreadable one)."""
+    try:
+        return store.store.read_fixed(codec_for("promotion_briefing"), "promotion_briefing").cache
+    except ArtifactError:
+        return {}
 
 
 @asset(
