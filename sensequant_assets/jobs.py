@@ -55,6 +55,7 @@ class DemoteConfig(Config):
 
     symbol: str
     expected: str
+    expected_promoted_at: str = ""  # with `expected`: the very promotion judged (a re-promotion is another)
     reason: str
     after_window: str  # the newest evaluated window behind the verdict; retraining waits for a newer one
 
@@ -66,6 +67,7 @@ def demote_model(context: OpExecutionContext, config: DemoteConfig) -> None:
         store.base_dir,
         config.symbol,
         expected=config.expected,
+        expected_promoted_at=config.expected_promoted_at or None,
         reason=config.reason,
         evidence={"after_window": config.after_window, "run_id": context.run_id},
     )

@@ -516,12 +516,18 @@ def promote(
     root = production_dir(base, symbol)
     with _locked(root):
         _recover(root)
-        demotion = _active_demotion(root)
+        entries = _read_history(root)
+        demotion = entries[-1] if entries and entries[-1].get("action") == DEMOTE else None
         if demotion is not None and window <= split_key(demotion["from"])[1]:
             raise PromotionRefused(
                 f"refusing to promote {symbol} ({partition_key}): production model {demotion['from']} "
                 f"was demoted at {demotion['at']} ({demotion['reason']}); until a person rolls back, "
                 f"only a student of a window newer than {split_key(demotion['from'])[1]} is promoted"
+            )
+        if partition_key in _demoted_partitions(entries):
+            raise PromotionRefused(
+                f"refusing to promote {symbol} ({partition_key}): this partition's student was demoted "
+                "for decay; only a person can bring it back (rollback), a briefing never does"
             )
         cur = root / CURRENT
         previous = _existing_record(cur)
@@ -634,15 +640,16 @@ def demote(
     *,
     expected: str,
     reason: str,
+    expected_promoted_at: str | None = None,
     evidence: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any] | None:
     """Stop serving `symbol`'s production model: archive `current/` (restorable with rollback).
 
-    `expected` is the partition the caller judged; if production has moved on since (a newer
-    promotion or a rollback), nothing is demoted and None is returned, so a stale decay verdict
-    never removes a model it did not judge. Returns the history entry, whose `archived` id is the
-    demotion's identity.
+    `expected` (and `expected_promoted_at`) name the promotion the caller judged; if production has
+    moved on since (a newer promotion, a re-promotion of that window, a rollback), nothing is
+    demoted and None is returned, so a stale decay verdict never removes a model it did not judge.
+    Returns the history entry, whose `archived` id is the demotion's identity.
     """
     symbol = validate_symbol(symbol)
     root = production_dir(base_dir, symbol)
@@ -652,6 +659,8 @@ def demote(
         previous = _existing_record(cur)
         if previous is None or previous.partition_key != expected:
             return None
+        if expected_promoted_at is not None and previous.promoted_at != expected_promoted_at:
+            return None  # the same window re-promoted (new bytes) since the verdict: not judged
         at = _utc(now)
         archive_id = _new_archive_id(root, at, _window_of(previous))
         entry = _history_entry(
@@ -678,6 +687,17 @@ def demote(
             _recover(root)
             raise
         return entry
+
+
+def _demoted_partitions(entries: list[dict[str, Any]]) -> set[str]:
+    """Partitions demoted and not since restored by a person's rollback (in history order)."""
+    demoted: set[str] = set()
+    for entry in entries:
+        if entry.get("action") == DEMOTE:
+            demoted.add(entry["from"])
+        elif entry.get("action") == "rollback":
+            demoted.discard(entry.get("to"))
+    return demoted
 
 
 def _active_demotion(root: Path) -> dict[str, Any] | None:

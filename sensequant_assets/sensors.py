@@ -30,6 +30,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from sensequant_assets import registry
+from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.jobs import PARTITION_ASSETS, demote_job, train_job
 from sensequant_assets.partitions import (
@@ -240,6 +241,12 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
                 continue
             why = "bars corrected" if previous.get(key) else "window completed"
             partition = make_key(symbol, key)
+            queued = partition_in_hand(
+                context, str(partition), [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED]
+            )
+            if queued is not None:  # it reads the bars when it starts, so it trains these too
+                context.log.info(f"{partition}: {why}; {queued}, which will read them")
+                continue
             context.log.info(f"{partition}: {why}")
             requests.append(
                 RunRequest(
@@ -269,16 +276,30 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
 # --- decay of promoted models ----------------------------------------------------------------
 
 
-def latest_aucs(
-    context: SensorEvaluationContext, symbol: str, limit: int
-) -> list[tuple[str, float | None, int]]:
-    """(window, AUC, storage id) of the newest evaluations of `symbol`, newest first, at most `limit`.
+MAX_ATTEMPTS = 3  # a decay action whose run fails is requested again, this many times in all
+ACTIVE = [
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
 
-    Walks the windows newest first and stops at `limit` evaluated ones, so a tick costs about
-    `limit` queries per production model, not one per window.
+
+def production_evidence(
+    context: SensorEvaluationContext, record: registry.PromotionRecord, limit: int
+) -> list[tuple[str, float | None, str]]:
+    """(window, AUC, model) of the newest evaluations that judge the production model's lineage.
+
+    Only windows after the production model's own window count, scored by that model or by a
+    later student of the same configuration (window k's evaluation scores the student of k-1):
+    what happened since the model was trained, never its predecessors' scores. Newest first, at
+    most `limit`; walks the windows newest first, so a tick costs about `limit` queries per model.
     """
+    symbol, own_window = split_key(record.partition_key)
     out = []
     for window in reversed(window_partitions.get_partition_keys()):
+        if window <= own_window:
+            break
         page = context.instance.fetch_materializations(
             AssetRecordsFilter(
                 asset_key=AssetKey("student_evaluation"), asset_partitions=[str(make_key(symbol, window))]
@@ -287,39 +308,65 @@ def latest_aucs(
         )
         if not page.records:
             continue
-        record = page.records[0]
-        auc = partition_metadata(record.asset_materialization).get("auc")
-        out.append((window, auc if isinstance(auc, float) else None, record.storage_id))
+        meta = partition_metadata(page.records[0].asset_materialization)
+        model = str(meta.get("model_partition") or "")
+        same_config = record.config_id is None or meta.get(CONFIG_ID_KEY) == record.config_id
+        if not model or split_key(model)[1] < own_window or not same_config:
+            continue
+        auc = meta.get("auc")
+        out.append((window, auc if isinstance(auc, float) else None, model))
         if len(out) >= limit:
             break
     return out
 
 
-def _demote_request(symbol: str, record: registry.PromotionRecord, window: str, reason: str) -> RunRequest:
-    """One demotion per promoted model: the run key names the promotion, not the evaluation."""
-    config = {"symbol": symbol, "expected": record.partition_key, "reason": reason, "after_window": window}
-    return RunRequest(
+def _attempt(context: SensorEvaluationContext, key: str) -> tuple[str | None, str | None]:
+    """The run key for the next attempt of a decay action, or (None, why) when it needs none.
+
+    Dagster never launches a run key twice, even after a failure, so a failed attempt gets a
+    numbered key; after MAX_ATTEMPTS failures the action stops and the tick says so.
+    """
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt_key = key if attempt == 1 else f"{key}:attempt{attempt}"
+        runs = context.instance.get_runs(RunsFilter(tags={"dagster/run_key": attempt_key}), limit=1)
+        if not runs:
+            return attempt_key, None
+        if runs[0].status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+            return None, f"run {runs[0].run_id} ({runs[0].status.value})"
+    return None, f"{MAX_ATTEMPTS} attempts failed (last: run {runs[0].run_id}); see its logs"
+
+
+def _demote_request(
+    context: SensorEvaluationContext, symbol: str, record: registry.PromotionRecord, window: str, reason: str
+) -> tuple[RunRequest | None, str | None]:
+    """One demotion per verdict: the key names the model, its installation and the newest window
+    judged, so re-evaluating that window asks nothing new, a rollback of the same model waits for a
+    newer window's evidence, and a re-promotion of the same window (new bytes) is judged afresh."""
+    key, why = _attempt(context, f"demote:{symbol}:{record.partition_key}:{record.promoted_at}:{window}")
+    if key is None:
+        return None, f"{symbol}: demotion already requested: {why}"
+    config = {
+        "symbol": symbol,
+        "expected": record.partition_key,
+        "expected_promoted_at": record.promoted_at,
+        "reason": reason,
+        "after_window": window,
+    }
+    request = RunRequest(
         job_name=demote_job.name,
-        run_key=f"demote:{symbol}:{record.partition_key}:{record.promoted_at}",
+        run_key=key,
         run_config={"ops": {"demote_model": {"config": config}}},
         tags={TRIGGER: "model_decay", REASON: reason},
     )
+    return request, None
 
 
-def _in_hand(context: SensorEvaluationContext, partition: str, since: float) -> str | None:
-    """Why the newer window needs no retraining request: trained since the demotion, or a run on it."""
-    page = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("student_model"), asset_partitions=[partition]), limit=1
+def partition_in_hand(context: SensorEvaluationContext, partition: str, statuses: list) -> str | None:
+    """A run of `partition` (a single-partition run, as the sensors request) in one of `statuses`."""
+    runs = context.instance.get_runs(
+        RunsFilter(tags={"dagster/partition": partition}, statuses=statuses), limit=1
     )
-    if page.records and page.records[0].timestamp > since:
-        return f"{partition} was trained after the demotion"
-    active = context.instance.get_runs_count(
-        RunsFilter(
-            tags={"dagster/partition": partition},
-            statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
-        )
-    )
-    return f"a run on {partition} is in progress" if active else None
+    return f"run {runs[0].run_id} on {partition} is {runs[0].status.value.lower()}" if runs else None
 
 
 def _retrain_request(
@@ -336,13 +383,21 @@ def _retrain_request(
         return None, f"{symbol}: demoted, waiting for window {newer} to complete"
     partition = str(make_key(symbol, newer))
     since = datetime.fromisoformat(demotion["at"].replace("Z", "+00:00")).timestamp()
-    if (why := _in_hand(context, partition, since)) is not None:
-        return None, f"{symbol}: demoted; {why}"
+    page = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("student_model"), asset_partitions=[partition]), limit=1
+    )
+    if page.records and page.records[0].timestamp > since:
+        return None, f"{symbol}: demoted; {partition} was trained after the demotion"
+    if (busy := partition_in_hand(context, partition, ACTIVE)) is not None:
+        return None, f"{symbol}: demoted; {busy}"  # e.g. new_data's run of the completed window
+    key, why = _attempt(context, f"decay-retrain:{symbol}:{demotion['archived']}")
+    if key is None:
+        return None, f"{symbol}: demoted; retraining of {partition} already requested: {why}"
     reason = f"{symbol}: retrain window {newer} after demoting {demotion['from']} ({demotion['reason']})"
     request = RunRequest(
         partition_key=partition,
         job_name=train_job.name,
-        run_key=f"decay-retrain:{symbol}:{demotion['archived']}",
+        run_key=key,
         tags={TRIGGER: "model_decay", REASON: reason},
     )
     return request, reason
@@ -354,8 +409,9 @@ def _retrain_request(
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(
-        "For every symbol with a production model: when its newest SENSEQUANT_DECAY_WINDOWS "
-        "evaluations all score an AUC below SENSEQUANT_DECAY_MIN_AUC, demotes the model once "
+        "For every symbol with a production model: when the SENSEQUANT_DECAY_WINDOWS newest windows "
+        "evaluated since its own (scoring it or a later student of its configuration) all score an "
+        "AUC below SENSEQUANT_DECAY_MIN_AUC, demotes the model once "
         "(demote_job: archived, restorable with rollback_job); once a window newer than the verdict's "
         "is complete, requests its training once. Reasons are in the runs' tags and the ticks."
     ),
@@ -380,18 +436,22 @@ def model_decay(context: SensorEvaluationContext, market_data: MarketDataResourc
                 requests += [request] if request else []
                 notes.append(note)
             continue
-        recent = latest_aucs(context, symbol, needed)
+        recent = production_evidence(context, record, needed)
         decayed = len(recent) == needed and all(auc is not None and auc < min_auc for _, auc, _ in recent)
         if not decayed:
             healthy.append(symbol)
             continue
-        scores = ", ".join(f"{window}: {auc:.3f}" for window, auc, _ in recent)
+        scores = ", ".join(f"{window}: {auc:.3f} (student {model})" for window, auc, model in recent)
         reason = (
-            f"production model {record.partition_key} decayed: AUC below {min_auc} in the last "
-            f"{needed} evaluated windows ({scores})"
+            f"production model {record.partition_key} decayed: AUC below {min_auc} in the "
+            f"{needed} windows evaluated since it was trained ({scores})"
         )
+        request, note = _demote_request(context, symbol, record, recent[0][0], reason)
+        if request is None:
+            notes.append(note)
+            continue
         context.log.warning(f"{symbol}: {reason}")
-        requests.append(_demote_request(symbol, record, recent[0][0], reason))
+        requests.append(request)
     for note in notes:
         context.log.info(note)
     skip = None

@@ -16,7 +16,7 @@ from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import PARTITIONED, promote_toy_model, resources
 
 SYMBOL = "RELIANCE"
-FIRST, SECOND = "2022-01-01", "2022-07-01"
+FIRST, SECOND, THIRD, FOURTH = "2022-01-01", "2022-07-01", "2023-01-01", "2023-07-01"
 PARTITIONED_KEYS = ["market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation"]
 SENSOR_TICK = """
 query($name: String!) {
@@ -123,11 +123,12 @@ def _ticks(dev: DagsterDev, name: str) -> list[dict]:
 def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """The real daemon over many ticks: one demotion per decay, one retraining once a newer window is in."""
+    """The real daemon over many ticks: one demotion per decay, then one training run of the next
+    window once it is complete, although both model_decay and new_data see it complete."""
     data, artifacts, home = tmp_path / "historical", tmp_path / "models", tmp_path / "home"
     home.mkdir()
     write_instance_yaml(home)
-    write_daily(data, SYMBOL, date(2021, 6, 1), date(2022, 12, 30))  # windows 2022-01 and 2022-07
+    write_daily(data, SYMBOL, date(2021, 6, 1), date(2023, 6, 30))  # windows 2022-01 .. 2023-01
     env = {
         "SENSEQUANT_DATA_SOURCE": "csv",
         "SENSEQUANT_DATA_DIR": str(data),
@@ -143,20 +144,22 @@ def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
     promote_toy_model(artifacts, f"{SYMBOL}|{FIRST}")
     with DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("symbols", [SYMBOL])
-        for window, auc in ((FIRST, 0.44), (SECOND, 0.46)):  # two evaluations below the gate
+        # The two windows evaluated since the production model: scoring it, then its successor.
+        for window, model, auc in ((SECOND, FIRST, 0.44), (THIRD, SECOND, 0.46)):
             instance.report_runless_asset_event(
                 AssetMaterialization(
-                    "student_evaluation", partition=f"{SYMBOL}|{window}", metadata={"auc": auc}
+                    "student_evaluation",
+                    partition=f"{SYMBOL}|{window}",
+                    metadata={"auc": auc, "model_partition": f"{SYMBOL}|{model}"},
                 )
             )
 
-    def decay_runs(job: str) -> list:
+    def runs(**tags: str) -> list:
         with DagsterInstance.from_config(str(home)) as instance:
-            runs = instance.get_runs(RunsFilter(job_name=job, tags={"sensequant/trigger": "model_decay"}))
-        return list(runs)
+            return list(instance.get_runs(RunsFilter(tags=tags)))
 
-    def succeeded(job: str) -> bool:
-        return any(r.status == DagsterRunStatus.SUCCESS for r in decay_runs(job))
+    def succeeded(found: list) -> bool:
+        return any(r.status == DagsterRunStatus.SUCCESS for r in found)
 
     def more_ticks(count: int) -> None:
         """Wait until the decay sensor has ticked `count` more times (every tick re-judges everything)."""
@@ -164,26 +167,26 @@ def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
         after = lambda: sum(t["timestamp"] > since for t in _ticks(dev, "model_decay"))  # noqa: E731
         _wait(lambda: after() >= count, 60, f"{count} more model_decay ticks", dev, 0.5)
 
+    retrained = f"{SYMBOL}|{FOURTH}"
     with DagsterDev(home, env={**os.environ, **env}) as dev:
-        # new_data would also train the completed window: stopped, so every run here is model_decay's.
-        sensor_id = dev.graphql(SENSOR_STATE, {"name": "new_data"})["sensorOrError"]["id"]
-        dev.graphql(STOP_SENSOR, {"id": sensor_id})
-        _wait(lambda: succeeded("demote_job"), 120, "the demote_job run", dev)
+        _wait(
+            lambda: succeeded(runs(**{"sensequant/trigger": "model_decay"})), 120, "the demote_job run", dev
+        )
         more_ticks(4)
-        assert len(decay_runs("demote_job")) == 1
+        [demotion_run] = runs(**{"sensequant/trigger": "model_decay"})
+        assert demotion_run.job_name == "demote_job"
         assert registry.current(artifacts, SYMBOL) is None
         demotion = registry.active_demotion(artifacts, SYMBOL)
         assert demotion["from"] == f"{SYMBOL}|{FIRST}" and "0.460" in demotion["reason"]
-        assert decay_runs("train_job") == []
-        assert "waiting for window 2023-01-01 to complete" in (
-            _ticks(dev, "model_decay")[0]["skipReason"] or ""
-        )
+        newest = _ticks(dev, "model_decay")[0]["skipReason"] or ""
+        assert f"waiting for window {FOURTH} to complete" in newest
 
-        write_daily(data, SYMBOL, date(2023, 1, 2), date(2023, 6, 30))  # completes window 2023-01-01
-        _wait(lambda: succeeded("train_job"), 240, "the retraining run", dev)
+        write_daily(data, SYMBOL, date(2023, 7, 3), date(2023, 12, 29))  # completes the next window
+        _wait(lambda: succeeded(runs(**{"dagster/partition": retrained})), 240, "the retraining run", dev)
         more_ticks(4)
-        [retrain] = decay_runs("train_job")
-        assert retrain.tags["dagster/partition"] == f"{SYMBOL}|2023-01-01"
-        assert len(decay_runs("demote_job")) == 1
-    assert (artifacts / f"{SYMBOL}_2023-01-01_to_2023-06-30" / "student" / "student_model.pkl").is_file()
-    assert registry.active_demotion(artifacts, SYMBOL) is not None  # not promoted by itself
+        training = runs(**{"dagster/partition": retrained})
+        assert len(training) == 1, [(r.tags.get("sensequant/trigger"), r.status) for r in training]
+        assert len(runs(**{"sensequant/trigger": "model_decay", "dagster/partition": retrained})) <= 1
+        assert [r.job_name for r in runs(**{"sensequant/trigger": "model_decay"})].count("demote_job") == 1
+    assert (artifacts / f"{SYMBOL}_{FOURTH}_to_2023-12-31" / "student" / "student_model.pkl").is_file()
+    assert registry.active_demotion(artifacts, SYMBOL) is not None  # until a briefing promotes a newer one

@@ -545,3 +545,27 @@ def test_a_demotion_killed_midway_is_all_or_nothing(
         assert registry.current(base, "RELIANCE").partition_key == "RELIANCE|2023-07-01"
         assert _tree(_prod(base)) == before
     assert not (_prod(base) / ".pending.json").exists()
+
+
+def test_a_demoted_partition_is_never_re_promoted_by_a_briefing(base: Path) -> None:
+    """After a person rolls back to an older model, the demoted student still needs a person."""
+    _materialise(base, "RELIANCE|2023-01-01", seed=3)
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-01-01", "PROMOTE", GATES, now=T1)
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T2)
+    registry.demote(base, "RELIANCE", expected="RELIANCE|2023-07-01", reason="decayed", now=T3)
+    older = [a for a in registry.archives(base, "RELIANCE") if a.endswith("2023-01-01")]
+    registry.rollback(base, "RELIANCE", to=older[0])
+    with pytest.raises(PromotionRefused, match="demoted for decay; only a person"):
+        registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES)
+    registry.promote(base, "RELIANCE", "RELIANCE|2024-01-01", "PROMOTE", GATES)  # a newer window is fine
+
+
+def test_a_verdict_on_an_earlier_promotion_of_the_same_window_demotes_nothing(base: Path) -> None:
+    first = registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    _materialise(base, "RELIANCE|2023-07-01", seed=9)  # retrained: new bytes, promoted again
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T2)
+    stale = registry.demote(
+        base, "RELIANCE", expected="RELIANCE|2023-07-01", expected_promoted_at=first.promoted_at, reason="x"
+    )
+    assert stale is None
+    assert registry.current(base, "RELIANCE").promoted_at != first.promoted_at

@@ -9,12 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
+from dagster import (
+    AssetMaterialization,
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.utils import make_new_run_id
 
 from sensequant_assets import registry, sensors
 from sensequant_assets.definitions import defs
+from sensequant_assets.partitions import previous_window
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import (
+    MAX_ATTEMPTS,
     SWEEP_SECONDS,
     decode_cursor,
     due_for_sweep,
@@ -204,12 +214,19 @@ def test_bad_files_become_a_skip_reason(instance, csv_world) -> None:
 
 
 def _evaluated(instance, key: str, auc: float) -> None:
+    """An evaluation of window k, which scores the student of window k-1 (as the asset records)."""
+    symbol, window = key.split("|")
+    model = f"{symbol}|{previous_window(window)}"
     instance.report_runless_asset_event(
-        AssetMaterialization(asset_key="student_evaluation", partition=key, metadata={"auc": auc})
+        AssetMaterialization(
+            asset_key="student_evaluation", partition=key, metadata={"auc": auc, "model_partition": model}
+        )
     )
 
 
-def test_decay_demotes_once_per_promoted_model(instance, monkeypatch, tmp_path: Path) -> None:
+@pytest.fixture
+def decayed(instance, monkeypatch, tmp_path: Path) -> Path:
+    """TCS promoted from 2023-01-01 and below the gate on the two windows since; INFY recovered."""
     monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path))
     monkeypatch.setenv("SENSEQUANT_DECAY_MIN_AUC", "0.5")
     monkeypatch.setenv("SENSEQUANT_DECAY_WINDOWS", "2")
@@ -220,21 +237,53 @@ def test_decay_demotes_once_per_promoted_model(instance, monkeypatch, tmp_path: 
         _evaluated(instance, f"TCS|{window}", auc)
     for window, auc in (("2023-07-01", 0.45), ("2024-01-01", 0.58)):
         _evaluated(instance, f"INFY|{window}", auc)
-    market = MarketDataResource(data_source="synthetic")
-    [request] = _tick(model_decay, instance, market_data=market).run_requests
+    return tmp_path
+
+
+MARKET = MarketDataResource(data_source="synthetic")
+
+
+def test_decay_demotes_once_per_verdict(instance, decayed: Path) -> None:
+    [request] = _tick(model_decay, instance, market_data=MARKET).run_requests
     assert request.job_name == "demote_job"
     assert request.tags["sensequant/trigger"] == "model_decay"
-    assert "0.470" in request.tags["sensequant/reason"] and "0.440" in request.tags["sensequant/reason"]
+    reason = request.tags["sensequant/reason"]
+    assert "0.470 (student TCS|2023-07-01)" in reason and "0.440 (student TCS|2023-01-01)" in reason
     config = request.run_config["ops"]["demote_model"]["config"]
     assert config["expected"] == "TCS|2023-01-01" and config["after_window"] == "2024-01-01"
-    # The run key names the promoted model, not the newest evaluation: re-evaluating the same
-    # window (a new storage id, what retrained forever before) asks for the same, deduplicated run.
+    assert config["expected_promoted_at"] == registry.current(decayed, "TCS").promoted_at
+    # The run key names the promotion and the newest window judged, not the evaluation event:
+    # re-evaluating the same window (a new storage id, what retrained forever before) asks nothing new.
     _evaluated(instance, "TCS|2024-01-01", 0.46)
-    [again] = _tick(model_decay, instance, market_data=market).run_requests
+    [again] = _tick(model_decay, instance, market_data=MARKET).run_requests
     assert again.run_key == request.run_key
     # An evaluation that recovers ends the alarm.
     _evaluated(instance, "TCS|2024-01-01", 0.66)
-    assert _tick(model_decay, instance, market_data=market).run_requests == []
+    assert _tick(model_decay, instance, market_data=MARKET).run_requests == []
+
+
+def test_a_fresh_model_is_not_demoted_for_its_predecessors_scores(instance, decayed: Path) -> None:
+    promote_toy_model(decayed, "TCS|2024-01-01")  # the newest student: nothing evaluated since
+    result = _tick(model_decay, instance, market_data=MARKET)
+    assert result.run_requests == []
+    assert "2 production models within the gate" in result.skip_reason.skip_message
+
+
+def test_a_failed_demotion_is_tried_again_then_given_up(instance, decayed: Path) -> None:
+    [first] = _tick(model_decay, instance, market_data=MARKET).run_requests
+    keys = [first.run_key]
+    for _ in range(MAX_ATTEMPTS):
+        failed = DagsterRun(
+            job_name="demote_job",
+            run_id=make_new_run_id(),
+            status=DagsterRunStatus.FAILURE,
+            tags={"dagster/run_key": keys[-1]},
+        )
+        instance.add_run(failed)
+        result = _tick(model_decay, instance, market_data=MARKET)
+        keys += [r.run_key for r in result.run_requests]
+    assert keys[1:] == [f"{first.run_key}:attempt{n}" for n in range(2, MAX_ATTEMPTS + 1)]
+    assert f"{MAX_ATTEMPTS} attempts failed" in result.skip_reason.skip_message
 
 
 def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypatch, tmp_path: Path) -> None:
@@ -265,5 +314,4 @@ def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypat
 
 
 def test_decay_without_production_models_says_so(instance) -> None:
-    market = MarketDataResource(data_source="synthetic")
-    assert "no production model" in _tick(model_decay, instance, market_data=market).skip_reason.skip_message
+    assert "no production model" in _tick(model_decay, instance, market_data=MARKET).skip_reason.skip_message
