@@ -93,3 +93,54 @@ def next_window(window_key: str) -> str | None:
     keys = window_partitions.get_partition_keys()
     i = keys.index(window_key)
     return keys[i + 1] if i + 1 < len(keys) else None
+
+
+def shift_months(day: date, months: int) -> date:
+    """The first day of the month `months` after (before, if negative) the month of `day`."""
+    index = day.year * 12 + day.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def windows_back(start: date, days: int, window_months: int) -> list[tuple[date, date]]:
+    """The windows (first, last day) of the grid ending at `start` that hold some of the `days`
+    calendar days before it, oldest first; windows before the first partition included."""
+    history_start = start - timedelta(days=days)
+    windows: list[tuple[date, date]] = []
+    end = start
+    while end > history_start:
+        first = shift_months(end, -window_months)
+        windows.append((first, end - timedelta(days=1)))
+        end = first
+    return windows[::-1]
+
+
+def history_windows(window_key: str, days: int) -> list[tuple[str, date, date]]:
+    """(window key, first, last day of the history in it) for the `days` calendar days before
+    `window_key` starts, oldest first: the history split along the windows that hold it.
+
+    A key before the first partition (`SENSEQUANT_START_DATE`) is not a partition of
+    `window_partitions`; callers find nothing stored under it.
+    """
+    start, _ = window_bounds(window_key)
+    history_start = start - timedelta(days=days)
+    months = partition_settings().window_months
+    return [
+        (first.strftime(WINDOW_FORMAT), max(first, history_start), last)
+        for first, last in windows_back(start, days, months)
+    ]
+
+
+def max_history_windows(days: int) -> int:
+    """The most windows that `days` calendar days of history before a window can reach into: the
+    offset of a partition mapping that declares that history as a dependency.
+
+    Checked over eight years of window starts, so every position relative to leap years is seen.
+    Where months of different lengths make the count vary from window to window, a mapping with
+    this offset names one window more than some histories read (never fewer); for the teacher's
+    `HISTORY_DAYS` and every allowed `SENSEQUANT_WINDOW_MONTHS` it is the same for every window.
+    """
+    settings = partition_settings()
+    starts = range(0, 8 * 12, settings.window_months)
+    return max(
+        len(windows_back(shift_months(settings.start_date, m), days, settings.window_months)) for m in starts
+    )
