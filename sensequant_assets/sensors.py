@@ -68,18 +68,24 @@ def universe() -> tuple[list[str], str]:
     return parse_symbols(env("SENSEQUANT_SYMBOLS")), "SENSEQUANT_SYMBOLS"
 
 
-def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -> RunRequest:
-    """One backfill of every window of the partitioned assets for `symbols` (dependency order)."""
-    asset_graph = context.repository_def.asset_graph
+def partitions_backfill(
+    context: SensorEvaluationContext, partitions: Iterable[str], trigger: str, reason: str
+) -> RunRequest:
+    """One backfill of the partitioned assets over `partitions` (dependency order, batched per window)."""
     keys = {
-        AssetKeyPartitionKey(AssetKey(asset), str(make_key(symbol, window)))
+        AssetKeyPartitionKey(AssetKey(asset), str(partition))
         for asset in PARTITION_ASSETS
-        for symbol in symbols
-        for window in window_partitions.get_partition_keys()
+        for partition in partitions
     }
-    subset = AssetGraphSubset.from_asset_partition_set(keys, asset_graph)
-    return RunRequest.for_asset_graph_subset(
-        subset, tags={TRIGGER: "symbol_universe", REASON: f"history of new symbols {', '.join(symbols)}"}
+    subset = AssetGraphSubset.from_asset_partition_set(keys, context.repository_def.asset_graph)
+    return RunRequest.for_asset_graph_subset(subset, tags={TRIGGER: trigger, REASON: reason})
+
+
+def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -> RunRequest:
+    """One backfill of every window of the partitioned assets for `symbols`."""
+    partitions = [make_key(s, w) for s in symbols for w in window_partitions.get_partition_keys()]
+    return partitions_backfill(
+        context, partitions, "symbol_universe", f"history of new symbols {', '.join(symbols)}"
     )
 
 
@@ -136,6 +142,7 @@ def _short(fingerprint: str | None, chars: int = FINGERPRINT_CHARS) -> str | Non
     return fingerprint[:chars] if fingerprint else None
 
 
+BACKFILL_AT = 10  # this many partitions changed in one tick are one backfill (batched), not one run each
 SWEEP_SECONDS = 60.0  # every symbol's window fingerprints are re-compared at least this often
 
 
@@ -203,16 +210,17 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
 
 @sensor(
     name="new_data",
-    job=train_job,
+    asset_selection=AssetSelection.assets(*PARTITION_ASSETS),  # train_job's assets
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(
         "Polls the data source cheaply (one stat per symbol per tick, and each symbol's window "
         "fingerprints from its file listing at least once a minute; no file read unless something "
-        "changed) and, when a symbol's bars complete a window or change an existing "
-        "one, requests the train_job run of exactly that partition (bars, teacher, student, "
-        "evaluation); the next window's evaluation follows by automation. The first look at a "
-        "symbol records a baseline (its history is the universe sensor's backfill)."
+        "changed) and, when a symbol's bars complete a window or change an existing one, "
+        "requests a run of exactly that partition's bars, teacher, student and evaluation (ten "
+        "or more partitions in one tick: one backfill); the next window's evaluation follows by "
+        "automation. The first look at a symbol records a baseline (its history is the universe "
+        "sensor's backfill)."
     ),
 )
 def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
@@ -255,6 +263,12 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
                     tags={TRIGGER: "new_data", REASON: f"{partition}: {why}"},
                 )
             )
+    if len(requests) >= BACKFILL_AT:  # e.g. a day's bars completing a window for the whole index
+        partitions = [r.partition_key for r in requests]
+        reasons = sorted({r.tags[REASON].split(": ", 1)[1] for r in requests})
+        why = f"{len(partitions)} partitions: {', '.join(reasons)}"
+        context.log.info(f"requesting one backfill of {why}")
+        requests = [partitions_backfill(context, partitions, "new_data", why)]
     for problem in problems:
         context.log.warning(problem)
     notes = []

@@ -24,6 +24,7 @@ from sensequant_assets.definitions import defs
 from sensequant_assets.partitions import previous_window
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import (
+    BACKFILL_AT,
     MAX_ATTEMPTS,
     SWEEP_SECONDS,
     decode_cursor,
@@ -199,6 +200,32 @@ def test_the_sweep_visits_every_symbol_once_per_period() -> None:
     assert set(visits.values()) <= {2, 3}  # three periods: each symbol 2 or 3 times, never skipped
     per_tick = [sum(due_for_sweep(s, a, b) for s in symbols) for a, b in itertools.pairwise(ticks)]
     assert max(per_tick) <= 3 * 300 * 0.7 / SWEEP_SECONDS + 5  # spread out, not all on one tick
+
+
+def test_a_window_completed_across_the_index_is_one_backfill(instance, tmp_path: Path) -> None:
+    data = tmp_path / "historical"
+    symbols = [f"S{i:02d}" for i in range(BACKFILL_AT)]
+    for symbol in symbols:
+        write_daily(data, symbol, date(2021, 12, 1), date(2022, 6, 30))
+    instance.add_dynamic_partitions("symbols", symbols)
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    cursor = _tick(new_data, instance, market_data=market).cursor  # baselines
+    for symbol in symbols:
+        write_daily(data, symbol, date(2022, 7, 1), date(2022, 12, 30))  # completes 2022-07-01
+    [backfill] = _tick(new_data, instance, cursor, market_data=market).run_requests
+    # The daemon's own validation accepts it (a sensor may only backfill assets it targets).
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources={"market_data": market}
+    )
+    assert new_data.evaluate_tick(context).run_requests
+    keys = {
+        (k.asset_key.to_user_string(), k.partition_key)
+        for k in backfill.asset_graph_subset.iterate_asset_partitions()
+    }
+    assert {p for _, p in keys} == {f"{s}|2022-07-01" for s in symbols}
+    assert len(keys) == 5 * BACKFILL_AT  # the five partitioned assets of each
+    assert backfill.tags["sensequant/trigger"] == "new_data"
+    assert "window completed" in backfill.tags["sensequant/reason"]
 
 
 def test_bad_files_become_a_skip_reason(instance, csv_world) -> None:
