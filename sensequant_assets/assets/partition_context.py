@@ -40,15 +40,26 @@ from dagster import (
 
 from sensequant_assets.assets.workers import compute_each, run_workers
 from sensequant_assets.partitions import split_key, window_bounds
-from sensequant_assets.settings import flag
+from sensequant_assets.settings import flag, number
 
 SKIP_METADATA_KEY = "skipped"
 
-# Backfills batch partitions into few runs (Dagster splits a two-dimensional single-run backfill
-# into one run per window); SENSEQUANT_BATCH_BACKFILLS=0 restores Dagster's one run per
-# partition and multiprocess executor, which the benchmark measures as the baseline.
+# Backfills batch partitions into few runs (Dagster splits a two-dimensional backfill into one
+# range per window, then into runs of at most SENSEQUANT_MAX_PARTITIONS_PER_RUN symbols, which
+# bounds a run's memory: 500 symbols of a window are 5 runs; 0: a window's symbols in one run);
+# SENSEQUANT_BATCH_BACKFILLS=0 restores Dagster's one run per partition and multiprocess executor,
+# which the benchmark measures as the baseline.
 BATCHED = flag("SENSEQUANT_BATCH_BACKFILLS")
-BACKFILL_POLICY = BackfillPolicy.single_run() if BATCHED else None
+MAX_PARTITIONS_PER_RUN = int(number("SENSEQUANT_MAX_PARTITIONS_PER_RUN", int, 0))
+BACKFILL_POLICY = (
+    (
+        BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN)
+        if MAX_PARTITIONS_PER_RUN
+        else BackfillPolicy.single_run()
+    )
+    if BATCHED
+    else None
+)
 # Written by older versions only: every partition's numbers in one entry copied onto each event.
 PER_PARTITION_KEY = "per_partition"
 
