@@ -2,8 +2,8 @@
 
 The teacher's features need `HISTORY_DAYS` of bars before its window (indicator warm-up), which lie
 in the earlier windows of the same symbol. They come from those windows' `market_bars` partitions,
-declared as part of the `market_bars` input (`WINDOW_AND_HISTORY`), so Dagster's lineage sees
-that new bars of window k-1 touch the teachers of windows k and k+1 (two windows of
+declared as part of the `market_bars` input (`WINDOW_AND_HISTORY`), so Dagster's lineage and
+automation see that new bars of window k-1 touch the teachers of windows k and k+1 (two windows of
 history) of that symbol. The part of the history that no materialised partition holds (before the
 first window, or a window never materialised or skipped for lack of bars) is read from the data
 source for exactly those days, as before, and the teacher's metadata says which days came from where:
@@ -40,6 +40,7 @@ from sensequant_assets.assets.partition_context import (
     emit,
     metadata_value,
 )
+from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, HISTORY_DAYS
 from sensequant_assets.ml.labels import LabelSpec
@@ -149,12 +150,14 @@ def bars_hash(bars: pd.DataFrame) -> str:
             is_required=False,
             io_manager_key="artifacts_io_manager",
             code_version=TEACHER_CODE_VERSION,
+            automation_condition=EVERY_WINDOW_EAGER,
             description="LightGBM teacher: model.pkl, metadata.json, feature_importance.csv.",
         ),
         "teacher_labels": AssetOut(
             is_required=False,
             io_manager_key="artifacts_io_manager",
             code_version=TEACHER_CODE_VERSION,
+            automation_condition=EVERY_WINDOW_EAGER,
             description="labels.csv.gz: features, labels, forward returns and out-of-fold teacher_proba.",
         ),
     },
