@@ -27,20 +27,46 @@ on average; the measured pickup is printed with every repeat.
 All modes run a snapshot of `sensequant_assets/` copied at the start (`--live`: the working tree),
 so edits made while the benchmark runs change nothing. Before each launch every sensor (the
 automation sensor included) is stopped through GraphQL, so that only the backfill starts runs
-(`--keep-sensors` leaves them running); any other run is reported.
+(`--keep-sensors` leaves them running, as a deployment would); any other run is reported, with
+the sensor or backfill that started it.
+
+`--with-evaluation` adds `student_evaluation` (every window but the first): in the loop after the
+training, in the servers as a second backfill once the training backfill is done (in one backfill
+of all five assets Dagster runs each window's evaluation beside, not after, the run training the
+student it scores, and marks the first window's evaluations failed). It is timed apart from the
+training; the ratios stay those of the four training assets.
+
+At scale (issue 11) each backfill repeat also measures, for the whole deployment:
+
+- storage: the growth of DAGSTER_HOME (every file: run and event databases, the event index, runs,
+  schedules and sensor ticks, compute logs; the artifacts are elsewhere) from just before the launch
+  until the last backfill's runs have finished, per partition;
+- memory: the peak summed PSS of every process of the deployment (dagster dev, webserver, daemon,
+  code server, fork server and run workers), sampled every 0.25 s from the launch to the end;
+- the UI: every `--status-every` seconds (default 5) the queries the UI's asset page of
+  `student_model` makes (definition with partition counts, partition health, latest metadata);
+- with `--keep-sensors`: every sensor tick since the server started, read through GraphQL after the
+  backfill (duration = endTimestamp - timestamp; the cursor each tick wrote, and the state's).
 
 Every mode repeats `--repeats` times with fresh artifacts and a fresh DAGSTER_HOME; after every
 repeat each partition directory is checked (every file present, checksums valid, the metadata
 naming the right partition) and the deterministic files are compared with the loop's; a missing
 file, a failed run, or a different answer stops the benchmark with exit status 1. The last line is
 
-    backfill_ratio=<b/a> default_ratio=<c/a> partitions=<n> loop_s=<a> backfill_s=<b> default_s=<c>
+    backfill_ratio=<b/a> default_ratio=<c/a> partitions=<n> loop_s=<a> backfill_s=<b> default_s=<c> \
+        storage_kib_per_partition=<s> peak_pss_gib=<m> sensor_tick_max_s=<t> status_query_max_s=<q>
 
-(medians). Usage:
+(one line; the times are medians; s, m, t and q are the `backfill` mode's: median storage growth
+per partition in KiB, the largest peak PSS in GiB, the slowest sensor tick and the slowest single
+asset-page query in seconds; `nan` where not measured: a mode not run, sensors stopped, queries off).
+Usage:
 
     .venv/bin/python bench/backfill.py                       # 20 x 8, 3 repeats, all modes
     .venv/bin/python bench/backfill.py --symbols 4 --windows 4 --repeats 1
     .venv/bin/python bench/backfill.py --modes loop,backfill --backfill-env SOME_SETTING=1
+    # the scale run of issue 11 (10,000 partitions; hours: see docs/benchmarks.md)
+    .venv/bin/python bench/backfill.py --symbols 500 --windows 20 --repeats 1 --modes loop,backfill \
+        --with-evaluation --keep-sensors
 """
 
 from __future__ import annotations
@@ -50,6 +76,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -73,6 +100,9 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("loop", "backfill", "default")
 BACKFILL_ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model")
+# `--with-evaluation` adds it to the backfill (and the loop): the previous window's student scored on
+# this window, so the first window has none.
+EVALUATION_ASSET = "student_evaluation"
 WINDOW_MONTHS = 6
 PARTITION_TZ = ZoneInfo("Asia/Kolkata")  # the window partitions' timezone
 DAEMON_INTERVAL_S = 30.0  # Dagster's fixed backfill-daemon loop interval (expected pickup: half of it)
@@ -92,6 +122,15 @@ REQUIRED_FILES = (
 # Files that are a deterministic function of the inputs (no timestamps, no pickles): they must be
 # byte-identical whichever way the partition was computed.
 COMPARED_FILES = ("bars.parquet", "labels.csv.gz", "feature_importance.csv", "student/metrics.json")
+# The same for the evaluation of every window but the first (with `--with-evaluation`).
+# `evaluation/metrics.json` names the student pickle's sha256, which is not deterministic.
+EVALUATION_REQUIRED_FILES = (
+    "evaluation/metrics.json",
+    "evaluation/predictions.parquet",
+    "evaluation/equity.csv",
+    "evaluation/equity.png",
+)
+EVALUATION_COMPARED_FILES = ("evaluation/predictions.parquet", "evaluation/equity.csv")
 
 # The instance configuration of the `backfill` mode: what the lead tunes. `{max_concurrent_runs}`
 # is filled from `--max-concurrent-runs`.
@@ -164,6 +203,11 @@ class Universe:
     @property
     def keys(self) -> list[str]:
         return [f"{s}|{w}" for s in self.symbols for w in self.windows]
+
+    @property
+    def evaluated_keys(self) -> list[str]:
+        """The partitions that get a `student_evaluation`: every window but the first."""
+        return [f"{s}|{w}" for s in self.symbols for w in self.windows[1:]]
 
     def env(self) -> dict[str, str]:
         """Settings shared by the loop and both servers."""
@@ -259,6 +303,7 @@ PROCESS_KINDS = (
     ("webserver", ("dagster-webserver", "dagster_webserver")),
     ("daemon", ("dagster-daemon", "dagster._daemon", "_daemon")),
     ("code server", ("grpc", "code-server", "code_server")),
+    ("dagster dev", ("dagster dev", "sensequant_assets.devserver")),  # the parent of the others
 )
 
 
@@ -297,6 +342,7 @@ class MemorySampler:
     def __init__(self, root: int, pgid: int | None = None, interval: float = 0.25) -> None:
         self.root, self.pgid, self.interval = root, pgid, interval
         self.peak_rss = self.peak_pss = self.peak_procs = 0
+        self.peak_pss_by_kind: dict[str, int] = {}  # what the deployment was made of at its PSS peak
         self._cpu_first: dict[int, float] = {}
         self._cpu_last: dict[int, float] = {}
         self._kinds: dict[int, str] = {}
@@ -307,15 +353,23 @@ class MemorySampler:
     def sample(self) -> None:
         pids = process_tree(self.root, self.pgid)
         sizes = [_rss_pss(pid) for pid in pids]
+        for pid in pids:
+            if pid not in self._kinds:
+                self._kinds[pid] = _kind(pid)
         self.peak_rss = max(self.peak_rss, sum(r for r, _ in sizes))
-        self.peak_pss = max(self.peak_pss, sum(p for _, p in sizes))
+        pss = sum(p for _, p in sizes)
+        if pss > self.peak_pss:
+            self.peak_pss = pss
+            by_kind: dict[str, int] = defaultdict(int)
+            for pid, (_, p) in zip(pids, sizes, strict=True):
+                by_kind[self._kinds[pid]] += p
+            self.peak_pss_by_kind = dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))
         self.peak_procs = max(self.peak_procs, len(pids))
         for pid in pids:
             cpu = _cpu_seconds(pid)
             if cpu is None:
                 continue
-            if pid not in self._kinds:
-                self._kinds[pid] = _kind(pid)
+            if pid not in self._cpu_first:
                 # A process already running at the first sample counts from there; a new one from 0.
                 self._cpu_first[pid] = cpu if not self._started else 0.0
             self._cpu_last[pid] = cpu
@@ -343,7 +397,51 @@ class MemorySampler:
         self._thread.join(timeout=5)
 
 
-MiB = 1024 * 1024
+KiB, MiB, GiB = 1024, 1024 * 1024, 1024**3
+
+
+# --- storage: what Dagster keeps in DAGSTER_HOME ------------------------------------------------
+
+# Parts of a DAGSTER_HOME, by path relative to it (first match wins; a SQLite database's -wal and
+# -shm files count with it; its -journal, which lives only during a write, is left out).
+STORAGE_PARTS = (
+    ("event index", "history/runs/index.db"),
+    ("run event logs", "history/runs/"),
+    ("runs", "history/runs.db"),
+    ("schedules and sensor ticks", "schedules/"),
+    ("compute logs", "storage/"),
+)
+
+
+def storage_part(rel: str) -> str:
+    """Which part of a DAGSTER_HOME the file at `rel` (relative, with '/') belongs to."""
+    for suffix in ("-wal", "-shm"):
+        if rel.endswith(".db" + suffix):
+            rel = rel[: -len(suffix)]
+    for name, prefix in STORAGE_PARTS:
+        if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix)):
+            return name
+    return "other"
+
+
+def storage_sizes(home: Path) -> dict[str, int]:
+    """Bytes (apparent file sizes) of every file under `home` but SQLite's transient rollback
+    journals, by `storage_part`."""
+    sizes: dict[str, int] = defaultdict(int)
+    for directory, _, files in os.walk(home):
+        for name in files:
+            if name.endswith(".db-journal"):
+                continue
+            path = Path(directory, name)
+            with contextlib.suppress(OSError):  # a file removed while walking (a SQLite journal)
+                sizes[storage_part(path.relative_to(home).as_posix())] += path.lstat().st_size
+    return dict(sizes)
+
+
+def storage_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Bytes each part grew by (negative if it shrank), largest first; parts in either."""
+    growth = {part: after.get(part, 0) - before.get(part, 0) for part in {*before, *after}}
+    return dict(sorted(growth.items(), key=lambda kv: -kv[1]))
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -364,6 +462,67 @@ class Result:
     def per_partition(self) -> float:
         return self.seconds / self.partitions
 
+    # The scale measurements of a backfill (nan for the loop, or where the repeat did not measure them).
+
+    @property
+    def storage_growth(self) -> dict[str, int]:
+        """Bytes each part of DAGSTER_HOME grew by, from just before the launch to the backfill's end."""
+        if "storage_after" not in self.details:
+            return {}
+        return storage_growth(self.details["storage_before"], self.details["storage_after"])
+
+    @property
+    def storage_kib_per_partition(self) -> float:
+        growth = self.storage_growth
+        return sum(growth.values()) / KiB / self.partitions if growth else float("nan")
+
+    @property
+    def sensor_tick_max_s(self) -> float:
+        ticks = self.details.get("sensor_ticks") or {}
+        durations = [t["max_s"] for t in ticks.values() if t["ticks"]]
+        return max(durations) if durations else float("nan")
+
+    @property
+    def sensor_cursor_max_bytes(self) -> float:
+        ticks = self.details.get("sensor_ticks") or {}
+        sizes = [max(t["max_cursor_bytes"], t["state_cursor_bytes"]) for t in ticks.values()]
+        return max(sizes) if sizes else float("nan")
+
+    @property
+    def status_query_max_s(self) -> float:
+        latencies = [s for values in (self.details.get("status_query_s") or {}).values() for s in values]
+        return max(latencies) if latencies else float("nan")
+
+
+def scale_fields(results: Sequence[Result]) -> dict[str, float]:
+    """The last line's scale fields over the repeats of one mode: storage growth per partition
+    (median), peak PSS (max), the slowest sensor tick and UI query (max); nan where not measured."""
+
+    def worst(values: Iterable[float]) -> float:
+        values = [v for v in values if not math.isnan(v)]
+        return max(values) if values else float("nan")
+
+    storage = [r.storage_kib_per_partition for r in results]
+    return {
+        "storage_kib_per_partition": median(v for v in storage if not math.isnan(v)),
+        "peak_pss_gib": worst(r.peak_pss / GiB for r in results),
+        "sensor_tick_max_s": worst(r.sensor_tick_max_s for r in results),
+        "status_query_max_s": worst(r.status_query_max_s for r in results),
+    }
+
+
+def last_line(medians: dict[str, float], partitions: int, fields: dict[str, float]) -> str:
+    """The benchmark's last line: the ratios and medians, then the backfill mode's scale fields."""
+    a, b, c = (medians.get(m, float("nan")) for m in MODES)
+    return (
+        f"backfill_ratio={b / a:.3f} default_ratio={c / a:.3f} partitions={partitions} "
+        f"loop_s={a:.3f} backfill_s={b:.3f} default_s={c:.3f} "
+        f"storage_kib_per_partition={fields['storage_kib_per_partition']:.2f} "
+        f"peak_pss_gib={fields['peak_pss_gib']:.3f} "
+        f"sensor_tick_max_s={fields['sensor_tick_max_s']:.3f} "
+        f"status_query_max_s={fields['status_query_max_s']:.3f}"
+    )
+
 
 # --- verification -----------------------------------------------------------------------------
 
@@ -372,21 +531,27 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def verify_artifacts(artifacts: Path, keys: Sequence[str], what: str) -> dict[str, dict[str, str]]:
-    """Every partition directory complete and intact; returns key -> {file: sha256} of COMPARED_FILES."""
+def verify_artifacts(
+    artifacts: Path, keys: Sequence[str], what: str, evaluated: Iterable[str] = ()
+) -> dict[str, dict[str, str]]:
+    """Every partition directory complete and intact; returns key -> {file: sha256} of the compared
+    files (COMPARED_FILES, and EVALUATION_COMPARED_FILES for the `evaluated` keys)."""
     from sensequant_assets.io_manager import ArtifactStore
 
     store = ArtifactStore(artifacts)
+    evaluated = set(evaluated)
     problems: list[str] = []
     sums: dict[str, dict[str, str]] = {}
     for key in keys:
         directory = store.partition_dir(key)
-        missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+        required = REQUIRED_FILES + (EVALUATION_REQUIRED_FILES if key in evaluated else ())
+        compared = COMPARED_FILES + (EVALUATION_COMPARED_FILES if key in evaluated else ())
+        missing = [f for f in required if not (directory / f).is_file()]
         if missing:
             problems.append(f"{directory.name}: missing {', '.join(missing)}")
             continue
         recorded = json.loads((directory / "checksums.json").read_text())
-        for rel in REQUIRED_FILES:
+        for rel in required:
             if rel == "checksums.json":
                 continue
             if recorded.get(rel) != _sha256(directory / rel):
@@ -395,7 +560,11 @@ def verify_artifacts(artifacts: Path, keys: Sequence[str], what: str) -> dict[st
             named = json.loads((directory / rel).read_text()).get("partition_key")
             if named != key:
                 problems.append(f"{directory.name}/{rel}: partition_key {named!r}, expected {key!r}")
-        sums[key] = {rel: recorded.get(rel, "") for rel in COMPARED_FILES}
+        if key in evaluated:
+            named = json.loads((directory / "evaluation/metrics.json").read_text()).get("evaluated_partition")
+            if named != key:
+                problems.append(f"{directory.name}/evaluation/metrics.json: evaluated_partition {named!r}")
+        sums[key] = {rel: recorded.get(rel, "") for rel in compared}
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -407,7 +576,7 @@ def compare_answers(reference: dict[str, dict[str, str]], got: dict[str, dict[st
     differ = [
         f"{key}: {rel}"
         for key in reference
-        for rel in COMPARED_FILES
+        for rel in reference[key]
         if reference[key][rel] != got.get(key, {}).get(rel)
     ]
     if differ:
@@ -425,11 +594,13 @@ def loop_worker(spec_path: str) -> None:
     began = time.perf_counter()
     spec = json.loads(Path(spec_path).read_text())
 
+    from sensequant_assets.assets.evaluation import EvaluationConfig, evaluate
     from sensequant_assets.assets.partition_context import window_of
     from sensequant_assets.assets.student import StudentConfig, distil
     from sensequant_assets.assets.teacher import TeacherConfig, train_partition
     from sensequant_assets.io_manager import ArtifactStore, codec_for
     from sensequant_assets.ml.teacher import TooFewRowsError
+    from sensequant_assets.partitions import make_key, previous_window
     from sensequant_assets.resources import market_data_from_env
     from sensequant_assets.settings import forecast_horizon
 
@@ -440,29 +611,50 @@ def loop_worker(spec_path: str) -> None:
     store = ArtifactStore(Path(spec["artifacts"]))
     imported = time.perf_counter()
 
+    # The symbol's earlier windows' bars: the teacher's warm-up history, as its market_bars input
+    # hands them to the asset (the loop goes through a symbol's windows in order).
+    symbol, earlier_bars = None, {}
     for key in spec["keys"]:
         pw = window_of(key)
+        if pw.symbol != symbol:
+            symbol, earlier_bars = pw.symbol, {}
         # market_bars, then the assets' own per-partition functions for teacher and student
         bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
         if bars.empty:
             raise BenchError(f"{pw.label}: the data source has no bars in this window")
         store.write(key, codec_for("market_bars"), bars)
         try:
-            teacher, labels = train_partition(pw, bars, teacher_config, market_data, horizon)
+            teacher, labels = train_partition(
+                pw, bars, teacher_config, market_data, horizon, stored=earlier_bars
+            )
         except TooFewRowsError as exc:
             raise BenchError(str(exc)) from exc
+        earlier_bars[key] = bars
         store.write(key, codec_for("teacher_model"), teacher)
         store.write(key, codec_for("teacher_labels"), labels)
         # The student reads the teacher as stored (with its model_sha256), as the asset does.
         stored = store.read(key, codec_for("teacher_model"), "teacher_model")
         student = distil(pw, labels, stored, student_config, horizon)
         store.write(key, codec_for("student_model"), student)
+    trained = time.perf_counter()
 
-    done = time.perf_counter()
+    # student_evaluation, as the backfill's second stage: the previous window's student and this
+    # window's labels, both read as stored, for every window but the first.
+    evaluation_config = EvaluationConfig()
+    for key in spec.get("evaluated_keys", []):
+        pw = window_of(key)
+        previous = str(make_key(pw.symbol, previous_window(pw.window_key)))
+        earlier = store.read(previous, codec_for("student_model"), "student_model")
+        labels = store.read(key, codec_for("teacher_labels"), "teacher_labels")
+        evaluation = evaluate(pw, earlier, labels, evaluation_config.cost_bps)
+        store.write(key, codec_for(EVALUATION_ASSET), evaluation)
+    evaluated = time.perf_counter()
+
     print(
         json.dumps(
             {
-                "seconds": done - imported,
+                "seconds": trained - imported,
+                "evaluation_seconds": evaluated - trained if spec.get("evaluated_keys") else None,
                 "import_seconds": imported - began,
                 "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             }
@@ -501,11 +693,16 @@ def code_description(code: Path) -> str:
     return f"{where}; git {head}, {len(changed)} changed file(s) in sensequant_assets/"
 
 
-def run_loop(universe: Universe, workdir: Path, repeat: int, code: Path) -> tuple[Result, Path]:
+def run_loop(
+    universe: Universe, workdir: Path, repeat: int, code: Path, with_evaluation: bool = False
+) -> tuple[Result, Path]:
     artifacts = workdir / "artifacts"
     spec = workdir / "loop.json"
     workdir.mkdir(parents=True)
-    spec.write_text(json.dumps({"artifacts": str(artifacts), "keys": universe.keys}))
+    evaluated = universe.evaluated_keys if with_evaluation else []
+    spec.write_text(
+        json.dumps({"artifacts": str(artifacts), "keys": universe.keys, "evaluated_keys": evaluated})
+    )
     env = {**os.environ, **universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts), **code_env(code)}
     log = workdir / "loop.log"
     with log.open("wb") as err:
@@ -536,7 +733,7 @@ def run_loop(universe: Universe, workdir: Path, repeat: int, code: Path) -> tupl
         max(memory.peak_rss, timings["maxrss"]),
         memory.peak_pss,
         memory.peak_procs,
-        {"import_s": timings["import_seconds"]},
+        {"import_s": timings["import_seconds"], "evaluation_s": timings.get("evaluation_seconds")},
     )
     return result, artifacts
 
@@ -568,30 +765,92 @@ query Progress($keys: [AssetKeyInput!], $bad: RunsFilter) {
   runsOrError(filter: $bad) { __typename ... on Runs { results { runId status } } }
 }"""
 
-# What the UI's asset page asks for its partitions tab (the per-partition status of a 2-D asset);
-# `--status-query` times it on every poll while the backfill runs.
-PARTITION_STATUS = """
-query PartitionStatus($key: AssetKeyInput!) {
-  assetNodeOrError(assetKey: $key) {
+# What the UI's asset page asks for a partitioned asset while it is open (Dagster 1.13's webapp,
+# fragments reduced to the fields that cost the server something): the definition with its
+# partition counts, the partition health bar (every dimension's keys and the per-partition
+# statuses), and the latest materialisation's metadata. `--status-every` times them during the
+# backfill; `status_query_max_s` is the slowest single answer.
+UI_ASSET_PAGE = {
+    "definition": """
+query AssetViewDefinitionQuery($assetKey: AssetKeyInput!) {
+  assetOrError(assetKey: $assetKey) {
+    ... on Asset {
+      id
+      key { path }
+      assetMaterializations(limit: 1) { timestamp runId }
+      definition {
+        id
+        groupName
+        opVersion
+        partitionDefinition { description dimensionTypes { type dynamicPartitionsDefinitionName } }
+        partitionKeysByDimension { name }
+        backfillPolicy { description }
+        automationCondition { label expandedLabel }
+        partitionStats { numMaterialized numMaterializing numPartitions numFailed }
+        dependencyKeys { path }
+        dependedByKeys { path }
+      }
+    }
+  }
+}""",
+    "partition_health": """
+query PartitionHealthQuery($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
     ... on AssetNode {
+      id
+      partitionKeysByDimension { name type partitionKeys }
       assetPartitionStatuses {
         __typename
+        ... on TimePartitionStatuses { ranges { status startTime endTime startKey endKey } }
+        ... on DefaultPartitionStatuses { materializedPartitions materializingPartitions failedPartitions }
         ... on MultiPartitionStatuses {
           primaryDimensionName
           ranges {
-            primaryDimStartKey primaryDimEndKey
+            primaryDimStartKey primaryDimEndKey primaryDimStartTime primaryDimEndTime
             secondaryDim {
+              ... on TimePartitionStatuses { ranges { status startTime endTime startKey endKey } }
               ... on DefaultPartitionStatuses {
-                materializedPartitions failedPartitions materializingPartitions
+                materializedPartitions materializingPartitions failedPartitions
               }
-              ... on TimePartitionStatuses { ranges { status startKey endKey } }
             }
           }
         }
       }
     }
   }
-}"""
+}""",
+    "latest_metadata": """
+query AssetOverviewMetadataEventsQuery($assetKey: AssetKeyInput!) {
+  assetOrError(assetKey: $assetKey) {
+    ... on Asset {
+      id
+      assetMaterializations(limit: 1) {
+        timestamp runId partition
+        metadataEntries { __typename label description }
+      }
+      assetObservations(limit: 1) {
+        timestamp runId partition
+        metadataEntries { __typename label description }
+      }
+    }
+  }
+}""",
+}
+STATUS_ASSET = "student_model"  # the asset whose page the benchmark "keeps open"
+
+
+def time_asset_page(dev: Any, asset: str = STATUS_ASSET) -> dict[str, float]:
+    """Seconds each of the UI's asset-page queries took, one after the other."""
+    seconds = {}
+    for name, query in UI_ASSET_PAGE.items():
+        began = time.perf_counter()
+        reply = dev.graphql(query, {"assetKey": {"path": [asset]}}, timeout=120)
+        seconds[name] = time.perf_counter() - began
+        node = reply.get("assetOrError") or reply.get("assetNodeOrError") or {}
+        if "id" not in node:
+            raise BenchError(f"the UI's {name} query of {asset} did not find it: {reply}")
+    return seconds
+
 
 RUNS = """
 query Runs($filter: RunsFilter) {
@@ -670,24 +929,111 @@ mutation Stop($id: String) {
 }"""
 
 
-def stop_sensors(dev: Any) -> list[str]:
-    """Stop every running sensor (automation included), so only the backfill starts runs."""
-    stopped = []
-    entries = dev.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]
-    for entry in entries:
+SENSOR_TICKS = """
+query Ticks($sensor: SensorSelector!, $before: Float, $after: Float, $limit: Int) {
+  sensorOrError(sensorSelector: $sensor) {
+    __typename
+    ... on Sensor {
+      name
+      sensorState {
+        status
+        typeSpecificData { ... on SensorData { lastCursor } }
+        ticks(beforeTimestamp: $before, afterTimestamp: $after, limit: $limit) {
+          tickId status timestamp endTimestamp cursor
+        }
+      }
+    }
+    ... on PythonError { message }
+  }
+}"""
+TICKS_PAGE = 500  # ticks per query (Dagster answers at most 1000)
+
+
+def repositories(dev: Any) -> list[dict[str, str]]:
+    """The repository selectors of every loaded code location."""
+    selectors = []
+    for entry in dev.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]:
         location = entry["locationOrLoadError"] or {}
         if "repositories" not in location:
             raise BenchError(f"code location {entry['name']} did not load: {location.get('message')}")
         for repo in location["repositories"]:
-            selector = {"repositoryLocationName": entry["name"], "repositoryName": repo["name"]}
-            sensors = dev.graphql(SENSORS, {"repo": selector})["sensorsOrError"]
-            for sensor in sensors.get("results", []):
-                if sensor["sensorState"]["status"] != "RUNNING":
-                    continue
-                reply = dev.graphql(STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
-                if reply["__typename"] != "StopSensorMutationResult":
-                    raise BenchError(f"could not stop sensor {sensor['name']}: {reply}")
-                stopped.append(f"{sensor['name']} ({sensor['sensorType'].lower()})")
+            selectors.append({"repositoryLocationName": entry["name"], "repositoryName": repo["name"]})
+    return selectors
+
+
+def tick_summary(ticks: Sequence[dict[str, Any]], now: float) -> dict[str, Any]:
+    """Duration and cursor size of a sensor's ticks (GraphQL `InstigationTick`s).
+
+    A tick's duration is `endTimestamp - timestamp`; one still running (no end yet) counts with its
+    duration so far (`unfinished`). The cursor is what the tick wrote (None when it left it alone).
+    """
+    durations, unfinished, statuses = [], 0, defaultdict(int)
+    longest: dict[str, Any] | None = None
+    for tick in ticks:
+        statuses[tick["status"]] += 1
+        end = tick.get("endTimestamp")
+        if end is None:
+            unfinished += 1
+            end = now
+        duration = max(0.0, end - tick["timestamp"])
+        durations.append(duration)
+        if longest is None or duration > longest["seconds"]:
+            longest = {"seconds": duration, "timestamp": tick["timestamp"], "status": tick["status"]}
+    cursors = [len(t["cursor"].encode()) for t in ticks if t.get("cursor") is not None]
+    return {
+        "ticks": len(ticks),
+        "statuses": dict(statuses),
+        "max_s": max(durations) if durations else float("nan"),
+        "median_s": median(durations),
+        "longest": longest,
+        "unfinished": unfinished,
+        "cursors_written": len(cursors),
+        "max_cursor_bytes": max(cursors) if cursors else 0,
+    }
+
+
+def sensor_ticks(dev: Any, since: float) -> dict[str, dict[str, Any]]:
+    """Every running sensor's ticks since `since` (epoch seconds), summarised by `tick_summary`,
+    with the size of the cursor in its state now (`state_cursor_bytes`)."""
+    found = {}
+    for repo in repositories(dev):
+        sensors = dev.graphql(SENSORS, {"repo": repo})["sensorsOrError"]
+        for sensor in sensors.get("results", []):
+            if sensor["sensorState"]["status"] != "RUNNING":
+                continue
+            selector = {**repo, "sensorName": sensor["name"]}
+            ticks: list[dict[str, Any]] = []
+            before, state = None, {}
+            while True:
+                variables = {"sensor": selector, "before": before, "after": since, "limit": TICKS_PAGE}
+                reply = dev.graphql(SENSOR_TICKS, variables, timeout=300)["sensorOrError"]
+                if reply["__typename"] != "Sensor":
+                    raise BenchError(f"the ticks of sensor {sensor['name']}: {reply}")
+                state = reply["sensorState"]
+                page = state["ticks"]
+                ticks.extend(page)
+                if len(page) < TICKS_PAGE:
+                    break
+                before = min(t["timestamp"] for t in page)
+            summary = tick_summary(ticks, time.time())
+            cursor = (state.get("typeSpecificData") or {}).get("lastCursor")
+            summary["state_cursor_bytes"] = len(cursor.encode()) if cursor else 0
+            found[sensor["name"]] = summary
+    return found
+
+
+def stop_sensors(dev: Any) -> list[str]:
+    """Stop every running sensor (automation included), so only the backfill starts runs."""
+    stopped = []
+    for selector in repositories(dev):
+        sensors = dev.graphql(SENSORS, {"repo": selector})["sensorsOrError"]
+        for sensor in sensors.get("results", []):
+            if sensor["sensorState"]["status"] != "RUNNING":
+                continue
+            reply = dev.graphql(STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
+            if reply["__typename"] != "StopSensorMutationResult":
+                raise BenchError(f"could not stop sensor {sensor['name']}: {reply}")
+            stopped.append(f"{sensor['name']} ({sensor['sensorType'].lower()})")
     return stopped
 
 
@@ -715,13 +1061,34 @@ def wait_for_launch_phase(dev: Any, phase: str, rng: random.Random) -> float | N
     return DAEMON_INTERVAL_S / 2
 
 
-def last_materialisation_query(assets: Sequence[str]) -> str:
-    parts = [
-        f'a{i}: assetOrError(assetKey: {{path: ["{name}"]}}) '
-        "{ ... on Asset { assetMaterializations(limit: 1) { timestamp partition } } }"
-        for i, name in enumerate(assets)
-    ]
-    return "{ " + "\n".join(parts) + " }"
+def selected_assets(with_evaluation: bool) -> tuple[str, ...]:
+    """What the backfill materialises (and the loop computes)."""
+    return BACKFILL_ASSETS + ((EVALUATION_ASSET,) if with_evaluation else ())
+
+
+def last_materialisation(dev: Any, assets: Sequence[str], run_ids: set[str], n: int) -> float:
+    """When the last materialisation by one of `run_ids` (the backfill's) landed, over `assets`.
+
+    Materialisations by other runs (the automation sensor's, with `--keep-sensors`) do not count.
+    """
+    for limit in (50, 4 * n + 50):
+        parts = [
+            f'a{i}: assetOrError(assetKey: {{path: ["{name}"]}}) '
+            f"{{ ... on Asset {{ assetMaterializations(limit: {limit}) {{ timestamp runId }} }} }}"
+            for i, name in enumerate(assets)
+        ]
+        data = dev.graphql("{ " + "\n".join(parts) + " }", timeout=300)
+        latest = {}
+        for i, name in enumerate(assets):
+            stamps = [
+                int(m["timestamp"]) for m in data[f"a{i}"]["assetMaterializations"] if m["runId"] in run_ids
+            ]
+            if stamps:
+                latest[name] = max(stamps) / 1000
+        if len(latest) == len(assets):
+            return max(latest.values())
+    missing = sorted(set(assets) - set(latest))
+    raise BenchError(f"no materialisation of {', '.join(missing)} by the backfill's runs")
 
 
 def materialised_partitions(dev: Any, assets: Sequence[str], n: int) -> dict[str, set[str]]:
@@ -770,6 +1137,22 @@ def backfill_runs(dev: Any, backfill_id: str | None = None) -> list[dict[str, An
     if data["__typename"] != "Runs":
         raise BenchError(f"runs query failed: {data}")
     return data["results"]
+
+
+def run_origins(runs: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many of `runs` each sensor, backfill or other origin started (from their tags)."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run.get("tags", [])}
+        origin = (
+            tags.get("dagster/sensor_name")
+            or tags.get("sensequant/trigger")
+            or ("automation" if "dagster/auto_materialize" in tags else None)
+            or (f"backfill {tags['dagster/backfill']}" if "dagster/backfill" in tags else None)
+            or "other"
+        )
+        counts[origin] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def run_failure_messages(dev: Any, run_id: str) -> list[str]:
@@ -825,6 +1208,27 @@ def time_breakdown(dev: Any, runs: Sequence[dict[str, Any]], sample: int) -> dic
     }
 
 
+@dataclass
+class Stage:
+    """One backfill launched through GraphQL and waited for: what it covered and when things happened."""
+
+    assets: tuple[str, ...]
+    backfill_id: str
+    launched: float  # epoch seconds of the launch call
+    observed: float  # when the benchmark saw every required partition materialised
+    runs: list[dict[str, Any]]
+    finished: float  # the last materialisation by one of its runs
+    status: str | None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.launched
+
+    @property
+    def pickup_s(self) -> float:
+        return min(r["creationTime"] for r in self.runs) - self.launched
+
+
 def run_backfill(
     mode: str,
     universe: Universe,
@@ -832,6 +1236,14 @@ def run_backfill(
     repeat: int,
     args: argparse.Namespace,
 ) -> tuple[Result, Path]:
+    """Backfill the four training assets through a fresh `dagster dev`; with `--with-evaluation`,
+    then `student_evaluation` of every window but the first as a second backfill.
+
+    The evaluation is a second backfill because in one backfill of all five assets Dagster puts each
+    window's evaluation into that window's run, next to (not after) the run that trains the previous
+    window's student it scores; and it marks the first window's evaluations, which have nothing to
+    score and so no output, as failed (seen with Dagster 1.13.28: the backfill ended COMPLETED_FAILED).
+    """
     from sensequant_assets.devserver import DagsterDev, write_instance_yaml
 
     home, artifacts = workdir / "dagster_home", workdir / "artifacts"
@@ -848,18 +1260,123 @@ def run_backfill(
     env = {**universe.env(), "SENSEQUANT_ARTIFACTS_DIR": str(artifacts), **extra_env}
     keys = universe.keys
     n = len(keys)
-    asset_keys = [{"path": [a]} for a in BACKFILL_ASSETS]
     what = f"{mode} repeat {repeat}"
+    status_latencies: dict[str, list[float]] = defaultdict(list)
+    last_status = [float("-inf")]  # monotonic time of the last round of the UI's asset-page queries
+    stale_ui: dict[str, str] = {}
 
-    dev = DagsterDev(home, env={**env, **code_env(args.code)}, cwd=args.code)
+    # The server's log goes next to DAGSTER_HOME, not into it: DAGSTER_HOME holds Dagster's storage only.
+    dev = DagsterDev(home, env={**env, **code_env(args.code)}, cwd=args.code, log=workdir / "dagster_dev.log")
+
+    def launch_and_wait(assets: tuple[str, ...], names: Sequence[str], stage: str) -> Stage:
+        """Launch a backfill of `assets` x `names` as the UI does; return once every partition of
+        `names` is materialised (the UI's counts, or the event log once the backfill has ended)."""
+        asset_keys = [{"path": [a]} for a in assets]
+        required = set(names)
+        params = {
+            "assetSelection": asset_keys,
+            "partitionNames": list(names),
+            "fromFailure": False,
+            "tags": [],
+        }
+        polls, incomplete_checks = itertools.count(1), itertools.count(1)
+        launched = time.time()
+        reply = dev.graphql(LAUNCH, {"params": params}, timeout=120)["launchPartitionBackfill"]
+        if reply["__typename"] != "LaunchBackfillSuccess":
+            raise BenchError(f"{what}: launchPartitionBackfill ({stage}) failed: {reply}")
+        backfill_id = reply["backfillId"]
+        bad_filter = {
+            "tags": [{"key": "dagster/backfill", "value": backfill_id}],
+            "statuses": BAD_RUN_STATUSES,
+        }
+
+        def materialised() -> bool:
+            if args.status_every > 0 and time.monotonic() - last_status[0] >= args.status_every:
+                last_status[0] = time.monotonic()
+                for name, seconds in time_asset_page(dev).items():
+                    status_latencies[name].append(seconds)
+            data = dev.graphql(PROGRESS, {"keys": asset_keys, "bad": bad_filter}, timeout=120)
+            bad = data["runsOrError"].get("results") or []
+            if bad:
+                details = "\n".join(
+                    f"  run {r['runId']} {r['status']}:\n    "
+                    + "\n    ".join(run_failure_messages(dev, r["runId"]) or ["(no step failure)"])
+                    for r in bad[:5]
+                )
+                raise BenchError(
+                    f"{what}: {len(bad)} run(s) of the {stage} backfill failed "
+                    f"(server log: {dev.log})\n{details}"
+                )
+            shown = {}
+            for node in data["assetNodes"]:
+                stats, name = node["partitionStats"], "/".join(node["assetKey"]["path"])
+                if stats["numPartitions"] != n:
+                    raise BenchError(f"{what}: {name} has {stats['numPartitions']} partitions, not {n}")
+                if stats["numFailed"]:
+                    raise BenchError(f"{what}: {name} has {stats['numFailed']} failed partition(s)")
+                shown[name] = stats["numMaterialized"]
+            if len(shown) != len(assets):
+                raise BenchError(f"{what}: the server knows {sorted(shown)}, not all of {list(assets)}")
+            if len(required) == n and all(shown[a] == n for a in assets):
+                return True
+            # Short of n (the evaluations skip the first window), or the UI's counts lag the event log.
+            if any(shown[a] < len(required) for a in assets) and next(polls) % 5:
+                return False  # every fifth poll: the backfill's status is one more query
+            return event_log_complete(shown)
+
+        def event_log_complete(shown: dict[str, int]) -> bool:
+            """Once the backfill has finished, trust the event log over the UI's partition counts.
+
+            Seen in the default mode (160 runs, 10 at a time on SQLite): the UI kept showing
+            157/160 teacher_model partitions although the event log held all 160 materialisations.
+            """
+            status = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+            if status.get("status") in BAD_BACKFILL_STATUSES:
+                raise BenchError(f"{what}: the {stage} backfill {backfill_id} ended {status['status']}")
+            if status.get("status") not in ("COMPLETED_SUCCESS", "COMPLETED"):
+                return False
+            stored = materialised_partitions(dev, assets, n)
+            missing = {a: sorted(required - stored[a]) for a in assets if required - stored[a]}
+            if missing:
+                if next(incomplete_checks) >= 3:
+                    listed = "; ".join(f"{a}: {len(m)} ({', '.join(m[:3])} ...)" for a, m in missing.items())
+                    raise BenchError(f"{what}: backfill {status['status']} but not materialised: {listed}")
+                return False
+            lagging = {a: c for a, c in shown.items() if c < len(required)}
+            stale_ui.update(
+                {a: f"{c}/{n} shown, {len(stored[a])} in the event log" for a, c in lagging.items()}
+            )
+            return True
+
+        wait_for(
+            materialised, args.timeout, f"{what}: every {stage} partition materialised", args.poll, dev.log
+        )
+        observed = time.time()
+
+        def runs_terminal() -> list[dict[str, Any]] | None:
+            runs = backfill_runs(dev, backfill_id)
+            return runs if runs and all(r["status"] in TERMINAL_RUN_STATUSES for r in runs) else None
+
+        runs = wait_for(runs_terminal, 300, f"{what}: the {stage} backfill's runs to finish", 1.0, dev.log)
+        failed = [r for r in runs if r["status"] != "SUCCESS"]
+        if failed:
+            raise BenchError(
+                f"{what}: {len(failed)} of {len(runs)} {stage} runs did not succeed: {failed[:5]}"
+            )
+        finished = last_materialisation(dev, assets, {r["runId"] for r in runs}, n)
+        status = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if status.get("status") in BAD_BACKFILL_STATUSES or status["__typename"] != "PartitionBackfill":
+            raise BenchError(f"{what}: the {stage} backfill {backfill_id} is {status}")
+        return Stage(assets, backfill_id, launched, observed, runs, finished, status.get("status"))
+
     try:
-        t_start = time.monotonic()
+        t_start, started_at = time.monotonic(), time.time()
         dev.start(timeout=args.server_timeout)
 
         def daemons_healthy() -> bool:
             data = dev.graphql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
-            required = [d for d in data if d["required"]]
-            return bool(required) and all(d["healthy"] for d in required)
+            needed = [d for d in data if d["required"]]
+            return bool(needed) and all(d["healthy"] for d in needed)
 
         wait_for(daemons_healthy, args.server_timeout, "the daemons to report healthy", log=dev.log)
         stopped = [] if args.keep_sensors else stop_sensors(dev)
@@ -870,123 +1387,72 @@ def run_backfill(
                 f"{what}: {len(early)} run(s) started before the backfill was launched: {tags[:3]}"
             )
         startup_s = time.monotonic() - t_start
-        params = {"assetSelection": asset_keys, "partitionNames": keys, "fromFailure": False, "tags": []}
 
         expected_pickup = wait_for_launch_phase(dev, args.launch_phase, random.Random(repeat))
         idle = MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid))
         idle.sample()
-        status_latencies: list[float] = []
-        stale_ui: dict[str, str] = {}
-        polls = itertools.count(1)
+        storage_before = storage_sizes(home)
         with MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid)) as memory:
-            launched = time.time()
-            reply = dev.graphql(LAUNCH, {"params": params}, timeout=120)["launchPartitionBackfill"]
-            if reply["__typename"] != "LaunchBackfillSuccess":
-                raise BenchError(f"{what}: launchPartitionBackfill failed: {reply}")
-            backfill_id = reply["backfillId"]
-            bad_filter = {
-                "tags": [{"key": "dagster/backfill", "value": backfill_id}],
-                "statuses": BAD_RUN_STATUSES,
-            }
-
-            def materialised() -> bool:
-                if args.status_query:
-                    began = time.perf_counter()
-                    reply = dev.graphql(PARTITION_STATUS, {"key": {"path": ["student_model"]}}, timeout=120)
-                    status_latencies.append(time.perf_counter() - began)
-                    if "assetPartitionStatuses" not in (reply.get("assetNodeOrError") or {}):
-                        raise BenchError(f"{what}: the partition status query failed: {reply}")
-                data = dev.graphql(PROGRESS, {"keys": asset_keys, "bad": bad_filter}, timeout=120)
-                bad = data["runsOrError"].get("results") or []
-                if bad:
-                    details = "\n".join(
-                        f"  run {r['runId']} {r['status']}:\n    "
-                        + "\n    ".join(run_failure_messages(dev, r["runId"]) or ["(no step failure)"])
-                        for r in bad[:5]
-                    )
-                    raise BenchError(
-                        f"{what}: {len(bad)} run(s) of the backfill failed (server log: {dev.log})\n{details}"
-                    )
-                done = True
-                shown = {}
-                for node in data["assetNodes"]:
-                    stats, name = node["partitionStats"], "/".join(node["assetKey"]["path"])
-                    if stats["numPartitions"] != n:
-                        raise BenchError(f"{what}: {name} has {stats['numPartitions']} partitions, not {n}")
-                    if stats["numFailed"]:
-                        raise BenchError(f"{what}: {name} has {stats['numFailed']} failed partition(s)")
-                    done = done and stats["numMaterialized"] == n
-                    shown[name] = stats["numMaterialized"]
-                if done and len(data["assetNodes"]) == len(BACKFILL_ASSETS):
-                    return True
-                return event_log_complete(shown)
-
-            def event_log_complete(shown: dict[str, int]) -> bool:
-                """Once the backfill has finished, trust the event log over the UI's partition counts.
-
-                Seen in the default mode (160 runs, 10 at a time on SQLite): the UI kept showing
-                157/160 teacher_model partitions although the event log held all 160 materialisations.
-                """
-                if next(polls) % 5:
-                    return False  # every fifth poll: the backfill's status is one more query
-                status = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-                if status.get("status") not in ("COMPLETED_SUCCESS", "COMPLETED"):
-                    return False
-                stored = materialised_partitions(dev, BACKFILL_ASSETS, n)
-                if all(len(stored[a]) == n for a in BACKFILL_ASSETS):
-                    lagging = {a: c for a, c in shown.items() if c != n}
-                    stale_ui.update({a: f"{c}/{n} shown, {n} in the event log" for a, c in lagging.items()})
-                    return True
-                return False
-
-            wait_for(materialised, args.timeout, f"{what}: every partition materialised", args.poll, dev.log)
-            observed = time.time()
-
-        # Untimed from here: when exactly did the last materialisation land, and did every run succeed?
-        last = dev.graphql(last_materialisation_query(BACKFILL_ASSETS))
-        finished = max(int(v["assetMaterializations"][0]["timestamp"]) / 1000 for v in last.values())
-        seconds = finished - launched
-
-        def runs_terminal() -> list[dict[str, Any]] | None:
-            runs = backfill_runs(dev, backfill_id)
-            return runs if runs and all(r["status"] in TERMINAL_RUN_STATUSES for r in runs) else None
-
-        runs = wait_for(runs_terminal, 300, f"{what}: the backfill's runs to finish", 1.0, dev.log)
-        failed = [r for r in runs if r["status"] != "SUCCESS"]
-        if failed:
-            raise BenchError(f"{what}: {len(failed)} of {len(runs)} runs did not succeed: {failed[:5]}")
-        status = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        if status.get("status") in BAD_BACKFILL_STATUSES or status["__typename"] != "PartitionBackfill":
-            raise BenchError(f"{what}: backfill {backfill_id} is {status}")
-        foreign = [r for r in backfill_runs(dev) if r["runId"] not in {x["runId"] for x in runs}]
-        breakdown = time_breakdown(dev, runs, args.detail_runs)
+            training = launch_and_wait(BACKFILL_ASSETS, keys, "training")
+            evaluation = (
+                launch_and_wait((EVALUATION_ASSET,), universe.evaluated_keys, "evaluation")
+                if args.with_evaluation
+                else None
+            )
+        storage_after = storage_sizes(home)
+        ours = {r["runId"] for r in training.runs + (evaluation.runs if evaluation else [])}
+        foreign = [r for r in backfill_runs(dev) if r["runId"] not in ours]
+        ticks = sensor_ticks(dev, started_at) if args.keep_sensors else {}
+        breakdown = time_breakdown(dev, training.runs, args.detail_runs)
     finally:
         dev.stop()
+    storage_stopped = storage_sizes(home)
 
-    first_run = min(r["creationTime"] for r in runs)
+    runs = training.runs
     run_spans = [r["endTime"] - r["startTime"] for r in runs if r["startTime"] and r["endTime"]]
+    launched = training.launched
     details = {
+        "assets": list(BACKFILL_ASSETS) + ([EVALUATION_ASSET] if evaluation else []),
         "startup_s": startup_s,
-        "observed_s": observed - launched,
+        "observed_s": training.observed - launched,
         "runs": len(runs),
         "foreign_runs": len(foreign),
-        "pickup_s": first_run - launched,
+        "foreign_by_origin": run_origins(foreign),
+        "pickup_s": training.pickup_s,
         "expected_pickup_s": expected_pickup,
         "last_run_created_s": max(r["creationTime"] for r in runs) - launched,
         "runs_done_s": max(r["endTime"] for r in runs) - launched,
         "run_span_median_s": statistics.median(run_spans) if run_spans else float("nan"),
         "run_seconds_total": sum(run_spans),
-        "backfill_status": status.get("status"),
+        "backfill_status": training.status,
         "stopped_sensors": stopped,
         "idle_rss": idle.peak_rss,
         "idle_pss": idle.peak_pss,
         "idle_procs": idle.peak_procs,
+        "peak_pss_by_kind": memory.peak_pss_by_kind,
         "breakdown": breakdown,
         "cpu_s": memory.cpu_by_kind(),
-        "status_query_s": status_latencies,
+        "status_query_s": dict(status_latencies),
         "stale_ui_stats": stale_ui,
+        "storage_before": storage_before,
+        "storage_after": storage_after,
+        "storage_stopped": storage_stopped,
+        "sensor_ticks": ticks,
+        "launched": launched,
     }
-    result = Result(mode, repeat, seconds, n, memory.peak_rss, memory.peak_pss, memory.peak_procs, details)
+    if evaluation is not None:
+        details.update(
+            {
+                "evaluation_s": evaluation.seconds,
+                "evaluation_pickup_s": evaluation.pickup_s,
+                "evaluation_runs": len(evaluation.runs),
+                "evaluation_launched_s": evaluation.launched - launched,
+                "evaluation_status": evaluation.status,
+            }
+        )
+    result = Result(
+        mode, repeat, training.seconds, n, memory.peak_rss, memory.peak_pss, memory.peak_procs, details
+    )
     return result, artifacts
 
 
@@ -1005,7 +1471,10 @@ def describe(result: Result) -> str:
     )
     d = result.details
     if result.mode == "loop":
-        return text + f"; imports {d['import_s']:.2f} s (not timed)"
+        text += f"; imports {d['import_s']:.2f} s (not timed)"
+        if d.get("evaluation_s") is not None:
+            text += f"\n    then student_evaluation of every window but the first: {d['evaluation_s']:.2f} s"
+        return text
     text += (
         f"\n    runs={d['runs']} pickup={d['pickup_s']:.1f}s"
         + (f" (launch phase aimed at {d['expected_pickup_s']:.0f}s)" if d["expected_pickup_s"] else "")
@@ -1013,6 +1482,12 @@ def describe(result: Result) -> str:
         f" run_span_median={d['run_span_median_s']:.1f}s run_seconds_total={d['run_seconds_total']:.1f}"
         f" server_startup={d['startup_s']:.1f}s (not timed) backfill_status={d['backfill_status']}"
     )
+    if "evaluation_s" in d:
+        text += (
+            f"\n    then the student_evaluation backfill ({d['evaluation_runs']} runs, launched "
+            f"{d['evaluation_launched_s']:.1f} s after the first): {d['evaluation_s']:.2f} s from its launch "
+            f"(pickup {d['evaluation_pickup_s']:.1f} s), {d['evaluation_status']}"
+        )
     text += (
         f"\n    idle deployment before the launch: RSS {fmt_mib(d['idle_rss'])}, "
         f"PSS {fmt_mib(d['idle_pss'])}, {d['idle_procs']} process(es)"
@@ -1022,12 +1497,39 @@ def describe(result: Result) -> str:
             "\n    WARNING: the UI's partition counts lagged the event log after the backfill completed: "
             + "; ".join(f"{k} {v}" for k, v in d["stale_ui_stats"].items())
         )
-    if d.get("status_query_s"):
-        lat = d["status_query_s"]
+    if d.get("peak_pss_by_kind"):
+        parts = ", ".join(f"{kind} {fmt_mib(size)}" for kind, size in d["peak_pss_by_kind"].items())
+        text += f"\n    at the PSS peak ({result.peak_pss / GiB:.3f} GiB): {parts}"
+    growth = result.storage_growth
+    if growth:
+        total = sum(growth.values())
+        settled = sum(d["storage_stopped"].values()) - sum(d["storage_before"].values())
+        parts = ", ".join(f"{part} {size / KiB:.0f} KiB" for part, size in growth.items() if size)
         text += (
-            f"\n    UI partition status query (student_model) while running: median {median(lat):.3f} s, "
-            f"max {max(lat):.3f} s over {len(lat)} polls"
+            f"\n    DAGSTER_HOME grew {total / MiB:.2f} MiB from the launch to the backfill's end, "
+            f"{result.storage_kib_per_partition:.2f} KiB per partition ({', '.join(d['assets'])}): {parts}; "
+            f"{settled / MiB:.2f} MiB once the server had stopped; "
+            f"{sum(d['storage_after'].values()) / MiB:.2f} MiB in all"
         )
+    if d.get("status_query_s"):
+        for name, lat in d["status_query_s"].items():
+            text += (
+                f"\n    UI asset page of {STATUS_ASSET} while running, {name}: median {median(lat):.3f} s, "
+                f"max {max(lat):.3f} s over {len(lat)} rounds"
+            )
+    for name, ticks in (d.get("sensor_ticks") or {}).items():
+        statuses = ", ".join(f"{k.lower()} {v}" for k, v in sorted(ticks["statuses"].items()))
+        longest = ticks["longest"]
+        when = f" at {longest['timestamp'] - d['launched']:+.0f} s from the launch" if longest else ""
+        text += (
+            f"\n    sensor {name}: {ticks['ticks']} ticks ({statuses or 'none'}), median "
+            f"{ticks['median_s']:.3f} s, max {ticks['max_s']:.3f} s{when}"
+            + (f" ({ticks['unfinished']} unfinished)" if ticks["unfinished"] else "")
+            + f"; cursor written by {ticks['cursors_written']} ticks, max {ticks['max_cursor_bytes']} bytes, "
+            f"{ticks['state_cursor_bytes']} bytes in its state now"
+        )
+        if ticks["statuses"].get("FAILURE"):
+            text += f"\n    WARNING: sensor {name} failed {ticks['statuses']['FAILURE']} tick(s)"
     if d.get("cpu_s"):
         cpu = ", ".join(f"{kind} {secs:.1f}" for kind, secs in d["cpu_s"].items())
         text += f"\n    CPU seconds from launch to the last partition: {cpu}"
@@ -1039,7 +1541,10 @@ def describe(result: Result) -> str:
             "of one run per partition (see DEFAULT_MODE_ENV / --default-env)"
         )
     if d["foreign_runs"]:
-        text += f"\n    WARNING: {d['foreign_runs']} run(s) not started by the backfill ran meanwhile"
+        origins = ", ".join(f"{origin} {count}" for origin, count in d.get("foreign_by_origin", {}).items())
+        text += (
+            f"\n    WARNING: {d['foreign_runs']} run(s) not started by the backfill ran meanwhile ({origins})"
+        )
     segments = d["breakdown"].get("segments", {})
     if segments:
         text += f"\n    where a run's time goes (mean over {d['breakdown']['sampled_runs']} sampled runs):"
@@ -1147,9 +1652,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "15 s a user waits on average), asap (right after start-up: nearly 30 s), random",
     )
     parser.add_argument(
+        "--status-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="while a backfill runs, time the queries the UI's asset page of student_model makes "
+        "(definition with partition counts, partition health, latest metadata) at most every SECONDS "
+        "(default 5; 0: never, and status_query_max_s is nan)",
+    )
+    parser.add_argument(
         "--status-query",
         action="store_true",
-        help="on every poll also time the UI's partition status query of student_model (the scale run)",
+        help="time the UI's asset-page queries on every progress poll (the same as --status-every 0.01; "
+        "kept for the command lines of earlier figures)",
+    )
+    parser.add_argument(
+        "--with-evaluation",
+        action="store_true",
+        help="also compute student_evaluation (every window but the first) after the training: a second "
+        "backfill in the servers, a second pass in the loop, timed apart; all the partitioned assets, as "
+        "the scale run's storage figure needs",
     )
     parser.add_argument(
         "--keep-sensors",
@@ -1176,6 +1698,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.timeout is None:
         args.timeout = max(900.0, 60.0 * args.symbols * args.windows)
+    if args.status_query:
+        args.status_every = 0.01
+    if args.status_every < 0:
+        parser.error("--status-every must be 0 or more")
+    if args.with_evaluation and args.windows < 2:
+        parser.error("--with-evaluation needs at least 2 windows (the first window has no evaluation)")
     return args
 
 
@@ -1210,15 +1738,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"universe: {len(universe.symbols)} symbols x {len(universe.windows)} windows "
         f"of {WINDOW_MONTHS} months "
         f"({universe.windows[0]} .. {universe.windows[-1]}) = {len(keys)} partitions; "
-        f"assets {', '.join(BACKFILL_ASSETS)}"
+        f"assets {', '.join(selected_assets(args.with_evaluation))}"
+        + (
+            f" (student_evaluation of the {len(universe.evaluated_keys)} partitions after the first window, "
+            "as a second backfill once the training one is done, and after the training in the loop; "
+            "timed apart)"
+            if args.with_evaluation
+            else " (no student_evaluation: --with-evaluation adds it)"
+        )
     )
     repeats = f"{args.repeats}" + (
         f" (default mode: {args.default_repeats})" if args.default_repeats != args.repeats else ""
     )
     print(f"modes: {', '.join(args.modes)}; repeats: {repeats}; work directory: {root}")
     if set(args.modes) - {"loop"}:
-        sensors = "left running" if args.keep_sensors else "stopped before each launch"
-        print(f"launch phase: {args.launch_phase}; sensors: {sensors}")
+        sensors = (
+            "left running (their ticks are read after each backfill)"
+            if args.keep_sensors
+            else "stopped before each launch (sensor_tick_max_s is nan)"
+        )
+        queries = (
+            f"the UI's asset-page queries of {STATUS_ASSET} timed every {args.status_every:g} s"
+            if args.status_every
+            else "the UI's asset-page queries not timed (status_query_max_s is nan)"
+        )
+        print(f"launch phase: {args.launch_phase}; sensors: {sensors}; {queries}")
     if args.backfill_env and "backfill" in args.modes:
         print(f"backfill mode environment: {dict(args.backfill_env)}")
     if "default" in args.modes:
@@ -1239,10 +1783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 workdir = root / f"{mode}-{repeat}"
                 if mode == "loop":
-                    result, artifacts = run_loop(universe, workdir, repeat, args.code)
+                    result, artifacts = run_loop(universe, workdir, repeat, args.code, args.with_evaluation)
                 else:
                     result, artifacts = run_backfill(mode, universe, workdir, repeat, args)
-                sums = verify_artifacts(artifacts, keys, f"{mode} repeat {repeat}")
+                evaluated = universe.evaluated_keys if args.with_evaluation else ()
+                sums = verify_artifacts(artifacts, keys, f"{mode} repeat {repeat}", evaluated)
                 if reference is None and mode == "loop":
                     reference = sums
                 elif reference is not None:
@@ -1287,11 +1832,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'':<9} daemon pickup median {median(pickups):.1f} s; "
                 f"without it {median(r.seconds - r.details['pickup_s'] for r in results[mode]):.2f} s"
             )
-    a, b, c = (medians.get(m, float("nan")) for m in MODES)
-    print(
-        f"backfill_ratio={b / a:.3f} default_ratio={c / a:.3f} partitions={n} "
-        f"loop_s={a:.3f} backfill_s={b:.3f} default_s={c:.3f}"
-    )
+    evaluations = {
+        mode: median(
+            r.details["evaluation_s"] for r in results[mode] if r.details.get("evaluation_s") is not None
+        )
+        for mode in ("loop", "backfill")
+    }
+    if not all(math.isnan(v) for v in evaluations.values()):
+        print(
+            f"student_evaluation after the training (every window but the first; not in the line below): "
+            f"loop {evaluations['loop']:.2f} s, backfill {evaluations['backfill']:.2f} s "
+            f"(ratio {evaluations['backfill'] / evaluations['loop']:.3f})"
+        )
+    fields = scale_fields(results["backfill"])
+    if results["backfill"]:
+        cursor = max(r.sensor_cursor_max_bytes for r in results["backfill"])
+        failed_ticks = sum(
+            t["statuses"].get("FAILURE", 0)
+            for r in results["backfill"]
+            for t in (r.details.get("sensor_ticks") or {}).values()
+        )
+        assets = ", ".join(results["backfill"][0].details["assets"])
+        print(
+            f"backfill mode at scale ({assets}): DAGSTER_HOME growth "
+            f"{fields['storage_kib_per_partition']:.2f} KiB per partition (median), peak PSS "
+            f"{fields['peak_pss_gib']:.3f} GiB, slowest sensor tick {fields['sensor_tick_max_s']:.3f} s"
+            + (f" ({failed_ticks} failed ticks)" if failed_ticks else "")
+            + ", "
+            "largest sensor cursor "
+            + (f"{cursor / KiB:.1f} KiB" if not math.isnan(cursor) else "nan (sensors stopped)")
+            + f", slowest UI asset-page query {fields['status_query_max_s']:.3f} s (max)"
+        )
+    print(last_line(medians, n, fields))
     return 0
 
 
