@@ -5,6 +5,7 @@ Every tick says why it did or did not act (a SkipReason in the UI), every run re
 """
 
 import base64
+import hashlib
 import json
 import time
 import zlib
@@ -133,7 +134,7 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
 # --- new or corrected bars -------------------------------------------------------------------
 
 
-TOKEN_CHARS = 12  # hex digits kept of a symbol's data token (6 bytes): change detection only
+TOKEN_CHARS = 12  # hex digits kept of the sha256 of a symbol's quick token: change detection only
 FINGERPRINT_CHARS = 6  # hex digits kept per window fingerprint: a 1 in 16.7 million chance to miss a change
 _CURSOR_PREFIX = "b1:"
 
@@ -181,13 +182,13 @@ def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]
 
 def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
     """(tokens, window fingerprints) from `encode_cursor`'s text, or from the plain JSON of older
-    versions (whose longer token and fingerprints are cut to the same prefixes, so an upgrade does
-    not look like a correction of every window)."""
+    versions (their fingerprints cut to the same prefix, so an upgrade does not look like a
+    correction of every window; their tokens, of another kind, are dropped)."""
     if not text:
         return {}, {}
     if not text.startswith(_CURSOR_PREFIX):
         old = json.loads(text)
-        tokens = {s: t[:TOKEN_CHARS] for s, t in old.get("tokens", {}).items()}
+        tokens: dict[str, str] = {}  # other tokens: the first tick re-compares fingerprints
         seen = {s: {k: _short(f) for k, f in w.items()} for s, w in old.get("windows", {}).items()}
         return tokens, seen
     body = json.loads(text[len(_CURSOR_PREFIX) :])
@@ -231,7 +232,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     for symbol in _registered(context):
         try:
             source = market_data.source_for(symbol)
-            token = _short(source.quick_token(symbol), TOKEN_CHARS) or ""
+            token = hashlib.sha256(source.quick_token(symbol).encode()).hexdigest()[:TOKEN_CHARS]
             if tokens.get(symbol) == token and not due_for_sweep(symbol, since, now):
                 continue
             fingerprints = source.window_fingerprints(symbol, [(start, end) for _, start, end in windows])
