@@ -158,6 +158,9 @@ def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
         with DagsterInstance.from_config(str(home)) as instance:
             return list(instance.get_runs(RunsFilter(tags=tags)))
 
+    def sensor_runs(partition: str) -> list:
+        return [r for r in runs(**{"dagster/partition": partition}) if r.tags.get("sensequant/trigger")]
+
     def succeeded(found: list) -> bool:
         return any(r.status == DagsterRunStatus.SUCCESS for r in found)
 
@@ -178,15 +181,15 @@ def test_a_decayed_model_is_demoted_once_and_its_next_window_retrained_once(
         assert registry.current(artifacts, SYMBOL) is None
         demotion = registry.active_demotion(artifacts, SYMBOL)
         assert demotion["from"] == f"{SYMBOL}|{FIRST}" and "0.460" in demotion["reason"]
-        newest = _ticks(dev, "model_decay")[0]["skipReason"] or ""
-        assert f"waiting for window {FOURTH} to complete" in newest
+        newest = next(t for t in _ticks(dev, "model_decay") if t["status"] == "SKIPPED")  # not one in flight
+        assert f"waiting for window {FOURTH} to complete" in (newest["skipReason"] or "")
 
         write_daily(data, SYMBOL, date(2023, 7, 3), date(2023, 12, 29))  # completes the next window
-        _wait(lambda: succeeded(runs(**{"dagster/partition": retrained})), 240, "the retraining run", dev)
+        _wait(lambda: succeeded(sensor_runs(retrained)), 240, "the retraining run", dev)
         more_ticks(4)
-        training = runs(**{"dagster/partition": retrained})
-        assert len(training) == 1, [(r.tags.get("sensequant/trigger"), r.status) for r in training]
-        assert len(runs(**{"sensequant/trigger": "model_decay", "dagster/partition": retrained})) <= 1
+        # Automation may follow with its own runs (e.g. the evaluation); the sensors ask once in all.
+        requested = sensor_runs(retrained)
+        assert len(requested) == 1, [(r.tags.get("sensequant/trigger"), r.status) for r in requested]
         assert [r.job_name for r in runs(**{"sensequant/trigger": "model_decay"})].count("demote_job") == 1
     assert (artifacts / f"{SYMBOL}_{FOURTH}_to_2023-12-31" / "student" / "student_model.pkl").is_file()
     assert registry.active_demotion(artifacts, SYMBOL) is not None  # until a briefing promotes a newer one
