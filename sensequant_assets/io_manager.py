@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import io
 import json
@@ -401,6 +402,38 @@ class ArtifactStore:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return final
+
+    def write_state(self, name: str, data: bytes, keep: int = 5) -> str:
+        """Store a sensor's state under `.state/`, content-addressed; return the key to read it by.
+
+        A sensor keeps only this key in its Dagster cursor (which Dagster copies into every tick
+        row), so a large state costs one file per change, not a copy per tick. The newest `keep`
+        versions stay, so the key of a tick Dagster did not commit (a daemon crash after this
+        write) still finds the state the next tick starts from.
+        """
+        directory = self.base_dir / ".state"
+        directory.mkdir(parents=True, exist_ok=True)
+        key = sha256_bytes(data)[:20]
+        target = directory / f"{name}-{key}"
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        versions = sorted(directory.glob(f"{glob.escape(name)}-*"), key=lambda p: p.stat().st_mtime_ns)
+        for old in versions[:-keep]:
+            if old != target:
+                old.unlink(missing_ok=True)
+        return key
+
+    def read_state(self, name: str, key: str) -> bytes | None:
+        """The state stored under `key` by `write_state`, or None if it is gone."""
+        try:
+            return (self.base_dir / ".state" / f"{name}-{key}").read_bytes()
+        except FileNotFoundError:
+            return None
 
     def write_fixed(self, codec: Codec, obj: Any) -> Path:
         """Write an unpartitioned asset's files under `codec.location`, each replaced atomically."""

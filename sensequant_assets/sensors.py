@@ -33,6 +33,7 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
+from sensequant_assets.io_manager import ArtifactStore
 from sensequant_assets.jobs import PARTITION_ASSETS, demote_job, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -144,7 +145,11 @@ def _short(fingerprint: str | None, chars: int = FINGERPRINT_CHARS) -> str | Non
 
 
 BACKFILL_AT = 10  # this many partitions changed in one tick are one backfill (batched), not one run each
-SWEEP_SECONDS = 60.0  # every symbol's window fingerprints are re-compared at least this often
+# Every symbol's window fingerprints are re-compared at least once per sweep period, spread over
+# the ticks: about 1/20 of the symbols per tick (25 of 500, ~0.3 s), whatever the interval.
+SWEEP_SECONDS = max(60.0, 20.0 * INTERVAL)
+STATE_NAME = "new_data"
+_STATE_PREFIX = "s1:"
 
 
 def due_for_sweep(symbol: str, since: float | None, now: float, period: float = SWEEP_SECONDS) -> bool:
@@ -152,13 +157,31 @@ def due_for_sweep(symbol: str, since: float | None, now: float, period: float = 
 
     `quick_token` misses edits made in place, so every symbol is also compared once per `period`
     whatever its token says: at a fixed phase of the period (from a hash of its name), spreading the
-    index evenly over the ticks. The first tick (no `since`) and a late one compare everything.
+    index evenly over the ticks. The first tick (no `since`) compares everything; a late tick (a
+    restart, a paused sensor) compares at most a tenth of the period's phases, so it stays cheap and
+    the symbols of the gap come round again within a period.
     """
-    if since is None or now - since >= period:
+    if since is None:
         return True
+    since = max(since, now - period / 10.0)
     phase = zlib.crc32(symbol.encode()) / 2**32 * period
     latest = now - ((now - phase) % period)  # the newest moment <= now at this symbol's phase
     return latest > since
+
+
+def _load_state(cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    """The state a cursor names: Dagster copies a cursor into every tick row, so it holds only the
+    key of the packed state the artifact store keeps (`ArtifactStore.write_state`). A state gone
+    missing (artifacts moved) starts over: every symbol's first look records a baseline."""
+    if cursor and cursor.startswith(_STATE_PREFIX):
+        data = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR"))).read_state(STATE_NAME, cursor[3:])
+        return decode_cursor(data.decode()) if data else ({}, {})
+    return decode_cursor(cursor)  # a cursor of an older version holds its state itself
+
+
+def _save_state(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
+    store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
+    return _STATE_PREFIX + store.write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
 
 
 def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
@@ -225,15 +248,20 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
     ),
 )
 def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
-    tokens, seen = decode_cursor(context.cursor)
+    tokens, seen = _load_state(context.cursor)
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines = [], [], []
     since, now = context.last_tick_completion_time, time.time()
+    known = {key for per_symbol in seen.values() for key in per_symbol}
+    # A new window partition (the calendar passed its end): compare every symbol now, so the
+    # window's training is one backfill rather than a trickle of runs over the sweep period.
+    sweep_all = since is None or (bool(seen) and any(key not in known for key, _, _ in windows))
+    waiting = _decay_retrains_queued(context)
     for symbol in _registered(context):
         try:
             source = market_data.source_for(symbol)
             token = hashlib.sha256(source.quick_token(symbol).encode()).hexdigest()[:TOKEN_CHARS]
-            if tokens.get(symbol) == token and not due_for_sweep(symbol, since, now):
+            if tokens.get(symbol) == token and not sweep_all and not due_for_sweep(symbol, since, now):
                 continue
             fingerprints = source.window_fingerprints(symbol, [(start, end) for _, start, end in windows])
         except (DataSourceError, SettingsError, ValueError) as exc:
@@ -250,11 +278,8 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
                 continue
             why = "bars corrected" if previous.get(key) else "window completed"
             partition = make_key(symbol, key)
-            queued = partition_in_hand(
-                context, str(partition), [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED]
-            )
-            if queued is not None:  # it reads the bars when it starts, so it trains these too
-                context.log.info(f"{partition}: {why}; {queued}, which will read them")
+            if str(partition) in waiting:  # model_decay's queued retraining reads the bars when it starts
+                context.log.info(f"{partition}: {why}; {waiting[str(partition)]} will train it")
                 continue
             context.log.info(f"{partition}: {why}")
             requests.append(
@@ -280,12 +305,22 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     skip = None
     if not requests:
         skip = "; ".join(notes) or f"no new or corrected bars ({market_data.data_source} source)"
-    cursor = encode_cursor(tokens, seen)
-    return SensorResult(
-        run_requests=requests,
-        cursor=None if cursor == context.cursor else cursor,  # None: unchanged, not copied to the tick
-        skip_reason=skip,
+    return SensorResult(run_requests=requests, cursor=_save_state(tokens, seen), skip_reason=skip)
+
+
+def _decay_retrains_queued(context: SensorEvaluationContext) -> dict[str, str]:
+    """Partition -> run of model_decay's retraining runs not started yet (one query per tick).
+
+    Only these make new_data stand down: a whole training run of the partition that will read
+    the bars when it starts (and model_decay retries it if it fails). Any other queued run (an
+    evaluation only, a run someone may cancel) could leave a correction untrained.
+    """
+    runs = context.instance.get_runs(
+        RunsFilter(
+            tags={TRIGGER: "model_decay"}, statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED]
+        )
     )
+    return {r.tags["dagster/partition"]: f"run {r.run_id}" for r in runs if "dagster/partition" in r.tags}
 
 
 # --- decay of promoted models ----------------------------------------------------------------

@@ -4,6 +4,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,17 @@ def judged_config_id(config: BriefingConfig, horizon: int) -> str:
     return config.config_id or default_config_id(horizon)
 
 
-STATISTICS_VERSION = "1"  # bump when ml.briefing.symbol_statistics changes what it computes
+def _statistics_code() -> str:
+    """A digest of the code behind a symbol's statistics: any edit of it invalidates the cache, so
+    one briefing never mixes symbols scored by two versions of the method."""
+    from sensequant_assets.ml import backtest, evaluation, stats
+    from sensequant_assets.ml import briefing as ml_briefing
+
+    modules = (ml_briefing, stats, evaluation, backtest)
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()
+
+
+STATISTICS_CODE = _statistics_code()
 
 
 def _inputs_digest(
@@ -106,7 +117,7 @@ def _inputs_digest(
 ) -> str:
     """What a symbol's statistics depend on: its evaluations' identities and the briefing's settings."""
     horizon, trials, gates = settings
-    parts = [STATISTICS_VERSION, symbol, judged, str(horizon), str(trials)]
+    parts = [STATISTICS_CODE, symbol, judged, str(horizon), str(trials)]
     parts.append(json.dumps(asdict(gates), sort_keys=True))
     parts += [f"{key}={evaluations.identity(key)}" for key in keys]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
