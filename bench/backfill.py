@@ -1072,17 +1072,10 @@ def last_materialisation(dev: Any, assets: Sequence[str], run_ids: set[str], n: 
     Materialisations by other runs (the automation sensor's, with `--keep-sensors`) do not count.
     """
     for limit in (50, 4 * n + 50):
-        parts = [
-            f'a{i}: assetOrError(assetKey: {{path: ["{name}"]}}) '
-            f"{{ ... on Asset {{ assetMaterializations(limit: {limit}) {{ timestamp runId }} }} }}"
-            for i, name in enumerate(assets)
-        ]
-        data = dev.graphql("{ " + "\n".join(parts) + " }", timeout=300)
+        found = _materialisations(dev, assets, limit, "timestamp runId", timeout=300)
         latest = {}
-        for i, name in enumerate(assets):
-            stamps = [
-                int(m["timestamp"]) for m in data[f"a{i}"]["assetMaterializations"] if m["runId"] in run_ids
-            ]
+        for name in assets:
+            stamps = [int(m["timestamp"]) for m in found[name] if m["runId"] in run_ids]
             if stamps:
                 latest[name] = max(stamps) / 1000
         if len(latest) == len(assets):
@@ -1093,16 +1086,21 @@ def last_materialisation(dev: Any, assets: Sequence[str], run_ids: set[str], n: 
 
 def materialised_partitions(dev: Any, assets: Sequence[str], n: int) -> dict[str, set[str]]:
     """Each asset's distinct materialised partitions, from the event log (not the UI's cache)."""
+    found = _materialisations(dev, assets, 4 * n, "partition", timeout=120)
+    return {name: {m["partition"] for m in found[name]} for name in assets}
+
+
+def _materialisations(
+    dev: Any, assets: Sequence[str], limit: int, fields: str, timeout: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Each asset's newest `limit` materialisations (the given GraphQL `fields`), in one query."""
     parts = [
         f'a{i}: assetOrError(assetKey: {{path: ["{name}"]}}) '
-        f"{{ ... on Asset {{ assetMaterializations(limit: {4 * n}) {{ partition }} }} }}"
+        f"{{ ... on Asset {{ assetMaterializations(limit: {limit}) {{ {fields} }} }} }}"
         for i, name in enumerate(assets)
     ]
-    data = dev.graphql("{ " + "\n".join(parts) + " }", timeout=120)
-    found = {}
-    for i, name in enumerate(assets):
-        found[name] = {m["partition"] for m in data[f"a{i}"]["assetMaterializations"]}
-    return found
+    data = dev.graphql("{ " + "\n".join(parts) + " }", timeout=timeout)
+    return {name: data[f"a{i}"]["assetMaterializations"] for i, name in enumerate(assets)}
 
 
 def register_symbols(home: Path, symbols: Sequence[str]) -> None:
