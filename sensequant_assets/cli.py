@@ -23,7 +23,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 @dataclass
 class PartitionOutcome:
     partition_key: str
-    status: str  # materialised | skipped | failed
+    status: str  # materialised | up to date | skipped | failed
     detail: str
 
 
@@ -57,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_rate,
         default=0.15,
         help="exit non-zero when more than this share of partitions fail (skips are not failures)",
+    )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain every partition (default: only those missing, failed or stale)",
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would run and why, and stop (nothing is written)",
     )
 
     for name, text in (
@@ -95,10 +105,20 @@ def _export(args: argparse.Namespace) -> None:
             os.environ[var] = str(Path(value).resolve()) if flag != "data_source" else value
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():  # a new instance: keep its first run quiet and local
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    from sensequant_assets.devserver import DEPLOYMENT_ENV, INSTANCE_YAML, write_instance_yaml
+
+    if not (home / "dagster.yaml").exists():
+        # A new instance gets the deployment's settings, as `make run` writes them, so the CLI's runs
+        # write their events as fast as the UI's (the event log keeps its engines between writes) and
+        # a later `make run` on the same instance finds them. Without a source checkout: telemetry off.
+        if INSTANCE_YAML.is_file():
+            write_instance_yaml(home)
+        else:
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    for name, value in DEPLOYMENT_ENV.items():  # a batched run's events written in one transaction
+        os.environ.setdefault(name, value)
     # Dagster's beta/preview notices about APIs we chose knowingly would bury the summary.
     warnings.filterwarnings("ignore", message=".*is currently in (beta|preview)")
 
@@ -109,115 +129,405 @@ def _instance():
     return DagsterInstance.get()
 
 
-def _outcome(key: str, result) -> PartitionOutcome:
-    """Classify one run from its events: failed (first error), materialised (its directory, plus
-    any downstream skip such as the first window's evaluation) or skipped (the reason)."""
-    from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
+def _line(key: str, status: str, detail: str) -> None:
+    print(f"{key:<28} {status:<12} {detail}".rstrip(), flush=True)
 
-    events = result.all_events
-    if not result.success:
-        errors = [
-            e.step_failure_data.error.message.strip().splitlines()[-1]
-            for e in events
-            if e.is_step_failure and e.step_failure_data.error
-        ]
-        return PartitionOutcome(key, "failed", errors[0] if errors else "run failed")
-    skipped = {}
-    for e in events:
-        if e.event_type_value == "ASSET_OBSERVATION":
-            obs = e.asset_observation_data.asset_observation
-            if SKIP_METADATA_KEY in obs.metadata:
-                skipped.setdefault(obs.metadata[SKIP_METADATA_KEY].value, obs.asset_key.to_user_string())
-    materialised = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
-    if "teacher_model" not in materialised and skipped:
-        return PartitionOutcome(key, "skipped", next(iter(skipped)))
-    paths = sorted(
-        {
-            str(e.materialization.metadata["path"].value)
-            for e in materialised.values()
-            if "path" in e.materialization.metadata
-        }
-    )
-    notes = [f"({asset} skipped: {reason})" for reason, asset in skipped.items()]
-    return PartitionOutcome(key, "materialised", " ".join([", ".join(paths), *notes]))
+
+def _windows(args: argparse.Namespace) -> list[str] | str:
+    """The complete windows inside --start..--end, or why there are none (naming the range)."""
+    from sensequant_assets.partitions import window_partitions, windows_between
+    from sensequant_assets.settings import partition_settings
+
+    first_start = partition_settings().start_date
+    if args.start > args.end:
+        return f"--start {args.start} is after --end {args.end}"
+    if args.start < first_start:
+        return (
+            f"--start {args.start} is before SENSEQUANT_START_DATE={first_start}; windows start there "
+            "(set SENSEQUANT_START_DATE to train earlier windows)"
+        )
+    windows = windows_between(args.start, args.end)
+    if not windows:
+        existing = window_partitions.get_partition_keys()
+        latest = f"; the newest complete window starts {existing[-1]}" if existing else ""
+        return (
+            f"no complete window lies inside {args.start}..{args.end} (windows are "
+            f"{partition_settings().window_months} months from {first_start}, and only complete "
+            f"ones exist{latest})"
+        )
+    return windows
 
 
 def train(args: argparse.Namespace) -> int:
     _export(args)
-    from sensequant_assets.partitions import make_key, windows_between
-    from sensequant_assets.settings import SettingsError, partition_settings
+    from sensequant_assets.settings import SettingsError, forecast_horizon
     from sensequant_assets.sources.symbols import InvalidSymbolError, parse_symbols
 
     try:
         symbols = parse_symbols(args.symbols)
-        first_start = partition_settings().start_date
+        windows = _windows(args)
+        horizon = forecast_horizon()
     except (InvalidSymbolError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.start < first_start:
+    if not symbols:
+        print("error: --symbols names no symbol", file=sys.stderr)
+        return 2
+    if isinstance(windows, str):
+        print(f"error: {windows}", file=sys.stderr)
+        return 2
+    try:
+        from sensequant_assets.definitions import build_definitions
+        from sensequant_assets.resources import market_data_from_env
+
+        defs = build_definitions()
+        market = market_data_from_env(plain=True)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return Trainer(args, defs, market, symbols, windows, horizon).run()
+    except SettingsError as exc:  # raised before anything is written (see Trainer.fingerprints)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class Trainer:
+    """One `sensequant train`: the plan, the batched runs (one per window, as a backfill), the briefing."""
+
+    def __init__(self, args, defs, market, symbols: list[str], windows: list[str], horizon: int) -> None:
+        from dagster import AssetKey
+
+        from sensequant_assets import train_plan
+        from sensequant_assets.ml.features import HISTORY_DAYS
+        from sensequant_assets.partitions import history_windows, window_partitions
+
+        self.args, self.defs, self.market = args, defs, market
+        self.symbols, self.windows = symbols, windows
+        # Windows before the range that the warm-up of its teachers reads: their stored bars, if
+        # stale, are refreshed first (the teacher reads stored bars where there are some).
+        existing = set(window_partitions.get_partition_keys())
+        reached = {w for window in windows for w, _, _ in history_windows(window, HISTORY_DAYS)}
+        self.lead = sorted((reached & existing) - set(windows))
+        self.force = bool(args.force)
+        self.job = defs.resolve_job_def("train_job")
+        graph = defs.resolve_asset_graph()
+        code = {a: graph.get(AssetKey(a)).code_version for a in train_plan.ASSETS}
+        self.expected = train_plan.expected_versions(code, QUIET, horizon)
+        self.outcomes: dict[str, PartitionOutcome] = {}  # the range's partitions
+        self.lead_outcomes: dict[str, PartitionOutcome] = {}
+        self.run_ids: set[str] = set()  # this command's runs
+
+    def fingerprints(self) -> dict:
+        """Bars fingerprints by symbol and window; symbols the source cannot serve fail here, named,
+        before anything is written for them (no partition directory, no registration)."""
+        from sensequant_assets.partitions import make_key
+        from sensequant_assets.settings import SettingsError
+        from sensequant_assets.sources.base import DataSourceError
+        from sensequant_assets.train_plan import bars_fingerprints
+
+        bars = {}
+        for symbol in self.symbols:
+            try:
+                source = self.market.source_for(symbol)
+                bars[symbol] = bars_fingerprints(source, symbol, [*self.lead, *self.windows])
+            except SettingsError:
+                raise  # the source itself is misconfigured: no symbol can train
+            except (DataSourceError, OSError) as exc:
+                message = str(exc) if str(exc).startswith(symbol) else f"{symbol}: {exc}"
+                for window in self.windows:
+                    key = str(make_key(symbol, window))
+                    self.outcomes[key] = PartitionOutcome(key, "failed", message)
+        return bars
+
+    def run(self) -> int:
+        started = time.perf_counter()
+        bars = self.fingerprints()
+        with _instance() as instance:
+            return self._run_on(instance, bars, started)
+
+    def _run_on(self, instance, bars: dict, started: float) -> int:
+        from sensequant_assets.assets.partition_context import BACKFILL_POLICY
+        from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME
+        from sensequant_assets.train_plan import InstanceState
+
+        ready = [s for s in self.symbols if s in bars]
+        self.instance, self.state, self.bars = instance, InstanceState(instance), bars
+        if ready and not self.args.dry_run:
+            known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+            if new := [s for s in ready if s not in known]:
+                instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, new)
+        registered = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+        self.order = {s: i for i, s in enumerate(registered)}
+        self.order.update({s: len(registered) + i for i, s in enumerate(ready) if s not in self.order})
+        # As many partitions per run as the backfill policy gives a backfill's runs (no limit: a whole
+        # window); no policy (SENSEQUANT_BATCH_BACKFILLS=0) is one run per partition, as a backfill.
+        limit = BACKFILL_POLICY.max_partitions_per_run if BACKFILL_POLICY else 1
+        self.max_per_run = limit or max(1, len(ready))
         print(
-            f"error: --start {args.start} is before SENSEQUANT_START_DATE={first_start}; "
-            "windows start there (set SENSEQUANT_START_DATE to train earlier windows)",
-            file=sys.stderr,
+            f"training {len(self.symbols)} symbols x {len(self.windows)} windows "
+            f"({self.windows[0]} .. {self.windows[-1]}) on DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
+            + (" (--force: everything retrains)" if self.force else ""),
+            flush=True,
         )
-        return 2
-    windows = windows_between(args.start, args.end)
-    if not windows:
-        print(f"error: no complete window lies inside {args.start}..{args.end}", file=sys.stderr)
-        return 2
+        plans = self._plan(ready)
+        if self.args.dry_run:
+            return 0
+        for window in [*self.lead, *self.windows]:
+            todo = [s for s, plan in plans[window].items() if plan.reasons or plan.blocked]
+            if todo:
+                self.execute(window, [s for s in ready if s in plans[window]], bars_only=window in self.lead)
+        elapsed = time.perf_counter() - started
+        total = len(self.symbols) * len(self.windows)
+        counts = {
+            s: sum(o.status == s for o in self.outcomes.values())
+            for s in ("materialised", "up to date", "skipped", "failed")
+        }
+        rate = counts["failed"] / total
+        print(
+            f"total: {total} partitions, {counts['materialised']} materialised, {counts['up to date']} "
+            f"up to date, {counts['skipped']} skipped, {counts['failed']} failed (failure rate {rate:.0%}, "
+            f"limit {self.args.max_failure_rate:.0%}) in {elapsed:.1f}s ({len(self.run_ids)} runs)",
+            flush=True,
+        )
+        briefing_ok = _brief(self.defs, instance, self.symbols, rerun=counts["materialised"] > 0)
+        return 1 if rate > self.args.max_failure_rate or not briefing_ok else 0
 
-    from sensequant_assets.definitions import defs
-    from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME
+    def _plan(self, ready: list[str]) -> dict[str, dict]:
+        """The plan of every window up front, printed: what will run and why. Each window is planned
+        again from the instance just before it runs, so what the runs of earlier windows did (or
+        failed to do) counts."""
+        from sensequant_assets.partitions import make_key
+        from sensequant_assets.train_plan import plan_window
 
-    instance = _instance()
-    known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    new = [s for s in symbols if s not in known]
-    if new:
-        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, new)
-    job = defs.resolve_job_def("train_job")
-    print(
-        f"training {len(symbols)} symbols x {len(windows)} windows on DAGSTER_HOME="
-        f"{os.environ['DAGSTER_HOME']}",
-        flush=True,
-    )
-    outcomes: list[PartitionOutcome] = []
-    started = time.perf_counter()
-    for symbol in symbols:
-        for window in windows:
-            key = make_key(symbol, window)
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=key,
-                run_config=QUIET,
-                raise_on_error=False,
-                tags={"sensequant/trigger": "cli"},
+        plans: dict[str, dict] = {}
+        for window in [*self.lead, *self.windows]:
+            covered = [s for s in ready if self.bars[s][window].window is not None]
+            plans[window] = plan_window(
+                self.state,
+                window,
+                covered,
+                self.bars,
+                self.expected,
+                force=self.force and window not in self.lead,
+                planned=plans,
+                bars_only=window in self.lead,
             )
-            outcome = _outcome(str(key), result)
-            outcomes.append(outcome)
-            print(f"{outcome.partition_key:<28} {outcome.status:<12} {outcome.detail}", flush=True)
-    elapsed = time.perf_counter() - started
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("materialised", "skipped", "failed")}
-    rate = counts["failed"] / len(outcomes)
-    print(
-        f"total: {len(outcomes)} partitions, {counts['materialised']} materialised, "
-        f"{counts['skipped']} skipped, {counts['failed']} failed "
-        f"(failure rate {rate:.0%}, limit {args.max_failure_rate:.0%}) in {elapsed:.1f}s"
-    )
-    briefing_ok = _brief(defs, instance, symbols)
-    return 1 if rate > args.max_failure_rate or not briefing_ok else 0
+            for symbol in ready if window not in self.lead else ():
+                if symbol not in covered:
+                    key = str(make_key(symbol, window))
+                    why = f"{symbol}: the data source does not cover window {window} completely yet"
+                    self.outcomes[key] = PartitionOutcome(key, "skipped", why)
+        for window in self.lead:
+            for plan in plans[window].values():
+                if plan.reasons:
+                    _line(plan.key, "to run", f"{plan.why()}; the warm-up of {plan.symbol}'s range reads it")
+        todo = 0
+        for symbol in self.symbols:
+            for window in self.windows:
+                key = str(make_key(symbol, window))
+                plan = plans[window].get(symbol)
+                if plan is None:
+                    outcome = self.outcomes[key]
+                    _line(key, outcome.status, outcome.detail)
+                elif plan.blocked:
+                    todo += 1
+                    _line(key, "blocked", plan.blocked)
+                elif plan.reasons:
+                    todo += 1
+                    _line(key, "to run", plan.why())
+                else:
+                    notes = f"({'; '.join(plan.notes)})" if plan.notes else ""
+                    _line(key, "up to date", notes)
+                    self.outcomes[key] = PartitionOutcome(key, "up to date", notes)
+        total = len(self.symbols) * len(self.windows)
+        fresh = sum(o.status == "up to date" for o in self.outcomes.values())
+        print(f"plan: {todo} of {total} partitions to run, {fresh} up to date", flush=True)
+        return plans
+
+    # -- the runs --------------------------------------------------------------------------
+
+    def execute(self, window: str, symbols: list[str], bars_only: bool = False) -> None:
+        """Plan `window` for `symbols` from the instance and run it: one run per set of steps and
+        contiguous range of symbols (Dagster runs a range of partition keys, as a backfill does),
+        at most the backfill policy's partitions per run. A failed run of several partitions is
+        retried in halves, so a bad partition costs its neighbours one retry, not their training."""
+        from sensequant_assets.train_plan import plan_window
+
+        outcomes = self.lead_outcomes if bars_only else self.outcomes
+        plans = plan_window(
+            self.state,
+            window,
+            symbols,
+            self.bars,
+            self.expected,
+            force=self.force and not bars_only,
+            done_runs=self.run_ids,
+            bars_only=bars_only,
+        )
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for symbol in sorted(symbols, key=self.order.__getitem__):
+            plan = plans[symbol]
+            if plan.blocked:
+                outcomes[plan.key] = PartitionOutcome(plan.key, "failed", plan.blocked)
+                _line(plan.key, "failed", plan.blocked)
+            elif plan.reasons:
+                groups.setdefault(plan.steps, []).append(symbol)
+            elif plan.key not in outcomes:
+                outcomes[plan.key] = PartitionOutcome(plan.key, "up to date", "")
+                _line(plan.key, "up to date", "")
+        for steps, members in groups.items():
+            for chunk in self._chunks(members):
+                results, success = self._run(window, steps, chunk)
+                if not success and len(chunk) > 1:
+                    error = next((o.detail for o in results.values() if o.status == "failed"), "run failed")
+                    print(
+                        f"  a run of {len(chunk)} partitions of window {window} failed ({error}); "
+                        "retrying in halves to isolate the failing partitions",
+                        flush=True,
+                    )
+                    half = len(chunk) // 2
+                    self.execute(window, chunk[:half], bars_only)
+                    self.execute(window, chunk[half:], bars_only)
+                    continue
+                for key, outcome in results.items():
+                    outcomes[key] = outcome
+                    _line(key, outcome.status, outcome.detail)
+
+    def _chunks(self, members: list[str]) -> list[list[str]]:
+        """Contiguous runs of the registered order (a partition range covers every key in between),
+        cut at the backfill policy's size."""
+        chunks: list[list[str]] = []
+        for symbol in members:
+            if (
+                chunks
+                and self.order[symbol] == self.order[chunks[-1][-1]] + 1
+                and len(chunks[-1]) < self.max_per_run
+            ):
+                chunks[-1].append(symbol)
+            else:
+                chunks.append([symbol])
+        return chunks
+
+    def _run(self, window: str, steps: tuple[str, ...], symbols: list[str]):
+        import json
+
+        from dagster import AssetKey
+
+        from sensequant_assets.partitions import make_key
+        from sensequant_assets.train_plan import BARS_TAG, STEP
+
+        keys = [AssetKey(a) for step in steps for a in STEP[step].assets]
+        tags = {
+            "sensequant/trigger": "cli",
+            "dagster/asset_partition_range_start": str(make_key(symbols[0], window)),
+            "dagster/asset_partition_range_end": str(make_key(symbols[-1], window)),
+            BARS_TAG: json.dumps({s: self.bars[s][window].tag() for s in symbols}, sort_keys=True),
+            **self.expected.tags(),
+        }
+        result = self.job.execute_in_process(
+            instance=self.instance,
+            run_config=QUIET,
+            raise_on_error=False,
+            asset_selection=keys,
+            tags=tags,
+        )
+        self.run_ids.add(result.run_id)
+        return _outcomes(result, window, symbols, [a.to_user_string() for a in keys]), result.success
 
 
-def _brief(defs, instance, symbols: list[str]) -> bool:
-    """Run the briefing (and promotion) job; print the decision of every trained symbol."""
-    result = defs.resolve_job_def("briefing_job").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False, tags={"sensequant/trigger": "cli"}
-    )
-    if not result.success:
-        failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
-        print(f"briefing failed: {failures[0].strip() if failures else 'run failed'}")
-        return False
-    briefing = result.output_for_node("promotion_briefing")
-    print("promotion briefing:")
+def _innermost(error) -> str:
+    """The user's exception behind Dagster's wrappers, e.g. `DataSourceError: <symbol, file, rule>`."""
+    while error.cause is not None:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    return lines[-1] if lines else error.cls_name or "unknown error"
+
+
+def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dict[str, PartitionOutcome]:
+    """Each partition of a run from its events: failed (the run's first error), materialised (its
+    directory, plus the steps that skipped it) or skipped (the reason)."""
+    from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
+    from sensequant_assets.io_manager import ArtifactStore
+    from sensequant_assets.partitions import make_key
+    from sensequant_assets.settings import env
+
+    errors = [
+        f"{e.step_key}: {_innermost(e.step_failure_data.error)}"
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data.error
+    ]
+    done: set[tuple[str, str]] = set()
+    skipped: dict[tuple[str, str], str] = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_OBSERVATION":
+            obs = e.asset_observation_data.asset_observation
+            if SKIP_METADATA_KEY in obs.metadata:
+                skipped[(obs.asset_key.to_user_string(), str(obs.partition))] = obs.metadata[
+                    SKIP_METADATA_KEY
+                ].value
+    for e in result.get_asset_materialization_events():
+        where = (e.asset_key.to_user_string(), str(e.partition))
+        skip = e.materialization.metadata.get(SKIP_METADATA_KEY)
+        if skip is not None:
+            skipped[where] = skip.value
+        else:
+            done.add(where)
+    store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
+    out = {}
+    for symbol in symbols:
+        key = str(make_key(symbol, window))
+        missing = [a for a in assets if (a, key) not in done and (a, key) not in skipped]
+        reasons = {skipped[(a, key)]: a for a in assets if (a, key) in skipped}
+        if missing:
+            error = errors[0] if errors else f"{', '.join(missing)} not materialised"
+            out[key] = PartitionOutcome(key, "failed", error)
+        elif any((a, key) in done for a in assets):
+            notes = [f"({asset} skipped: {reason})" for reason, asset in reasons.items()]
+            out[key] = PartitionOutcome(
+                key, "materialised", " ".join([str(store.partition_dir(key)), *notes])
+            )
+        else:
+            out[key] = PartitionOutcome(key, "skipped", next(iter(reasons)))
+    return out
+
+
+def _briefing_is_current(instance) -> bool:
+    """Whether the stored briefing was made after the newest evaluation (of any symbol)."""
+    from dagster import AssetKey
+
+    def newest(asset: str) -> int | None:
+        records = instance.fetch_materializations(AssetKey(asset), limit=1).records
+        return records[0].storage_id if records else None
+
+    briefing, evaluation = newest("promotion_briefing"), newest("student_evaluation")
+    return briefing is not None and (evaluation is None or briefing > evaluation)
+
+
+def _brief(defs, instance, symbols: list[str], rerun: bool = True) -> bool:
+    """Run the briefing (and promotion) job unless the stored briefing already follows the newest
+    evaluation; print the decision of every trained symbol."""
+    briefing = None
+    if not rerun and _briefing_is_current(instance):
+        from sensequant_assets.io_manager import ArtifactError, ArtifactStore, codec_for
+        from sensequant_assets.settings import env
+
+        try:
+            store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
+            briefing = store.read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
+            print(f"promotion briefing (up to date, generated {briefing.generated_at}):")
+        except ArtifactError:
+            briefing = None  # its files are gone or damaged: make it again
+    if briefing is None:
+        result = defs.resolve_job_def("briefing_job").execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False, tags={"sensequant/trigger": "cli"}
+        )
+        if not result.success:
+            failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+            print(f"briefing failed: {failures[0].strip() if failures else 'run failed'}")
+            return False
+        briefing = result.output_for_node("promotion_briefing")
+        print("promotion briefing:")
     if not any(entry["symbol"] in symbols for entry in briefing.symbols):
         print("  (no evaluated window yet: a symbol needs two consecutive trained windows)")
     for entry in briefing.symbols:
