@@ -473,8 +473,18 @@ class ArtifactStore:
 
     def owned_checksums(self, partition_key: str, codec: Codec) -> dict[str, str]:
         """The recorded sha256 of the files `codec` owns in a partition ({} if none: not written)."""
-        sums = self._checksums(self.partition_dir(partition_key))
+        directory = self._recovered(self.partition_dir(partition_key))
+        sums = self._checksums(directory)
         return {rel: digest for rel, digest in sorted(sums.items()) if codec.owns_path(rel)}
+
+    def _recovered(self, directory: Path) -> Path:
+        """`directory`, put back first if a crash between the two renames of a swap left it missing."""
+        if not directory.is_dir():
+            self._sweep_legacy()
+            if self._backup(directory).exists():
+                with self._locked(directory.name):
+                    self._recover(directory)
+        return directory
 
     def _checksums(self, directory: Path) -> dict[str, str]:
         path = directory / CHECKSUMS
@@ -487,12 +497,7 @@ class ArtifactStore:
 
     def read(self, partition_key: str, codec: Codec, asset: str) -> Any:
         """Load one asset's value for one partition, verifying every file's sha256 first."""
-        directory = self.partition_dir(partition_key)
-        if not directory.is_dir():
-            self._sweep_legacy()
-            if self._backup(directory).exists():
-                with self._locked(directory.name):
-                    self._recover(directory)  # a crash between the two renames of a swap
+        directory = self._recovered(self.partition_dir(partition_key))
         if not directory.is_dir():
             raise MissingArtifactError(
                 f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"

@@ -357,3 +357,16 @@ def test_lazy_partitions_load_on_demand_and_name_each_partitions_identity(tmp_pa
     store.write(b, codec, evaluation(0.71))  # a re-evaluation does
     after = LazyPartitions(store, codec, "student_evaluation", [a, b])
     assert after.identity(a) == before[a] and after.identity(b) != before[b]
+
+
+def test_a_lazy_input_recovers_a_partition_caught_between_the_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The briefing's lazy input must not drop a partition that a crashed swap left aside."""
+    store = ArtifactStore(tmp_path)
+    key = "TCS|2023-01-01"
+    store.write(key, codec_for("market_bars"), _bars(5))
+    _crash_between_renames(store, key, monkeypatch)
+    assert not store.partition_dir(key).exists()
+    lazy = LazyPartitions(store, codec_for("market_bars"), "market_bars", [key])
+    assert list(lazy) == [key] and len(lazy[key]) == 5  # the old, complete version
