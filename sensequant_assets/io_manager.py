@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -415,17 +416,21 @@ class ArtifactStore:
         directory.mkdir(parents=True, exist_ok=True)
         key = sha256_bytes(data)[:20]
         target = directory / f"{name}-{key}"
-        if not target.exists():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        versions = sorted(directory.glob(f"{glob.escape(name)}-*"), key=lambda p: p.stat().st_mtime_ns)
-        for old in versions[:-keep]:
-            if old != target:
-                old.unlink(missing_ok=True)
+        if target.exists():
+            return key  # unchanged state (most ticks): nothing to write or prune
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        others = [p for p in directory.glob(f"{glob.escape(name)}-*") if p != target]
+        stamps = {p: p.stat().st_mtime_ns for p in others}
+        newest = max(stamps.values(), default=0)
+        stamp = max(time.time_ns(), newest + 1)  # strictly newest, whatever the clock's granularity
+        os.utime(target, ns=(stamp, stamp))
+        for old in sorted(others, key=stamps.__getitem__)[: max(0, len(others) - keep + 1)]:
+            old.unlink(missing_ok=True)
         return key
 
     def read_state(self, name: str, key: str) -> bytes | None:

@@ -517,7 +517,7 @@ def promote(
     with _locked(root):
         _recover(root)
         entries = _read_history(root)
-        demotion = entries[-1] if entries and entries[-1].get("action") == DEMOTE else None
+        demotion = _last_demotion(entries)
         if demotion is not None and window <= split_key(demotion["from"])[1]:
             raise PromotionRefused(
                 f"refusing to promote {symbol} ({partition_key}): production model {demotion['from']} "
@@ -700,9 +700,8 @@ def _demoted_partitions(entries: list[dict[str, Any]]) -> set[str]:
     return demoted
 
 
-def _active_demotion(root: Path) -> dict[str, Any] | None:
+def _last_demotion(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The last history entry if it is a demotion (a later promote or rollback ends it)."""
-    entries = _read_history(root)
     return entries[-1] if entries and entries[-1].get("action") == DEMOTE else None
 
 
@@ -713,7 +712,7 @@ def active_demotion(base_dir: str | Path, symbol: str) -> dict[str, Any] | None:
         return None
     with _locked(root):
         _recover(root)
-        return _active_demotion(root)
+        return _last_demotion(_read_history(root))
 
 
 def current(base_dir: str | Path, symbol: str) -> PromotionRecord | None:

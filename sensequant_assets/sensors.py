@@ -140,8 +140,8 @@ FINGERPRINT_CHARS = 6  # hex digits kept per window fingerprint: a 1 in 16.7 mil
 _CURSOR_PREFIX = "b1:"
 
 
-def _short(fingerprint: str | None, chars: int = FINGERPRINT_CHARS) -> str | None:
-    return fingerprint[:chars] if fingerprint else None
+def _short(fingerprint: str | None) -> str | None:
+    return fingerprint[:FINGERPRINT_CHARS] if fingerprint else None
 
 
 BACKFILL_AT = 10  # this many partitions changed in one tick are one backfill (batched), not one run each
@@ -174,14 +174,17 @@ def _load_state(cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str,
     key of the packed state the artifact store keeps (`ArtifactStore.write_state`). A state gone
     missing (artifacts moved) starts over: every symbol's first look records a baseline."""
     if cursor and cursor.startswith(_STATE_PREFIX):
-        data = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR"))).read_state(STATE_NAME, cursor[3:])
+        data = _store().read_state(STATE_NAME, cursor[len(_STATE_PREFIX) :])
         return decode_cursor(data.decode()) if data else ({}, {})
     return decode_cursor(cursor)  # a cursor of an older version holds its state itself
 
 
 def _save_state(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
-    store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
-    return _STATE_PREFIX + store.write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
+    return _STATE_PREFIX + _store().write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
+
+
+def _store() -> ArtifactStore:
+    return ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
 
 
 def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
@@ -411,10 +414,10 @@ def _demote_request(
     return request, None
 
 
-def partition_in_hand(context: SensorEvaluationContext, partition: str, statuses: list) -> str | None:
-    """A run of `partition` (a single-partition run, as the sensors request) in one of `statuses`."""
+def _in_flight(context: SensorEvaluationContext, partition: str) -> str | None:
+    """A single-partition run of `partition` (as the sensors request) not finished yet, named."""
     runs = context.instance.get_runs(
-        RunsFilter(tags={"dagster/partition": partition}, statuses=statuses), limit=1
+        RunsFilter(tags={"dagster/partition": partition}, statuses=ACTIVE), limit=1
     )
     return f"run {runs[0].run_id} on {partition} is {runs[0].status.value.lower()}" if runs else None
 
@@ -438,7 +441,7 @@ def _retrain_request(
     )
     if page.records and page.records[0].timestamp > since:
         return None, f"{symbol}: demoted; {partition} was trained after the demotion"
-    if (busy := partition_in_hand(context, partition, ACTIVE)) is not None:
+    if (busy := _in_flight(context, partition)) is not None:
         return None, f"{symbol}: demoted; {busy}"  # e.g. new_data's run of the completed window
     key, why = _attempt(context, f"decay-retrain:{symbol}:{demotion['archived']}")
     if key is None:

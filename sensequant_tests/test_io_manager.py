@@ -370,3 +370,12 @@ def test_a_lazy_input_recovers_a_partition_caught_between_the_renames(
     assert not store.partition_dir(key).exists()
     lazy = LazyPartitions(store, codec_for("market_bars"), "market_bars", [key])
     assert list(lazy) == [key] and len(lazy[key]) == 5  # the old, complete version
+
+
+def test_sensor_state_is_content_addressed_and_keeps_the_newest_versions(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    keys = [store.write_state("new_data", f"state {i}".encode()) for i in range(7)]
+    assert store.write_state("new_data", b"state 6") == keys[-1]  # the same state, the same key
+    assert [store.read_state("new_data", k) for k in keys] == [None, None] + [
+        f"state {i}".encode() for i in range(2, 7)
+    ]
