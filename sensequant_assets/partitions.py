@@ -130,6 +130,30 @@ def history_windows(window_key: str, days: int) -> list[tuple[str, date, date]]:
     ]
 
 
+def earlier_windows(window_key: str, count: int) -> list[str]:
+    """The (at most) `count` windows before `window_key`, oldest first.
+
+    Windows before the first partition (`SENSEQUANT_START_DATE`) are left out: a lookback reaching
+    back past the start is cut there, as `ml.protocol.walk_forward` cuts it at its first window.
+    """
+    if count <= 0:
+        return []
+    keys = window_partitions.get_partition_keys()
+    i = keys.index(window_key)
+    return keys[max(0, i - count) : i]
+
+
+def bars_before_windows(window_key: str, lookback: int, days: int) -> list[tuple[str, date, date]]:
+    """(window key, first, last day) of every day before `window_key` that a teacher with `lookback`
+    windows reads, oldest first: the `days` of warm-up history before its earliest training window
+    (`history_windows`), then the lookback windows (`earlier_windows`) whole. With `lookback` 0 it is
+    `history_windows(window_key, days)`.
+    """
+    lookback_keys = earlier_windows(window_key, lookback)
+    pieces = history_windows(lookback_keys[0] if lookback_keys else window_key, days)
+    return pieces + [(key, *window_bounds(key)) for key in lookback_keys]
+
+
 def max_history_windows(days: int) -> int:
     """The most windows that `days` calendar days of history before a window can reach into: the
     offset of a partition mapping that declares that history as a dependency.

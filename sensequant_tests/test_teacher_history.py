@@ -86,13 +86,27 @@ def test_the_asset_graph_maps_earlier_windows_of_the_same_symbol_only() -> None:
         assert not result.required_but_nonexistent_parents_partitions
         return {str(p.partition_key) for p in result.parent_partitions if p.asset_key == bars}
 
-    assert parents("AAA|2024-01-01") == {"AAA|2023-01-01", "AAA|2023-07-01", "AAA|2024-01-01"}
+    # The window, the MAX_LOOKBACK_WINDOWS (2) a teacher may learn from and the warm-up before those
+    # (test_teacher_lookback.py covers the lookback itself).
+    assert parents("AAA|2024-01-01") == {
+        "AAA|2022-01-01",
+        "AAA|2022-07-01",
+        "AAA|2023-01-01",
+        "AAA|2023-07-01",
+        "AAA|2024-01-01",
+    }
     # The windows before SENSEQUANT_START_DATE (2022-01-01) do not exist: their days come from the source.
     assert parents("AAA|2022-07-01") == {"AAA|2022-01-01", "AAA|2022-07-01"}
     assert parents("AAA|2022-01-01") == {"AAA|2022-01-01"}
-    # A change to window k-1's bars touches the teachers of k-1, k and k+1 of that symbol, no other.
+    # A change to window k's bars touches the teachers of k..k+4 of that symbol, no other.
     children = graph.get_child_partition_keys_of_parent("AAA|2023-07-01", bars, teacher_model)
-    assert sorted(map(str, children)) == ["AAA|2023-07-01", "AAA|2024-01-01", "AAA|2024-07-01"]
+    assert sorted(map(str, children)) == [
+        "AAA|2023-07-01",
+        "AAA|2024-01-01",
+        "AAA|2024-07-01",
+        "AAA|2025-01-01",
+        "AAA|2025-07-01",
+    ]
 
 
 def test_a_batch_reads_history_from_the_windows_it_wrote_and_matches_the_old_code_path(
@@ -180,7 +194,7 @@ def test_a_window_whose_history_was_never_materialised_trains_as_before(tmp_path
 
 def test_automation_retrains_exactly_the_teachers_whose_history_changed() -> None:
     # Materialisations are reported, not computed: automation reads only the event log.
-    windows = ["2022-01-01", "2022-07-01", *WINDOWS, "2024-07-01", "2025-01-01"]
+    windows = ["2022-01-01", "2022-07-01", *WINDOWS, "2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"]
     instance = instance_with("AAA", "BBB")
     for symbol in ("AAA", "BBB"):
         for asset in TEACHER:
@@ -198,6 +212,8 @@ def test_automation_retrains_exactly_the_teachers_whose_history_changed() -> Non
     after = evaluate_automation_conditions(
         defs=defs, instance=instance, asset_selection=selection, cursor=quiet.cursor
     )
-    expected = {"AAA|2023-07-01", "AAA|2024-01-01", "AAA|2024-07-01"}
+    # Every teacher whose market_bars input holds the window (k..k+4: warm-up and the longest
+    # lookback), whatever lookback it was trained with; not 2026-01-01.
+    expected = {f"AAA|{w}" for w in ("2023-07-01", "2024-01-01", "2024-07-01", "2025-01-01", "2025-07-01")}
     assert {str(k) for k in after.get_requested_partitions(AssetKey("teacher_model"))} == expected
     assert {str(k) for k in after.get_requested_partitions(AssetKey("teacher_labels"))} == expected

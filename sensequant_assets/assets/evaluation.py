@@ -1,4 +1,9 @@
-"""`student_evaluation`: the student of window k-1 predicts window k of the same symbol."""
+"""`student_evaluation`: the student of window k-1 predicts window k of the same symbol.
+
+It scores window k's own rows of `teacher_labels` only: a teacher trained with a lookback stores
+the earlier windows' training rows there too (the student learns from them), and those are in the
+previous student's training data.
+"""
 
 from collections.abc import Iterator
 
@@ -26,6 +31,7 @@ from sensequant_assets.assets.partition_context import (
     partition_windows,
 )
 from sensequant_assets.assets.student import CONFIG_ID_KEY, config_hash
+from sensequant_assets.assets.teacher import window_rows
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.evaluation import CALIBRATION_BINS
 from sensequant_assets.ml.walk_forward import evaluate_window
@@ -111,15 +117,22 @@ def student_evaluation(
             skipped[pw.key] = (
                 f"{pw.label}: this window's teacher_labels were not materialised (nothing to score)"
             )
+        elif len(rows := window_rows(labels[pw.key], pw.start, pw.end)) < 2:
+            skipped[pw.key] = (
+                f"{pw.label}: {len(rows)} of teacher_labels' rows lie in this window, "
+                "at least 2 needed to score"
+            )
         else:
-            values[pw.key] = evaluate(pw, student, labels[pw.key], config.cost_bps)
+            values[pw.key] = evaluate(pw, student, rows, config.cost_bps)
     yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"], per_partition=True)
 
 
 def evaluate(
     pw: PartitionWindow, student: StudentArtifact, labels: pd.DataFrame, cost_bps: float
 ) -> EvaluationArtifact:
-    """Score the previous window's student on this window's rows, with an equity curve."""
+    """Score the previous window's student on this window's rows (`window_rows` of `labels`, which
+    may hold a lookback's earlier rows too), with an equity curve."""
+    labels = window_rows(labels, pw.start, pw.end)
     result = evaluate_window(
         student.model,
         labels,
