@@ -84,17 +84,23 @@ class PromotionGates:
     """Thresholds of the promotion decision.
 
     ``fdr``: Benjamini-Hochberg level on the symbols' one-sided IC p-values (after multiplying
-    each by its configurations tried). ``max_excess_pvalue``: the one-sided p-value of a positive
-    mean log return in excess of ``benchmark`` (``buy_hold`` or ``cash``) must be at most this;
-    None reports it without gating. ``min_dsr`` / ``max_dm_pvalue``: None reports the deflated
-    Sharpe ratio / Diebold-Mariano test; a number makes it a gate (the DM gate also needs the
-    student's log loss below the base rate's). ``alpha``: 1 - the level of every interval.
-    Fewer than ``min_windows`` windows or ``min_rows`` rows is INSUFFICIENT_DATA, not a verdict.
+    each by its configurations tried and by ``size_allowance``). ``size_allowance``: the factor
+    by which the IC test's p-values are measured to over-reject on no-signal records of the real
+    pipeline (up to about 2x nominal in the tail on volatility-clustered nulls, 600 nulls in
+    ``docs/methodology.md``); multiplying by it holds the decision's error rate where the
+    analytic p-value alone does not. 1 is the nominal test.
+    ``max_excess_pvalue``: the one-sided p-value of a positive mean log return in excess of
+    ``benchmark`` (``buy_hold`` or ``cash``) must be at most this; None reports it without gating.
+    ``min_dsr`` / ``max_dm_pvalue``: None reports the deflated Sharpe ratio / Diebold-Mariano
+    test; a number makes it a gate (the DM gate also needs the student's log loss below the base
+    rate's). ``alpha``: 1 - the level of every interval. Fewer than ``min_windows`` windows or
+    ``min_rows`` rows is INSUFFICIENT_DATA, not a verdict.
     """
 
     min_windows: int = 2
     min_rows: int = 500
     fdr: float = 0.05
+    size_allowance: float = 2.0
     max_excess_pvalue: float | None = None
     benchmark: str = "buy_hold"
     min_dsr: float | None = None
@@ -106,6 +112,8 @@ class PromotionGates:
             raise ValueError("min_windows and min_rows must be >= 1")
         if not 0.0 < self.fdr < 1.0:
             raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
+        if not 1.0 <= self.size_allowance <= 100.0:
+            raise ValueError(f"size_allowance must be in [1, 100], got {self.size_allowance}")
         for name in ("max_excess_pvalue", "max_dm_pvalue"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
@@ -265,8 +273,8 @@ def symbol_statistics(
 ) -> dict[str, Any]:
     """Every statistic of one symbol's record, before any decision (which needs the whole family).
 
-    ``n_trials``: configurations tried for this symbol; its IC p-value is multiplied by it
-    (``p_value_adjusted``). ``symbol`` is only needed when ``predictions`` is empty.
+    ``n_trials``: configurations tried for this symbol; its IC p-value is multiplied by it and by
+    ``gates.size_allowance`` (``p_value_adjusted``). ``symbol`` is only needed when ``predictions`` is empty.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -290,7 +298,11 @@ def symbol_statistics(
         "last_ts": frame["ts"].iloc[-1].isoformat() if n else None,
         "horizon": int(horizon),
         "n_trials": int(n_trials),
-        "ic": {**ic, "p_value_adjusted": None if p is None else min(1.0, p * n_trials)},
+        "ic": {
+            **ic,
+            "size_allowance": gates.size_allowance,
+            "p_value_adjusted": None if p is None else min(1.0, p * n_trials * gates.size_allowance),
+        },
         "auc": _auc(frame) if n else {"pooled": None, "mean_per_window": None, "per_window": []},
         "excess": _excess(frame, gates),
         "diebold_mariano": _diebold_mariano(frame, horizon),
