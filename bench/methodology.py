@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> None:
     tasks = [
         (scenario, i, args.windows, str(out))
         for scenario, count in scenarios(args)
-        for i in range(count)
+        for i in range(args.first_symbol, args.first_symbol + count)
         if not (out / scenario.name / f"{symbol_name(i)}.json").exists()
     ]
     tasks.sort(key=lambda task: task[1])  # every scenario advances together: a cut-short study is balanced
@@ -535,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
         "--strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=list(STRENGTHS)
     )
     parser.add_argument("--null-symbols", type=int, default=100)
+    parser.add_argument(
+        "--first-symbol", type=int, default=0, help="index of the first symbol (fresh paths: a confirmation)"
+    )
     parser.add_argument("--signal-symbols", type=int, default=20)
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--label", default="sign")
