@@ -19,8 +19,10 @@ from sensequant_assets.ml.briefing import (
     REJECT,
     PromotionGates,
     brief_symbols,
+    decide,
     render_markdown,
     symbol_briefing,
+    symbol_statistics,
 )
 from sensequant_assets.ml.evaluation import auc, log_loss_series, spearman_ic
 from sensequant_assets.ml.stats import (
@@ -76,6 +78,11 @@ def test_briefing_numbers_are_recomputed_from_the_predictions(planted: dict[str,
     assert b["ic"]["p_value_adjusted"] == min(1.0, 2 * 2.0 * ic["p_greater"])
     nominal = symbol_briefing(pred, horizon=H, n_trials=2, gates=PromotionGates(size_allowance=1.0))
     assert nominal["ic"]["p_value_adjusted"] == min(1.0, 2 * ic["p_greater"])
+    # The decision's gates decide the adjustment, whatever gates the statistics were computed under.
+    stats = symbol_statistics(pred, horizon=H, n_trials=2, gates=PromotionGates())
+    (redecided,) = decide([stats], PromotionGates(size_allowance=1.0))
+    assert redecided["ic"]["p_value_adjusted"] == nominal["ic"]["p_value_adjusted"]
+    assert redecided["ic"]["size_allowance"] == 1.0
     assert b["ic"]["q_value"] == b["ic"]["p_value_adjusted"]  # a family of one
     per_window = [auc(g["student_proba"], g["label"]) for _, g in ordered.groupby("window")]
     # Within a window the calibrated probability ranks exactly like the score (the map is increasing).

@@ -298,11 +298,7 @@ def symbol_statistics(
         "last_ts": frame["ts"].iloc[-1].isoformat() if n else None,
         "horizon": int(horizon),
         "n_trials": int(n_trials),
-        "ic": {
-            **ic,
-            "size_allowance": gates.size_allowance,
-            "p_value_adjusted": None if p is None else min(1.0, p * n_trials * gates.size_allowance),
-        },
+        "ic": {**ic, **_adjusted(p, n_trials, gates)},
         "auc": _auc(frame) if n else {"pooled": None, "mean_per_window": None, "per_window": []},
         "excess": _excess(frame, gates),
         "diebold_mariano": _diebold_mariano(frame, horizon),
@@ -311,6 +307,12 @@ def symbol_statistics(
         "_excess_returns": excess_log_returns(frame, gates.benchmark),
         "gates_config": asdict(gates),
     }
+
+
+def _adjusted(p: float | None, n_trials: int, gates: PromotionGates) -> dict[str, Any]:
+    """The IC p-value times the configurations tried and the size allowance (what BH corrects)."""
+    adjusted = None if p is None else min(1.0, p * n_trials * gates.size_allowance)
+    return {"size_allowance": gates.size_allowance, "p_value_adjusted": adjusted}
 
 
 def _ic_empty() -> dict[str, Any]:
@@ -389,16 +391,17 @@ def decide(statistics: list[dict[str, Any]], gates: PromotionGates) -> list[dict
     The family of the multiple-testing correction is every symbol with enough data; the
     deflated Sharpe ratio counts the configurations tried over the whole family as trials.
     """
+    # The adjustment follows these gates (statistics may have been computed under others).
+    ics = [{**s["ic"], **_adjusted(s["ic"]["p_value"], s["n_trials"], gates)} for s in statistics]
     family = [i for i, s in enumerate(statistics) if _sufficient(s, gates)]
-    p_adjusted = [statistics[i]["ic"]["p_value_adjusted"] for i in family]
-    tested = [i for i, p in zip(family, p_adjusted, strict=True) if p is not None]
-    q_values = benjamini_hochberg([statistics[i]["ic"]["p_value_adjusted"] for i in tested])
+    tested = [i for i in family if ics[i]["p_value_adjusted"] is not None]
+    q_values = benjamini_hochberg([ics[i]["p_value_adjusted"] for i in tested])
     q_by_index = dict(zip(tested, q_values.tolist(), strict=True))
     total_trials = max(1, sum(statistics[i]["n_trials"] for i in family))
     out = []
     for i, stats in enumerate(statistics):
         briefing = {k: v for k, v in stats.items() if not k.startswith("_")}
-        briefing["ic"] = {**stats["ic"], "q_value": _num(q_by_index.get(i)), "family_size": len(tested)}
+        briefing["ic"] = {**ics[i], "q_value": _num(q_by_index.get(i)), "family_size": len(tested)}
         briefing["sharpe"] = _sharpe(stats, total_trials)
         briefing["gates"] = _gates(briefing, gates)
         briefing["decision"], briefing["reasons"] = _decide(briefing["gates"])
