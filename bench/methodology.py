@@ -411,18 +411,22 @@ def resampled_fwer(records: list[Record], gates: PromotionGates, size: int, draw
     return hits / draws
 
 
-def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str) -> list[str]:
-    """Per null: the IC statistic's bias and spread, p-value tail rates, the family-wise rate, coverage."""
+def null_table(
+    by: dict[str, list[Record]], gates: PromotionGates, size: int, label: str, lookback: int = 0
+) -> list[str]:
+    """Per null: the IC statistic's bias and spread, p-value tail rates, false promotions of a
+    one-symbol briefing and of disjoint universes of ``size`` (with the pool-resampled estimate),
+    and the coverage of the intervals."""
     from scipy.stats import kstest
 
     lines = [
-        "| null | symbols | mean z (sd) | IC p <= 0.05 | IC p <= 0.01 | KS uniform p "
-        f"| FWER, {size} symbols (resampled) | IC 95 % CI covers 0 | excess 95 % CI covers estimand "
-        "| log loss - base (median) |",
-        "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | ---: |",
+        "| null | symbols | mean z (sd) | IC p <= 0.05 | IC p <= 0.01 | KS uniform p | promoted alone "
+        f"| universes of {size} with a PROMOTE | the same, resampled | IC 95 % CI covers 0 "
+        "| excess 95 % CI covers estimand | log loss - base (median) |",
+        "| --- | ---: | --- | --- | --- | ---: | --- | --- | ---: | --- | --- | ---: |",
     ]
     for process in NULLS:
-        records = by.get(Scenario(process, label=label).name, [])
+        records = by.get(Scenario(process, label=label, lookback=lookback).name, [])
         if not records:
             continue
         p = np.array([r.stats["ic"]["p_value"] for r in records if r.stats["ic"]["p_value"] is not None])
@@ -440,10 +444,13 @@ def null_table(by: dict[str, list[Record]], gates: PromotionGates, size: int, la
             for r in records
         ]
         fwer = resampled_fwer(records, gates, size) if len(records) >= size else float("nan")
+        alone = sum(promoted([r], gates)[0] for r in records)
+        disjoint = [any(promoted(u, gates)) for u in universes(records, size)]
         lines.append(
             f"| {process} | {len(records)} | {z.mean():+.2f} ({z.std(ddof=1):.2f}) "
             f"| {_rate(int(np.sum(p <= 0.05)), p.size)} | {_rate(int(np.sum(p <= 0.01)), p.size)} "
-            f"| {kstest(p, 'uniform').pvalue:.3f} | {100 * fwer:.1f} % "
+            f"| {kstest(p, 'uniform').pvalue:.3f} | {_rate(alone, len(records))} "
+            f"| {_rate(sum(disjoint), len(disjoint))} | {100 * fwer:.1f} % "
             f"| {_coverage(sum(c is True for c in ic_cover), sum(c is not None for c in ic_cover))} "
             f"| {_coverage(sum(c is True for c in ex_cover), sum(c is not None for c in ex_cover))} "
             f"| {np.median(loss):+.4f} |"
@@ -512,14 +519,14 @@ def report(args: argparse.Namespace) -> None:
         print(f"- {name}: {len(records)} symbols, {np.median(secs):.1f} s per symbol (median)")
     print()
     mixed = (args.universe, args.label, args.lookback, args.strengths, args.signal_kind)
-    print("\n".join(null_table(by, gates, args.universe, args.label)))
+    print("\n".join(null_table(by, gates, args.universe, args.label, args.lookback)))
     print()
     print("\n".join(mixed_table(by, gates, *mixed)))
     if args.variants:
         for variant in json.loads(args.variants):
             g = replace(gates, **variant)
             print(f"\n### variant {variant}\n")
-            print("\n".join(null_table(by, g, args.universe, args.label)))
+            print("\n".join(null_table(by, g, args.universe, args.label, args.lookback)))
             print()
             print("\n".join(mixed_table(by, g, *mixed)))
 
@@ -547,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
         default="latent",
         help="latent: the source's planted deviation; reversal: an observable 20-bar reversal",
     )
-    parser.add_argument("--lookback", type=int, default=0)
+    parser.add_argument("--lookback", type=int, default=2)
     parser.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 1)))
     parser.add_argument("--universe", type=int, default=20, help="symbols per simulated universe")
     parser.add_argument("--gates", default="", help="PromotionGates fields as JSON")
