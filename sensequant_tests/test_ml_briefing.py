@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 
 from sensequant_assets.ml.briefing import (
     INSUFFICIENT_DATA,
@@ -73,16 +74,23 @@ def test_briefing_numbers_are_recomputed_from_the_predictions(planted: dict[str,
     assert b["ic"]["pooled"] == pytest.approx(spearman_ic(score, ordered["forward_return"]))
     ic = rank_ic_test(score, ordered["forward_return"], horizon=H)
     assert b["ic"]["p_value"] == ic["p_greater"] and b["ic"]["se"] == ic["se"]
-    # Two configurations tried, times the size allowance (the measured over-rejection of the test).
-    assert b["ic"]["size_allowance"] == PromotionGates().size_allowance == 2.0
-    assert b["ic"]["p_value_adjusted"] == min(1.0, 2 * 2.0 * ic["p_greater"])
-    nominal = symbol_briefing(pred, horizon=H, n_trials=2, gates=PromotionGates(size_allowance=1.0))
-    assert nominal["ic"]["p_value_adjusted"] == min(1.0, 2 * ic["p_greater"])
+    # The calibrated null: z referred to shift + scale * t (the no-signal spread the study measured).
+    gates = PromotionGates()
+    assert (
+        (b["ic"]["null_shift"], b["ic"]["null_scale"]) == (gates.null_shift, gates.null_scale) == (0.15, 1.10)
+    )
+    assert b["ic"]["stat"] == ic["stat"]
+    calibrated = student_t.sf((ic["stat"] - 0.15) / 1.10, ic["df"])
+    assert b["ic"]["p_value_calibrated"] == pytest.approx(calibrated)
+    assert b["ic"]["p_value_adjusted"] == pytest.approx(min(1.0, 2 * calibrated))  # two configurations
+    nominal_gates = PromotionGates(null_shift=0.0, null_scale=1.0)
+    nominal = symbol_briefing(pred, horizon=H, n_trials=2, gates=nominal_gates)
+    assert nominal["ic"]["p_value_adjusted"] == pytest.approx(min(1.0, 2 * ic["p_greater"]))
     # The decision's gates decide the adjustment, whatever gates the statistics were computed under.
     stats = symbol_statistics(pred, horizon=H, n_trials=2, gates=PromotionGates())
-    (redecided,) = decide([stats], PromotionGates(size_allowance=1.0))
+    (redecided,) = decide([stats], nominal_gates)
     assert redecided["ic"]["p_value_adjusted"] == nominal["ic"]["p_value_adjusted"]
-    assert redecided["ic"]["size_allowance"] == 1.0
+    assert redecided["ic"]["null_scale"] == 1.0
     assert b["ic"]["q_value"] == b["ic"]["p_value_adjusted"]  # a family of one
     per_window = [auc(g["student_proba"], g["label"]) for _, g in ordered.groupby("window")]
     # Within a window the calibrated probability ranks exactly like the score (the map is increasing).
@@ -219,10 +227,12 @@ def test_the_family_and_the_configurations_tried_raise_the_bar() -> None:
     weak = handmade(proba="uninformative", windows=10, rows=60)
     weak = weak.assign(forward_return=(weak["student_proba"] - 0.5) * 0.06 + rng.normal(0, 0.02, len(weak)))
     alone = _brief(weak)
-    assert alone["decision"] == PROMOTE and 0.001 < alone["ic"]["p_value"] < 0.025
+    assert alone["decision"] == PROMOTE and 0.001 < alone["ic"]["p_value_calibrated"] < 0.05
     many_configs = symbol_briefing(weak, horizon=H, n_trials=40, gates=PromotionGates())
     assert many_configs["decision"] == REJECT
-    assert many_configs["ic"]["p_value_adjusted"] == pytest.approx(min(1.0, 80 * alone["ic"]["p_value"]))
+    assert many_configs["ic"]["p_value_adjusted"] == pytest.approx(
+        min(1.0, 40 * alone["ic"]["p_value_calibrated"])
+    )
     family = {"AAA": weak}
     for k in range(50):
         noise = handmade(proba="uninformative", windows=10, rows=60).assign(symbol=f"N{k:02d}")
@@ -300,9 +310,9 @@ def test_bad_input_is_refused() -> None:
         with pytest.raises(ValueError, match="max_dm_pvalue"):
             PromotionGates(max_dm_pvalue=bad)
     assert PromotionGates(max_dm_pvalue=1.0).max_dm_pvalue == 1.0
-    for bad in (0.5, 101.0):
-        with pytest.raises(ValueError, match="size_allowance"):
-            PromotionGates(size_allowance=bad)
+    for bad in ({"null_shift": -0.1}, {"null_shift": 4.0}, {"null_scale": 0.9}, {"null_scale": 3.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            PromotionGates(**bad)
 
 
 def test_render_markdown_has_a_row_and_gate_lines_per_symbol() -> None:

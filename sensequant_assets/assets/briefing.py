@@ -56,7 +56,8 @@ class BriefingConfig(Config):
     min_windows: int = 2
     min_rows: int = 500
     fdr: float = 0.05  # Benjamini-Hochberg level of the IC test across the briefing's symbols
-    size_allowance: float = 2.0  # IC p-values x this: the measured over-rejection (docs/methodology.md)
+    null_shift: float = 0.15  # calibrated null of the IC's z: mean and spread measured on no-signal
+    null_scale: float = 1.10  # records of the real pipeline (docs/methodology.md); (0, 1) is nominal
     max_excess_pvalue: float | None = None  # None: excess return over the benchmark reported, not a gate
     benchmark: str = "buy_hold"  # or "cash"
     min_dsr: float | None = None  # None: deflated Sharpe ratio reported, not a gate
