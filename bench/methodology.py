@@ -317,11 +317,14 @@ class Record:
     predictions: pd.DataFrame
 
 
-def load(out: Path, gates: PromotionGates) -> dict[str, list[Record]]:
-    """Every stored symbol, by scenario name."""
+def load(out: Path, gates: PromotionGates, first_null: int = 0) -> dict[str, list[Record]]:
+    """Every stored symbol, by scenario name; no-signal symbols from index ``first_null`` on (a
+    confirmation scores only the paths that ran after the rule it confirms was fixed)."""
     by_scenario: dict[str, list[Record]] = {}
     for meta in sorted(out.glob("*/*.json")):
         truth = json.loads(meta.read_text())
+        if truth["signal_ic"] == 0 and int(truth["symbol"].removeprefix("SYM")) < first_null:
+            continue
         predictions = pd.read_parquet(meta.with_suffix(".parquet"))
         if predictions.empty:
             continue
@@ -580,7 +583,7 @@ def mixed_table(
 
 def report(args: argparse.Namespace) -> None:
     gates = PromotionGates(**json.loads(args.gates)) if args.gates else PromotionGates()
-    by = load(Path(args.out), gates)
+    by = load(Path(args.out), gates, args.first_symbol)
     print(f"Gates: {gates}\n")
     for name, records in sorted(by.items()):
         secs = [r.truth["seconds"] for r in records]
@@ -613,7 +616,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--null-symbols", type=int, default=100)
     parser.add_argument(
-        "--first-symbol", type=int, default=0, help="index of the first symbol (fresh paths: a confirmation)"
+        "--first-symbol",
+        type=int,
+        default=0,
+        help="run: index of the first symbol (fresh paths); report: the first no-signal symbol scored",
     )
     parser.add_argument("--signal-symbols", type=int, default=20)
     parser.add_argument("--windows", type=int, default=20)
