@@ -8,6 +8,7 @@ symbols; the gate tests use handmade prediction frames in which exactly one gate
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -320,7 +321,12 @@ def test_render_markdown_has_a_row_and_gate_lines_per_symbol() -> None:
     rejected = {**_brief(handmade(buy_hold_drift=0.004), max_excess_pvalue=0.05), "symbol": "BBB"}
     md = render_markdown([promoted, rejected], generated_at="2024-07-01T00:00:00Z")
     assert "2024-07-01T00:00:00Z" in md
-    assert "| symbol | decision | windows | n | IC [CI] | p | q | AUC |" in md
+    assert "| symbol | decision | windows | n | IC [CI] | p (calibrated, x configs) | q | AUC |" in md
+    assert "The IC interval is nominal while the test uses the calibrated null" in md
+    ic = promoted["ic"]
+    z, scaled = ic["stat"], (ic["stat"] - 0.15) / 1.10
+    assert f"IC z {z:.2f}, p-value {ic['p_value']:.4f} (nominal), " in md
+    assert f"against the calibrated null (z - 0.15) / 1.10 = {scaled:.2f}, " in md
     table = [line for line in md.splitlines() if line.startswith("| AAA") or line.startswith("| BBB")]
     assert len(table) == 2
     assert "| AAA | PROMOTE | 3 | 600 |" in table[0]
@@ -361,3 +367,84 @@ def test_the_ic_ranks_student_score_where_recorded() -> None:
     reversed_score = _brief(frame.assign(student_score=-frame["student_proba"]))
     assert reversed_score["ic"]["pooled"] < -0.5 and reversed_score["decision"] == REJECT
     assert reversed_score["auc"]["pooled"] < 0.5
+
+
+# ------------------------------------------------------------------------ the calibrated null
+
+
+NOMINAL = PromotionGates(null_shift=0.0, null_scale=1.0)
+
+
+def _weak(seed: int, slope: float) -> pd.DataFrame:
+    """An uninformative-looking record whose forward return leans on the score by ``slope``."""
+    rng = np.random.default_rng(seed)
+    frame = handmade(proba="uninformative", windows=10, rows=60)
+    return frame.assign(
+        forward_return=(frame["student_proba"] - 0.5) * slope + rng.normal(0, 0.02, len(frame))
+    )
+
+
+def test_the_calibrated_null_rejects_a_borderline_record_the_nominal_test_promotes() -> None:
+    """Nominal p in (0.026, 0.05): PROMOTE under the nominal null, REJECT (ic_fdr) under the default."""
+    frame = _weak(2, 0.02)
+    nominal = symbol_briefing(frame, horizon=H, n_trials=1, gates=NOMINAL)
+    calibrated = _brief(frame)
+    assert 0.026 < nominal["ic"]["p_value"] < 0.05
+    assert nominal["ic"]["p_value"] == calibrated["ic"]["p_value"]  # the same record, the same z
+    assert nominal["decision"] == PROMOTE
+    assert calibrated["ic"]["p_value_calibrated"] > 0.05
+    assert calibrated["decision"] == REJECT and calibrated["reasons"] == ["ic_fdr"]
+
+
+def test_the_calibrated_null_holds_a_family_of_twenty_the_nominal_test_would_promote() -> None:
+    """Best nominal p of 20 symbols in (0.0006, 0.0025): BH promotes it under the nominal null
+    (20 p <= 0.05), nothing under the calibrated one (its calibrated p is above 0.05 / 20)."""
+    rng = np.random.default_rng(7)
+    base = handmade(proba="uninformative", windows=10, rows=60)
+    family = {
+        "AAA": base.assign(forward_return=(base["student_proba"] - 0.5) * 0.06 + rng.normal(0, 0.02, 600))
+    }
+    for k in range(19):
+        family[f"N{k:02d}"] = base.assign(symbol=f"N{k:02d}", forward_return=rng.normal(0, 0.02, 600))
+    stats = [
+        symbol_statistics(f, horizon=H, n_trials=1, gates=PromotionGates()) for _, f in sorted(family.items())
+    ]
+    best = min(stats, key=lambda s: s["ic"]["p_value"])
+    assert best["symbol"] == "AAA" and 0.0006 < best["ic"]["p_value"] < 0.0025
+    nominal = decide(stats, NOMINAL)
+    assert [b["symbol"] for b in nominal if b["decision"] == PROMOTE] == ["AAA"]
+    assert all(b["ic"]["family_size"] == 20 for b in nominal)
+    calibrated = decide(stats, PromotionGates())
+    assert [b["decision"] for b in calibrated] == [REJECT] * 20
+    assert min(b["ic"]["q_value"] for b in calibrated) > 0.05
+
+
+def test_redeciding_under_other_gates_records_them_and_refuses_what_needs_new_statistics() -> None:
+    frame = _weak(2, 0.02)
+    stats = symbol_statistics(frame, horizon=H, n_trials=1, gates=PromotionGates())
+    other = PromotionGates(fdr=0.10, null_shift=0.0, null_scale=1.0, min_rows=100, min_dsr=0.5)
+    (redecided,) = decide([stats], other)
+    assert redecided["gates_config"] == asdict(other)
+    assert redecided["gates"]["ic_fdr"]["threshold"] == 0.10 and "dsr" in redecided["gates"]
+    assert stats["gates_config"] == asdict(PromotionGates())  # the statistics are not changed
+    with pytest.raises(ValueError, match=r"alpha=0\.05.*alpha=0\.1.*recompute"):
+        decide([stats], PromotionGates(alpha=0.1))
+    with pytest.raises(ValueError, match=r"AAA.*benchmark='buy_hold'.*benchmark='cash'"):
+        decide([stats], PromotionGates(benchmark="cash"))
+    # Recomputed under the new benchmark, the same gates decide.
+    cash = symbol_statistics(frame, horizon=H, n_trials=1, gates=PromotionGates(benchmark="cash"))
+    assert (
+        decide([cash], PromotionGates(benchmark="cash", fdr=0.10))[0]["gates_config"]["benchmark"] == "cash"
+    )
+
+
+def test_an_ic_p_value_without_its_statistic_is_refused_not_dropped() -> None:
+    stats = symbol_statistics(handmade(), horizon=H, n_trials=1, gates=PromotionGates())
+    for key in ("stat", "df"):
+        broken = {**stats, "ic": {**stats["ic"], key: None}}
+        with pytest.raises(ValueError, match=rf"AAA.*'{key}'"):
+            decide([broken], PromotionGates())
+    # No p-value at all (a degenerate record) is not an error: it has nothing to correct.
+    empty = {**stats, "ic": {**stats["ic"], "p_value": None, "stat": None, "df": None}}
+    (decided,) = decide([empty], PromotionGates())
+    assert decided["ic"]["p_value_adjusted"] is None and decided["decision"] == REJECT

@@ -19,6 +19,7 @@ from dagster import (
     ResourceParam,
     asset,
 )
+from pydantic import Field
 
 from sensequant_assets.artifacts import BriefingArtifact
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
@@ -44,6 +45,8 @@ from sensequant_assets.registry import (
 )
 from sensequant_assets.resources import PipelineSettings
 
+_DEFAULT_GATES = PromotionGates()
+
 
 class BriefingConfig(Config):
     """Promotion gates; `extra_trials` counts configurations tried outside this instance's history.
@@ -53,18 +56,79 @@ class BriefingConfig(Config):
     would judge a model that never existed, and promotion follows the configuration judged here.
     """
 
-    min_windows: int = 2
-    min_rows: int = 500
-    fdr: float = 0.05  # Benjamini-Hochberg level of the IC test across the briefing's symbols
-    null_shift: float = 0.15  # calibrated null of the IC's z: mean and spread measured on no-signal
-    null_scale: float = 1.10  # records of the real pipeline (docs/methodology.md); (0, 1) is nominal
-    max_excess_pvalue: float | None = None  # None: excess return over the benchmark reported, not a gate
-    benchmark: str = "buy_hold"  # or "cash"
-    min_dsr: float | None = None  # None: deflated Sharpe ratio reported, not a gate
-    max_dm_pvalue: float | None = None  # None: Diebold-Mariano reported, not a gate
-    alpha: float = 0.05
-    extra_trials: int = 0
-    config_id: str | None = None
+    min_windows: int = Field(
+        default=_DEFAULT_GATES.min_windows,
+        description="Fewer evaluated windows than this is INSUFFICIENT_DATA, not a verdict.",
+    )
+    min_rows: int = Field(
+        default=_DEFAULT_GATES.min_rows,
+        description=(
+            "Fewer out-of-sample rows than this is INSUFFICIENT_DATA, not a verdict. The calibrated "
+            "null was measured on 10-year records (~2,340 rows); shorter records may over-reject more."
+        ),
+    )
+    fdr: float = Field(
+        default=_DEFAULT_GATES.fdr,
+        description=(
+            "Benjamini-Hochberg level of the IC test across the briefing's symbols (PROMOTE needs q <= fdr)."
+        ),
+    )
+    null_shift: float = Field(
+        default=_DEFAULT_GATES.null_shift,
+        description=(
+            "Calibrated null of the IC's z-statistic, z ~ null_shift + null_scale * t: its mean, the worst "
+            "measured on no-signal records of the real pipeline (docs/methodology.md). 0 with null_scale 1 "
+            "is the nominal test (over-rejects on the pipeline's records); raise it to be more cautious."
+        ),
+    )
+    null_scale: float = Field(
+        default=_DEFAULT_GATES.null_scale,
+        description=(
+            "Calibrated null of the IC's z-statistic, z ~ null_shift + null_scale * t: its spread, the "
+            "worst measured on no-signal records of the real pipeline (docs/methodology.md). 1 with "
+            "null_shift 0 is the nominal test."
+        ),
+    )
+    max_excess_pvalue: float | None = Field(
+        default=_DEFAULT_GATES.max_excess_pvalue,
+        description=(
+            "Gate on the one-sided p-value of a positive mean excess log return over the benchmark; "
+            "None: reported, not a gate."
+        ),
+    )
+    benchmark: str = Field(
+        default=_DEFAULT_GATES.benchmark,
+        description=(
+            "What the excess return and the deflated Sharpe ratio are measured against: buy_hold or cash."
+        ),
+    )
+    min_dsr: float | None = Field(
+        default=_DEFAULT_GATES.min_dsr,
+        description=(
+            "Gate: deflated Sharpe ratio of the excess returns above this; None: reported, not a gate."
+        ),
+    )
+    max_dm_pvalue: float | None = Field(
+        default=_DEFAULT_GATES.max_dm_pvalue,
+        description=(
+            "Gate: Diebold-Mariano p-value of the log loss against the base rate's at most this (and the "
+            "student's the lower); None: reported, not a gate."
+        ),
+    )
+    alpha: float = Field(
+        default=_DEFAULT_GATES.alpha,
+        description=(
+            "1 - the level of every interval (the IC interval is nominal, not the calibrated null's)."
+        ),
+    )
+    extra_trials: int = Field(
+        default=0,
+        description="Configurations tried outside this instance's history, added to every symbol's count.",
+    )
+    config_id: str | None = Field(
+        default=None,
+        description="The configuration whose evaluations are judged; None: the code's default configuration.",
+    )
 
     def gates(self) -> PromotionGates:
         fields = PromotionGates.__dataclass_fields__
@@ -221,7 +285,9 @@ def _configuration_header(markdown: str, config_id: str, default: bool, left_out
     description=(
         "Per symbol: every window evaluated under the judged configuration (default: the code's; "
         "BriefingConfig.config_id) stitched into one out-of-sample record; the rank IC with a HAC interval "
-        "and p-value, Benjamini-Hochberg across symbols, the excess return over buy-and-hold with its "
+        "and a one-sided p-value against the calibrated null (z referred to null_shift + null_scale * t, "
+        "measured on no-signal records; 0 and 1 is nominal) times the configurations tried, "
+        "Benjamini-Hochberg across symbols, the excess return over buy-and-hold with its "
         "interval, DSR, Diebold-Mariano vs the base rate, gates and a PROMOTE/REJECT/INSUFFICIENT_DATA "
         "decision. Written to briefings/ (latest and a dated copy)."
     ),
