@@ -317,3 +317,16 @@ def test_an_unchanged_symbol_is_reused_and_gives_the_same_briefing(story) -> Non
     assert other["metadata"]["symbols_recomputed"] == 1
     assert other["entry"] != first["entry"]
     assert _brief(artifacts, instance)["entry"] == first["entry"]
+
+
+def test_briefing_config_defaults_are_the_promotion_gates_and_are_described() -> None:
+    """The launchpad's defaults are the code's gates, and every gate has a description it shows."""
+    from sensequant_assets.assets.briefing import BriefingConfig
+    from sensequant_assets.ml.briefing import PromotionGates
+
+    assert BriefingConfig().gates() == PromotionGates()
+    fields = BriefingConfig.to_config_schema().as_field().config_type.fields
+    for name in PromotionGates.__dataclass_fields__:
+        assert fields[name].description, name
+    assert "calibrated null" in fields["null_shift"].description.lower()
+    assert "calibrated null" in fields["null_scale"].description.lower()
