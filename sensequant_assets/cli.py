@@ -199,21 +199,22 @@ class Trainer:
         from dagster import AssetKey
 
         from sensequant_assets import train_plan
-        from sensequant_assets.ml.features import HISTORY_DAYS
-        from sensequant_assets.partitions import history_windows, window_partitions
+        from sensequant_assets.partitions import window_partitions
 
         self.args, self.defs, self.market = args, defs, market
         self.symbols, self.windows = symbols, windows
-        # Windows before the range that the warm-up of its teachers reads: their stored bars, if
-        # stale, are refreshed first (the teacher reads stored bars where there are some).
-        existing = set(window_partitions.get_partition_keys())
-        reached = {w for window in windows for w, _, _ in history_windows(window, HISTORY_DAYS)}
-        self.lead = sorted((reached & existing) - set(windows))
         self.force = bool(args.force)
         self.job = defs.resolve_job_def("train_job")
         graph = defs.resolve_asset_graph()
         code = {a: graph.get(AssetKey(a)).code_version for a in train_plan.ASSETS}
         self.expected = train_plan.expected_versions(code, QUIET, horizon)
+        # Windows before the range that its teachers read (the configuration's lookback windows and
+        # the warm-up before them): their stored bars, if stale, are refreshed first (the teacher
+        # reads stored bars where there are some).
+        lookback = self.expected.lookback_windows
+        existing = set(window_partitions.get_partition_keys())
+        reached = {w for window in windows for w, _, _ in train_plan.bars_before(window, lookback)}
+        self.lead = sorted((reached & existing) - set(windows))
         self.outcomes: dict[str, PartitionOutcome] = {}  # the range's partitions
         self.lead_outcomes: dict[str, PartitionOutcome] = {}
         self.run_ids: set[str] = set()  # this command's runs
@@ -230,7 +231,8 @@ class Trainer:
         for symbol in self.symbols:
             try:
                 source = self.market.source_for(symbol)
-                bars[symbol] = bars_fingerprints(source, symbol, [*self.lead, *self.windows])
+                windows = [*self.lead, *self.windows]
+                bars[symbol] = bars_fingerprints(source, symbol, windows, self.expected.lookback_windows)
             except SettingsError:
                 raise  # the source itself is misconfigured: no symbol can train
             except (DataSourceError, OSError) as exc:
@@ -318,10 +320,11 @@ class Trainer:
                     key = str(make_key(symbol, window))
                     why = f"{symbol}: the data source does not cover window {window} completely yet"
                     self.outcomes[key] = PartitionOutcome(key, "skipped", why)
+        reader = "lookback or warm-up" if self.expected.lookback_windows else "warm-up"
         for window in self.lead:
             for plan in plans[window].values():
                 if plan.reasons:
-                    _line(plan.key, "to run", f"{plan.why()}; the warm-up of {plan.symbol}'s range reads it")
+                    _line(plan.key, "to run", f"{plan.why()}; the {reader} of {plan.symbol}'s range reads it")
         todo = 0
         for symbol in self.symbols:
             for window in self.windows:

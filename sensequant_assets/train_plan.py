@@ -8,13 +8,15 @@ skip) was written by a `sensequant train` run whose recorded inputs are still th
   (`student.config_hash`; the student's is the configuration id the briefing judges), which
   Dagster's versions do not record;
 - bars: the run's `sensequant/bars` tag holds, per symbol, the source's fingerprint of the window's
-  bars and of the warm-up history before it (the teacher reads both), taken before the run started,
-  so bars that change during a run make the partition stale, never falsely fresh;
+  bars and of every day the teacher reads before it (`bars_before`: the lookback windows of the
+  configuration, `TeacherConfig.lookback_windows`, default 2, and the warm-up history before the
+  earliest of them), taken before the run started, so bars that change during a run make the
+  partition stale, never falsely fresh;
 - lineage: no parent (the bars, the teacher, this window's labels, the previous window's student,
-  and for the teacher the earlier windows' bars its warm-up reads) was re-materialised after it,
-  and none is about to be. The teacher reads its warm-up from the stored `market_bars` of those
-  windows where they exist, so stale stored ones are refreshed first, even before the range
-  (`bars_only` plans), and a teacher whose stored warm-up could not be refreshed does not run;
+  and for the teacher the earlier windows' bars its lookback and warm-up read) was re-materialised
+  after it, and none is about to be. The teacher reads those days from the stored `market_bars` of
+  their windows where they exist, so stale stored ones are refreshed first, even before the range
+  (`bars_only` plans), and a teacher whose stored earlier bars could not be refreshed does not run;
 - attempts: no later attempt to materialise it failed or was interrupted (Dagster's planned event
   newer than its newest event).
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from dagster import (
@@ -48,7 +50,14 @@ from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
 from sensequant_assets.assets.student import StudentConfig, config_hash, model_configuration
 from sensequant_assets.assets.teacher import TeacherConfig, teacher_configuration
 from sensequant_assets.ml.features import HISTORY_DAYS
-from sensequant_assets.partitions import history_windows, make_key, previous_window, window_bounds
+from sensequant_assets.ml.protocol import DEFAULT_LOOKBACK_WINDOWS
+from sensequant_assets.partitions import (
+    bars_before_windows,
+    earlier_windows,
+    make_key,
+    previous_window,
+    window_bounds,
+)
 from sensequant_assets.sources.base import BarSource
 
 BARS_TAG = "sensequant/bars"
@@ -78,10 +87,12 @@ ASSETS = tuple(asset for step in STEPS for asset in step.assets)
 
 @dataclass(frozen=True)
 class Expected:
-    """What an up-to-date partition was trained with: code versions by asset, configuration by step."""
+    """What an up-to-date partition was trained with: code versions by asset, configuration by step,
+    and the teacher's lookback (which earlier windows' bars it reads)."""
 
     code: Mapping[str, str | None]
     config: Mapping[str, str]
+    lookback_windows: int = DEFAULT_LOOKBACK_WINDOWS
 
     @property
     def config_id(self) -> str:
@@ -105,7 +116,8 @@ def expected_versions(
     def op_config(name: str) -> dict[str, Any]:
         return dict(ops.get(name, {}).get("config", {}))
 
-    teacher = teacher_configuration(TeacherConfig(**op_config("teacher")), horizon)
+    teacher_config = TeacherConfig(**op_config("teacher"))
+    teacher = teacher_configuration(teacher_config, horizon)
     student = StudentConfig(**op_config("student_model"))
     evaluation = EvaluationConfig(**op_config("student_evaluation"))
     config = {
@@ -113,7 +125,7 @@ def expected_versions(
         "student_model": config_hash(model_configuration(teacher, student)),
         "student_evaluation": config_hash(evaluation.model_dump()),
     }
-    return Expected(code=dict(code), config=config)
+    return Expected(code=dict(code), config=config, lookback_windows=teacher_config.lookback_windows)
 
 
 # --- bars -----------------------------------------------------------------------------------
@@ -121,7 +133,8 @@ def expected_versions(
 
 @dataclass(frozen=True)
 class Bars:
-    """Fingerprints of a partition's inputs: the window's bars and the warm-up history before it."""
+    """Fingerprints of a partition's inputs: the window's bars and the bars the teacher reads before
+    it (its lookback windows and the warm-up history before the earliest of them)."""
 
     window: str | None  # None: the data does not cover the window yet
     history: str | None
@@ -130,20 +143,41 @@ class Bars:
         return f"{(self.window or '')[:FINGERPRINT_CHARS]}/{(self.history or '')[:FINGERPRINT_CHARS]}"
 
 
-def bars_fingerprints(source: BarSource, symbol: str, windows: Sequence[str]) -> dict[str, Bars]:
-    """Window key -> fingerprints of its bars and of the `HISTORY_DAYS` before it (what the teacher
-    reads), from the source's cheap change detection (listings and stats, or one read per file).
+def bars_before(window: str, lookback: int) -> list[tuple[str, date, date]]:
+    """(window key, first, last day) of every day a teacher with `lookback` reads before `window`,
+    oldest first (`partitions.bars_before_windows`): the lookback windows whole (fewer for a
+    symbol's first windows, cut at the first partition) and the `HISTORY_DAYS` of warm-up before the
+    earliest. Contiguous, ending the day before the window starts."""
+    return bars_before_windows(window, lookback, HISTORY_DAYS)
+
+
+def bars_fingerprints(
+    source: BarSource, symbol: str, windows: Sequence[str], lookback: int = DEFAULT_LOOKBACK_WINDOWS
+) -> dict[str, Bars]:
+    """Window key -> fingerprints of its bars and of every day before it that a teacher with
+    `lookback` reads (`bars_before`), from the source's cheap change detection (listings and stats,
+    or one read per file). `windows` must be partitions (keys of `window_partitions`).
 
     Raises the source's errors (an unknown symbol, a badly named or empty file) unchanged.
     """
     bounds = {w: window_bounds(w) for w in windows}
     own = source.window_fingerprints(symbol, list(bounds.values()))
-    history_ranges = [(s - timedelta(days=HISTORY_DAYS), s - timedelta(days=1)) for s, _ in bounds.values()]
-    # A separate call: a history range may start on the day another window starts.
-    history = source.window_fingerprints(symbol, history_ranges)
-    return {
-        w: Bars(own[start], history[start - timedelta(days=HISTORY_DAYS)]) for w, (start, _) in bounds.items()
+    before = {
+        w: (bars_before(w, lookback)[0][1], start - timedelta(days=1)) for w, (start, _) in bounds.items()
     }
+    # Separate calls: the source keys a range by its first day, which the range before another
+    # window may share (the lookback is cut at the first partition), and a range before a window may
+    # start on the day another window starts.
+    history: dict[tuple[date, date], str | None] = {}
+    pending = sorted(set(before.values()))
+    while pending:
+        batch: dict[date, tuple[date, date]] = {}
+        for span in pending:
+            batch.setdefault(span[0], span)
+        found = source.window_fingerprints(symbol, list(batch.values()))
+        history.update({span: found[first] for first, span in batch.items()})
+        pending = [span for span in pending if span not in history]
+    return {w: Bars(own[start], history[before[w]]) for w, (start, _) in bounds.items()}
 
 
 # --- what the instance holds ----------------------------------------------------------------
@@ -232,6 +266,9 @@ class InstanceState:
 # --- the plan -------------------------------------------------------------------------------
 
 UPSTREAM = "upstream reruns"
+# The teacher's reason when the bars it reads before its window changed (with a lookback; at
+# lookback 0: "the warm-up bars before the window changed").
+BEFORE_CHANGED = "the lookback and warm-up bars before the window changed"
 
 
 @dataclass
@@ -274,14 +311,15 @@ def plan_window(
 ) -> dict[str, PartitionPlan]:
     """The plan of `window` for `symbols` (whose window the data covers), from the instance's state.
 
-    `bars` holds the fingerprints of this window and of the windows its warm-up history lies in.
+    `bars` holds the fingerprints of this window and of the earlier windows its teacher reads (the
+    lookback windows of `expected.lookback_windows` and those its warm-up history lies in).
     `force`: everything runs, but what `done_runs` (this command's runs) materialised.
     `planned`: the plans of earlier windows (window -> symbol -> plan) that run in the same command
     before this one: their bars and students rerun, so this window's teachers and evaluations
     follow. Without them, the instance's state of those partitions decides.
     `bars_only`: plan `market_bars` alone, and only where it is stored and stale (a window before
-    the range that the warm-up of the range's teachers reads; where it is not stored, the teacher
-    reads the source).
+    the range that the lookback or warm-up of the range's teachers reads; where it is not stored,
+    the teacher reads the source).
     """
     planned = planned or {}
     keys = {s: str(make_key(s, window)) for s in symbols}
@@ -294,8 +332,9 @@ def plan_window(
     history = (
         []
         if bars_only
-        else [w for w, _, _ in history_windows(window, HISTORY_DAYS) if w in bars_windows(bars)]
+        else [w for w, _, _ in bars_before(window, expected.lookback_windows) if w in bars_windows(bars)]
     )
+    lookback = set(earlier_windows(window, expected.lookback_windows)) if history else set()
     history_keys = {(s, w): str(make_key(s, w)) for s in symbols for w in history}
     previous_students: dict[str, Event] = {}
     history_bars: dict[str, Event] = {}
@@ -333,7 +372,12 @@ def plan_window(
         previous_reruns = before is not None and "student_model" in before.reasons
         previous_student = previous_students.get(previous_keys.get(symbol, ""))
         warm_up = [
-            (w, history_bars.get(history_keys[(symbol, w)]), history_attempts.get(history_keys[(symbol, w)]))
+            (
+                w,
+                "lookback" if w in lookback else "warm-up",
+                history_bars.get(history_keys[(symbol, w)]),
+                history_attempts.get(history_keys[(symbol, w)]),
+            )
             for w in history
         ]
         for step in STEPS:
@@ -373,21 +417,22 @@ def bars_windows(bars: Mapping[str, Mapping[str, Bars]]) -> set[str]:
 
 def _warm_up(
     symbol: str,
-    warm_up: Sequence[tuple[str, Event | None, int | None]],
+    warm_up: Sequence[tuple[str, str, Event | None, int | None]],
     planned: Mapping[str, Mapping[str, PartitionPlan]],
     runs: Mapping[str, Mapping[str, str]],
     expected: Expected,
     bars: Mapping[str, Mapping[str, Bars]],
     teacher: Event | None,
 ) -> tuple[str | None, str | None, str | None]:
-    """The teacher's view of the `market_bars` of the earlier windows its warm-up reads (stored ones;
-    the teacher reads the source for the others): (one reruns in this command, one is stored but
-    stale and does not rerun, one was re-materialised after the teacher)."""
+    """The teacher's view of the `market_bars` of the earlier windows it reads, each with its role
+    (`lookback` or `warm-up`; stored ones: the teacher reads the source for the others): (one reruns
+    in this command, one is stored but stale and does not rerun, one was re-materialised after the
+    teacher)."""
     rerun = stale = newer = None
-    for window, event, attempt in warm_up:
+    for window, role, event, attempt in warm_up:
         plan = planned.get(window, {}).get(symbol)
         if plan is not None and "market_bars" in plan.reasons:
-            rerun = rerun or f"the warm-up's market_bars of {window} reruns"
+            rerun = rerun or f"the {role}'s market_bars of {window} reruns"
             continue
         if event is None or event.skipped is not None:
             continue  # nothing stored: the teacher reads these days from the source
@@ -395,9 +440,9 @@ def _warm_up(
             "market_bars", "market_bars", symbol, event, attempt, runs, expected, bars[symbol][window], False
         )
         if why:
-            stale = stale or f"the warm-up's market_bars of {window} are stale and were not refreshed ({why})"
+            stale = stale or f"the {role}'s market_bars of {window} are stale and were not refreshed ({why})"
         elif teacher is not None and event.storage_id > teacher.storage_id:
-            newer = newer or f"the warm-up's market_bars of {window} were re-materialised after it"
+            newer = newer or f"the {role}'s market_bars of {window} were re-materialised after it"
     return rerun, stale, newer
 
 
@@ -427,7 +472,7 @@ def _upstream(
     previous_student_reruns: bool,
 ) -> str | None:
     """Why `step` follows its parents in this partition or the previous window's student: one reruns
-    now, or one was re-materialised after it. (The teacher's warm-up: `_warm_up`.)"""
+    now, or one was re-materialised after it. (The earlier windows' bars the teacher reads: `_warm_up`.)"""
     same = {
         "market_bars": (),
         "teacher_model": ("market_bars",),
@@ -489,5 +534,7 @@ def _own_reason(
         if window != current_window:
             return "the window's bars changed"
         if step == "teacher_model" and history != current_history:
-            return "the warm-up bars before the window changed"
+            return (
+                BEFORE_CHANGED if expected.lookback_windows else "the warm-up bars before the window changed"
+            )
     return None

@@ -33,15 +33,17 @@ def _write_csv(directory: Path, symbol: str, start: str, end: str, *, corrupt_vo
 
 
 def test_too_few_rows_skips_teacher_and_student_without_failing(tmp_path: Path) -> None:
-    result = run(tmp_path, "RELIANCE|2023-01-01", synthetic_end_date="2023-01-20")
+    # The first partition: no earlier window to learn from (the default lookback is cut there), so
+    # its teacher has only the window's own rows. (A later window's rows count with its lookback's.)
+    result = run(tmp_path, "RELIANCE|2022-01-01", synthetic_end_date="2022-01-20")
     assert result.success
     reasons = skip_reasons(result)
     assert set(reasons) == {"teacher_model", "teacher_labels"}
-    assert "RELIANCE" in reasons["teacher_model"] and "2023-01-01" in reasons["teacher_model"]
+    assert "RELIANCE" in reasons["teacher_model"] and "2022-01-01" in reasons["teacher_model"]
     assert "20" in reasons["teacher_model"]  # the minimum is named
     materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialised == {"market_bars"}
-    directory = tmp_path / "RELIANCE_2023-01-01_to_2023-06-30"
+    directory = tmp_path / "RELIANCE_2022-01-01_to_2022-06-30"
     assert (directory / "bars.parquet").is_file()
     assert not (directory / "model.pkl").exists() and not (directory / "student").exists()
 

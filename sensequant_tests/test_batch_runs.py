@@ -1,4 +1,9 @@
-"""A run covering several partitions (a batched backfill) writes every partition's directory."""
+"""A run covering several partitions (a batched backfill) writes every partition's directory.
+
+The first test runs the default configuration (lookback 2: a batch's later windows learn from the
+earlier windows it wrote); the others, about workers and events, train each window alone
+(`WINDOW_ALONE`) to stay fast.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ from sensequant_tests.pipeline_helpers import (
     resources,
 )
 
+# Teachers on their window alone (lookback_windows 0; the default is 2): for tests that are not about
+# what a teacher learns from, a third of the rows to fit.
+WINDOW_ALONE = {"lookback_windows": 0}
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 DIRS = {
@@ -37,7 +45,7 @@ DIRS = {
 }
 
 
-def _run_range(artifacts: Path, start: str, end: str, **market):
+def _run_range(artifacts: Path, start: str, end: str, teacher: dict | None = None, **market):
     defs = Definitions(
         assets=ALL_ASSETS,
         jobs=[train_job],
@@ -45,7 +53,10 @@ def _run_range(artifacts: Path, start: str, end: str, **market):
         executor=in_process_executor,
     )
     return defs.resolve_job_def("train_job").execute_in_process(
-        instance=instance_with("RELIANCE"), tags={RANGE_START: start, RANGE_END: end}, raise_on_error=False
+        instance=instance_with("RELIANCE"),
+        tags={RANGE_START: start, RANGE_END: end},
+        run_config={"ops": {"teacher": {"config": teacher or {}}}},
+        raise_on_error=False,
     )
 
 
@@ -65,6 +76,10 @@ def test_one_run_over_three_windows_writes_three_directories(tmp_path: Path) -> 
         meta = json.loads((directory / "metadata.json").read_text())
         assert meta["partition_key"] == f"RELIANCE|{window}"
         assert meta["date_range"]["start"] == window
+    # The later windows learnt from the earlier ones the batch wrote (the default lookback, 2).
+    meta = json.loads((tmp_path / DIRS["2024-01-01"] / "metadata.json").read_text())
+    assert meta["training_span"]["start"] == "2023-01-01"
+    assert meta["history"]["from_market_bars"] == ["RELIANCE|2023-01-01", "RELIANCE|2023-07-01"]
     # Inside the batch, the second and third windows are evaluated with the previous window's student.
     assert not (tmp_path / DIRS["2023-01-01"] / "evaluation").exists()
     metrics = json.loads((tmp_path / DIRS["2024-01-01"] / "evaluation" / "metrics.json").read_text())
@@ -95,7 +110,7 @@ def test_one_run_over_three_windows_writes_three_directories(tmp_path: Path) -> 
 
 def test_a_skipped_partition_in_a_batch_gets_no_files_and_a_reason(tmp_path: Path) -> None:
     result = _run_range(
-        tmp_path, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01", synthetic_end_date="2023-12-31"
+        tmp_path, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01", WINDOW_ALONE, synthetic_end_date="2023-12-31"
     )
     assert result.success
     assert (tmp_path / DIRS["2023-07-01"] / "student" / "student_model.pkl").is_file()
@@ -116,7 +131,7 @@ def test_workers_across_cores_write_the_same_files_as_one_process(
     written = {}
     for workers in ("1", "2"):
         monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", workers)
-        result = _run_range(tmp_path / workers, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01")
+        result = _run_range(tmp_path / workers, "RELIANCE|2023-01-01", "RELIANCE|2024-01-01", WINDOW_ALONE)
         assert result.success
         written[workers] = {
             path.relative_to(tmp_path / workers).as_posix(): path.read_bytes()
@@ -146,6 +161,7 @@ def test_a_batch_forks_only_onto_cores_no_other_run_is_using(
     result = defs.resolve_job_def("train_job").execute_in_process(
         instance=instance,
         tags={RANGE_START: "RELIANCE|2023-01-01", RANGE_END: "RELIANCE|2024-01-01"},
+        run_config={"ops": {"teacher": {"config": WINDOW_ALONE}}},
     )
     assert result.success
     logs = instance.all_logs(result.run_id)
@@ -166,7 +182,7 @@ def test_a_multi_threaded_teacher_counts_its_threads_as_cores(
     result = defs.resolve_job_def("train_job").execute_in_process(
         instance=instance,
         tags={RANGE_START: "RELIANCE|2023-01-01", RANGE_END: "RELIANCE|2024-01-01"},
-        run_config={"ops": {"teacher": {"config": {"num_threads": 2}}}},
+        run_config={"ops": {"teacher": {"config": {"num_threads": 2, **WINDOW_ALONE}}}},
     )
     assert result.success
     logs = instance.all_logs(result.run_id)
@@ -201,7 +217,7 @@ def test_each_partition_of_a_batch_gets_its_own_numbers_and_no_event_grows_with_
         resources=resources(tmp_path),
         instance=instance,
         tags=_range("2022-07-01", windows[-1]),
-        run_config={"ops": {"teacher": {"config": {"n_estimators": 10, "n_folds": 2}}}},
+        run_config={"ops": {"teacher": {"config": {"n_estimators": 10, "n_folds": 2, **WINDOW_ALONE}}}},
     )
     assert training.success
     batches = {}

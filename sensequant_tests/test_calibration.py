@@ -60,6 +60,11 @@ from sensequant_assets.sources.synthetic import SMOKE_TEST_SIGNAL_IC, SyntheticS
 H = 7
 SYMBOLS = ["RELIANCE", "TCS", "INFY", "HDFCBANK"]
 WINDOWS = month_windows(dt.date(2018, 1, 1), 11)  # 2018-01 .. 2023-06, 10 evaluated
+# Each fit on its window alone (lookback 0, the default before the methodology study made it 2): the
+# protocol on which the log losses quoted below were measured. With the default's three windows of
+# rows the uncalibrated student is less overconfident (no-signal seed 0: log loss 0.885 against the
+# base rate's 0.698, instead of 1.307), so the calibration claims are made where it is needed most.
+SETTINGS = protocol.WalkForwardSettings(horizon=H, lookback_windows=0)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -318,7 +323,7 @@ def _walk_forward(source: SyntheticSource) -> tuple[pd.DataFrame, float]:
     frames = []
     for symbol in SYMBOLS:
         with _spy_uncalibrated() as raw:
-            predictions = protocol.walk_forward(source, symbol, WINDOWS).predictions
+            predictions = protocol.walk_forward(source, symbol, WINDOWS, SETTINGS).predictions
         frames.append(predictions.assign(uncalibrated_proba=np.concatenate(raw)))
     return pd.concat(frames, ignore_index=True), time.perf_counter() - started
 

@@ -179,7 +179,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         ws = Workspace(root, mp)
         for symbol in SEEDS:
-            ws.write(symbol, date(2022, 1, 1), date(2024, 6, 30))
+            # From the warm-up of the first partition (2022-01-01), which the default lookback (2)
+            # of the range's first window reaches.
+            ws.write(symbol, date(2021, 6, 1), date(2024, 6, 30))
         assert cli.main(["train", "--symbols", "A,B", *RANGE]) == 0
     yield root
 
@@ -192,7 +194,7 @@ def ws(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worksp
     return Workspace(tmp_path / "w", monkeypatch)
 
 
-def test_changed_bars_retrain_that_window_and_the_window_whose_warm_up_reads_them(
+def test_changed_bars_retrain_that_window_and_the_windows_whose_teachers_read_them(
     ws: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ws.write("A", date(2023, 7, 1), date(2023, 12, 31), bump=1.02)  # a correction of A's second window
@@ -204,11 +206,11 @@ def test_changed_bars_retrain_that_window_and_the_window_whose_warm_up_reads_the
         "the window's bars changed (market_bars, teacher_model); upstream reruns (student_model, "
         "student_evaluation)",
     )
-    # The next window's teacher reads them as warm-up history; its own bars are unchanged.
+    # The next window's teacher learns from them (the default lookback, 2); its own bars are unchanged.
     assert status["A|2024-01-01"][0] == (
         "to run",
-        "the warm-up bars before the window changed (teacher_model); upstream reruns (student_model, "
-        "student_evaluation)",
+        "the lookback and warm-up bars before the window changed (teacher_model); upstream reruns "
+        "(student_model, student_evaluation)",
     )
     assert status["A|2023-07-01"][1][0] == status["A|2024-01-01"][1][0] == "materialised"
     for key in ("A|2023-01-01", "B|2023-01-01", "B|2023-07-01", "B|2024-01-01"):
@@ -279,7 +281,7 @@ def test_a_failed_partition_is_isolated_and_the_next_run_does_only_what_is_left(
     assert "total: 6 partitions, 1 materialised, 5 up to date, 0 skipped, 0 failed" in out
 
 
-def test_stale_warm_up_bars_before_the_range_are_refreshed_before_the_teacher_reads_them(
+def test_stale_bars_before_the_range_are_refreshed_before_the_teacher_reads_them(
     ws: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ws.write("A", date(2023, 7, 1), date(2023, 12, 31), bump=1.02)  # outside the range trained next
@@ -287,19 +289,20 @@ def test_stale_warm_up_bars_before_the_range_are_refreshed_before_the_teacher_re
     assert code == 0, out
     status = _status(out)
     assert status["A|2023-07-01"] == [
-        ("to run", "the window's bars changed (market_bars); the warm-up of A's range reads it"),
+        ("to run", "the window's bars changed (market_bars); the lookback or warm-up of A's range reads it"),
         ("materialised", str(ws.models / "A_2023-07-01_to_2023-12-31")),
     ]
     assert status["A|2024-01-01"][0][1].startswith(
-        "the warm-up bars before the window changed (teacher_model)"
+        "the lookback and warm-up bars before the window changed (teacher_model)"
     )
     assert "total: 2 partitions, 1 materialised, 1 up to date" in out
     # The teacher learnt from the corrected bars (stored ones, refreshed first): its data hash is that
-    # of the source's bars over its warm-up and window.
+    # of the source's bars over its warm-up, its two lookback windows and its window.
     meta = json.loads((ws.models / "A_2024-01-01_to_2024-06-30" / "metadata.json").read_text())
-    assert "A|2023-07-01" in meta["history"]["from_market_bars"]
+    assert meta["history"]["from_market_bars"] == ["A|2023-01-01", "A|2023-07-01"]
     source, start = CsvDirSource(ws.data), date(2024, 1, 1)
-    history = source.bars("A", start - timedelta(days=HISTORY_DAYS), start - timedelta(days=1))
+    first = date(2023, 1, 1) - timedelta(days=HISTORY_DAYS)
+    history = source.bars("A", first, start - timedelta(days=1))
     assert meta["data_sha256"] == bars_hash(pd.concat([history, source.bars("A", start, date(2024, 6, 30))]))
 
     # The corrected window itself was outside that range; a range holding it retrains its teacher, and
@@ -426,7 +429,7 @@ def test_a_new_code_version_or_configuration_reruns_that_step_and_what_follows(w
         plans, _ = _plan(ws, instance, "2023-07-01", market_bars="99")
         assert plans["A"].steps == ("market_bars",)
         assert plans["A"].blocked == (
-            "the warm-up's market_bars of 2023-01-01 are stale and were not refreshed (code version "
+            "the lookback's market_bars of 2023-01-01 are stale and were not refreshed (code version "
             "changed (1 -> 99))"
         )
 

@@ -19,12 +19,18 @@ import pytest
 from sensequant_assets.ml.briefing import PROMOTE, PromotionGates, brief_symbols
 from sensequant_assets.ml.dataset import model_features
 from sensequant_assets.ml.features import MODEL_FEATURES
-from sensequant_assets.ml.protocol import month_windows, walk_forward
+from sensequant_assets.ml.protocol import WalkForwardSettings, month_windows, walk_forward
 from sensequant_assets.ml.stats import rank_ic_test
 from sensequant_assets.sources.synthetic import SMOKE_TEST_SIGNAL_IC, SyntheticSource
 
 H = 7
 WINDOWS = month_windows(dt.date(2016, 1, 1), 6)  # 5 evaluated windows, ~600 out-of-sample rows
+# Each fit on its window alone (lookback 0, the default before the study made it 2): the protocol
+# whose error rates the tolerances below quote (docs/methodology.md) and on which the degraded
+# pipeline's ICs were measured, at a third of the rows to fit. At the default lookback this seeded
+# null universe covered 0 with 6 of its 8 IC intervals, below the 7 asked (and promoted nothing):
+# the size of the default's test is for the study to measure, not this seed.
+SETTINGS = WalkForwardSettings(horizon=H, lookback_windows=0)
 NULL_PROCESSES = ("random_walk", "garch", "garch_t", "regime")
 
 
@@ -35,7 +41,7 @@ def null_universe() -> dict[str, pd.DataFrame]:
     for k, process in enumerate(NULL_PROCESSES):
         source = SyntheticSource(seed=100 + k, process=process)
         for symbol in (f"N{k}A", f"N{k}B"):
-            out[symbol] = walk_forward(source, symbol, WINDOWS).predictions
+            out[symbol] = walk_forward(source, symbol, WINDOWS, SETTINGS).predictions
     return out
 
 
@@ -92,7 +98,7 @@ def test_a_degraded_pipeline_scores_lower() -> None:
     for k, symbol in enumerate(("P0", "P1", "P2", "P3")):
         ics = []
         for fn in (None, _half_noise(k)):
-            pred = walk_forward(source, symbol, WINDOWS, feature_fn=fn).predictions
+            pred = walk_forward(source, symbol, WINDOWS, SETTINGS, feature_fn=fn).predictions
             ics.append(rank_ic_test(pred["student_score"], pred["forward_return"], horizon=H)["ic"])
         intact, degraded = ics
         assert intact > 0.2 and degraded < intact * 2 / 3, (symbol, intact, degraded)

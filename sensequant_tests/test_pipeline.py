@@ -21,7 +21,8 @@ PREDECESSOR_LABEL_COLUMNS = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full run of the graph over RELIANCE's first 2023 window."""
+    """One full run of the graph over RELIANCE's first 2023 window, default configuration (its teacher
+    also learns from the two windows before it, read from the source: none is materialised)."""
     artifacts = tmp_path_factory.mktemp("models")
     result = run(artifacts, KEY)
     assert result.success, failure_messages(result)
@@ -40,7 +41,8 @@ def test_teacher_artifacts_land_in_the_partition_directory(trained: Path) -> Non
     assert labels["teacher_proba"].between(0, 1).all()
     assert (labels["symbol"] == "RELIANCE").all()
     ts = pd.to_datetime(labels["ts"])
-    assert ts.min().date().isoformat() >= "2023-01-01" and ts.max().date().isoformat() <= "2023-06-30"
+    # Every training row: the default lookback's two windows and the window itself.
+    assert ts.min().date().isoformat() >= "2022-01-01" and ts.max().date().isoformat() <= "2023-06-30"
 
     meta = json.loads((directory / "metadata.json").read_text())
     for field in ("training_date", "symbol", "date_range", "total_samples", "train_samples", "val_samples",
@@ -49,6 +51,15 @@ def test_teacher_artifacts_land_in_the_partition_directory(trained: Path) -> Non
         assert field in meta, field
     assert meta["date_range"] == {"start": "2023-01-01", "end": "2023-06-30"}
     assert meta["total_samples"] == len(labels)
+    assert meta["lookback_windows"] == 2
+    assert meta["training_span"] == {
+        "start": "2022-01-01",
+        "end": "2023-06-30",
+        "windows": ["RELIANCE|2022-01-01", "RELIANCE|2022-07-01", KEY],
+    }
+    own = ts.dt.tz_localize(None) >= pd.Timestamp("2023-01-01")
+    assert meta["window_samples"] == int(own.sum()) < meta["total_samples"]
+    assert meta["history"]["from_source"] == [["2021-06-11", "2022-12-31"]]
     assert meta["rows"]["dropped_warmup"] == 0, "history before the window must feed the warm-up"
     assert meta["rows"]["dropped_horizon"] == 7
     importance = pd.read_csv(directory / "feature_importance.csv")

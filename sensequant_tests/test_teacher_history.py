@@ -5,6 +5,9 @@ tests pin down that the teacher reads them from those windows' `market_bars` par
 to the source for days no materialised partition holds), that the bars and so the features are exactly
 those of the previous code path (one source call over the whole history), and that Dagster's asset
 graph and automation see market_bars(S|k-1) -> teacher(S|k) for the same symbol only.
+
+The teachers here train on their window alone (`lookback_windows` 0, passed explicitly: the default
+is 2), so the warm-up is all they read before it; test_teacher_lookback.py covers the lookback.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ RANGE_END = "dagster/asset_partition_range_end"
 TEACHER = ["market_bars", "teacher_model", "teacher_labels"]
 WINDOWS = ["2023-01-01", "2023-07-01", "2024-01-01"]
 HORIZON = 7
+# The window alone: what these tests compare with the code path before the history was an input.
+WINDOW_ALONE = {"ops": {"teacher": {"config": {"lookback_windows": 0}}}}
 
 
 def _old_code_path_labels(store: ArtifactStore, key: str) -> tuple[str, bytes]:
@@ -53,7 +58,7 @@ def _old_code_path_labels(store: ArtifactStore, key: str) -> tuple[str, bytes]:
     history = source.bars(pw.symbol, pw.start - timedelta(days=HISTORY_DAYS), pw.start - timedelta(days=1))
     window_bars = store.read(key, codec_for("market_bars"), "market_bars")
     bars = pd.concat([history, window_bars]) if len(history) else window_bars
-    config = TeacherConfig()
+    config = TeacherConfig(lookback_windows=0)
     ds = build_dataset(bars, pw.start, pw.end, HORIZON, config.label_spec(), pw.symbol)
     result = train_teacher(ds.frame, config.params(), HORIZON)
     labels = ds.frame.assign(teacher_proba=result.oof_proba)
@@ -120,6 +125,7 @@ def test_a_batch_reads_history_from_the_windows_it_wrote_and_matches_the_old_cod
     instance = instance_with("RELIANCE")
     result = job.execute_in_process(
         instance=instance,
+        run_config=WINDOW_ALONE,
         tags={RANGE_START: f"RELIANCE|{WINDOWS[0]}", RANGE_END: f"RELIANCE|{WINDOWS[-1]}"},
     )
     assert result.success
@@ -162,7 +168,7 @@ def test_stored_history_is_what_the_teacher_learns_from(tmp_path: Path) -> None:
     corrected.loc[corrected.index[-1], ["open", "high", "low", "close"]] *= 1.01
     store.write(previous, codec_for("market_bars"), corrected)
     key = "RELIANCE|2024-01-01"
-    result = run(tmp_path, key, selection=TEACHER, instance=instance)
+    result = run(tmp_path, key, selection=TEACHER, run_config=WINDOW_ALONE, instance=instance)
     assert result.success
     metadata, _ = _teacher_files(store, key)
     data_sha256, _ = _old_code_path_labels(store, key)
@@ -182,7 +188,7 @@ def test_stored_history_is_what_the_teacher_learns_from(tmp_path: Path) -> None:
 
 def test_a_window_whose_history_was_never_materialised_trains_as_before(tmp_path: Path) -> None:
     key = "RELIANCE|2024-01-01"
-    result = run(tmp_path, key, selection=TEACHER)
+    result = run(tmp_path, key, selection=TEACHER, run_config=WINDOW_ALONE)
     assert result.success
     store = ArtifactStore(tmp_path)
     metadata, labels = _teacher_files(store, key)

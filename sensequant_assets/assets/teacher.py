@@ -10,14 +10,17 @@ skipped for lack of bars) is read from the data source for exactly those days, a
 teacher's metadata says which days came from where: the first window, and a symbol backfilled from a
 later window, train as they always did.
 
-With `TeacherConfig.lookback_windows` = N the teacher learns from more than its window: its training
-rows run from the start of window k-N to the end of window k (labels purged at the window end, as
-`ml.protocol.walk_forward` does, so the methodology study measures what the assets do), and the warm-up
-history lies before window k-N. The lookback windows' bars come from the same `market_bars` input,
-which declares the most any teacher may read (`MAX_LOOKBACK_WINDOWS` plus the warm-up's windows), so
-the lineage is complete whatever lookback a run is given. `teacher_labels` holds every training row
-(the student learns from the same rows' out-of-fold soft labels); the evaluation takes window k's own
-rows from it (`window_rows`), never the lookback's. One artifact directory per window, as always.
+With `TeacherConfig.lookback_windows` = N (by default 2, `DEFAULT_LOOKBACK_WINDOWS`) the teacher
+learns from more than its window: its training rows run from the start of window k-N to the end of
+window k (labels purged at the window end, as `ml.protocol.walk_forward` does, so the methodology
+study measures what the assets do), and the warm-up history lies before window k-N. The first
+windows of a symbol have fewer earlier windows: the lookback is cut at the first partition, as
+`walk_forward` cuts it at its first window. The lookback windows' bars come from the same
+`market_bars` input, which declares the most any teacher may read (`MAX_LOOKBACK_WINDOWS` plus the
+warm-up's windows), so the lineage is complete whatever lookback a run is given. `teacher_labels`
+holds every training row (the student learns from the same rows' out-of-fold soft labels); the
+evaluation takes window k's own rows from it (`window_rows`), never the lookback's. One artifact
+directory per window, as always.
 """
 
 import hashlib
@@ -56,6 +59,7 @@ from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, HISTORY_DAYS
 from sensequant_assets.ml.labels import LabelSpec
 from sensequant_assets.ml.leakage import ensure_point_in_time
+from sensequant_assets.ml.protocol import DEFAULT_LOOKBACK_WINDOWS
 from sensequant_assets.ml.teacher import TeacherParams, TooFewRowsError, check_rows, train_teacher
 from sensequant_assets.partitions import (
     bars_before_windows,
@@ -99,7 +103,10 @@ WINDOW_LOOKBACK_AND_HISTORY = MultiPartitionMapping(
 RUN_ONLY_FIELDS = frozenset({"num_threads", "min_rows"})
 # Fields added after configuration ids were first recorded, with the value at which the teacher
 # learns exactly what it learnt before the field existed: at that value the field is left out of the
-# configuration, so the id of an existing configuration (and its record) stays what it was.
+# configuration, so the id of an existing configuration (and its record) stays what it was. This is
+# not the field's default: `lookback_windows` defaults to 2 since the study, so the default
+# configuration records `lookback_windows: 2` and has an id of its own, while records trained at 0
+# (the old default) keep the old default's id and are never mixed with the new default's.
 NEUTRAL_AT = {"lookback_windows": 0}
 
 
@@ -124,11 +131,12 @@ class TeacherConfig(Config):
     label_vol_window: int = 20
     min_rows: int = 20
     lookback_windows: int = Field(
-        default=0,
+        default=DEFAULT_LOOKBACK_WINDOWS,
         description=(
-            f"Also learn from up to this many earlier windows of the symbol (0 to {MAX_LOOKBACK_WINDOWS}): "
-            "training rows from the earliest one's start to the window's end; the evaluation still "
-            "scores the window's own rows only. 0: the window alone."
+            f"Also learn from up to this many earlier windows of the symbol (0 to {MAX_LOOKBACK_WINDOWS}; "
+            f"default {DEFAULT_LOOKBACK_WINDOWS}): training rows from the earliest one's start to the "
+            "window's end (fewer for a symbol's first windows); the evaluation still scores the "
+            "window's own rows only. 0: the window alone (the default before the methodology study)."
         ),
     )
 
