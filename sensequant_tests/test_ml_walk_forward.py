@@ -199,3 +199,26 @@ def test_random_walk_is_not_promoted(null_briefings: dict[int, dict]) -> None:
         assert briefing["ic"]["ci_low"] < 0.0 < briefing["ic"]["ci_high"], seed
         assert briefing["ic"]["p_value"] > 0.05, seed
         assert briefing["decision"] == REJECT and briefing["reasons"] == ["ic_fdr"], seed
+
+
+def test_a_window_without_bars_of_its_own_trains_nothing_as_the_asset_skips_it() -> None:
+    """A suspension covering a whole window: walk_forward skips it (no model, so the next window is
+    not evaluated), as the teacher asset skips a window whose market_bars were never materialised,
+    even though its lookback windows hold rows enough to train on."""
+
+    class Suspended:
+        def __init__(self) -> None:
+            self.inner = SyntheticSource(seed=4)
+
+        def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+            out = self.inner.bars(symbol, start, end)
+            local = out.index.tz_localize(None)
+            return out[(local < pd.Timestamp(2023, 7, 1)) | (local >= pd.Timestamp(2024, 1, 1))]
+
+    windows = month_windows(dt.date(2022, 7, 1), 4)  # 2022-07, 2023-01, 2023-07 (no bars), 2024-01
+    result = protocol_walk_forward(Suspended(), "AAA", windows, WalkForwardSettings(lookback_windows=2))
+    notes = {n["window"]: n for n in result.windows}
+    assert notes["2023-07-01"].get("skipped") == "no bars in the window"
+    assert "skipped" not in notes["2024-01-01"] and "skipped" not in notes["2023-01-01"]
+    evaluated = set(result.predictions["window"])
+    assert evaluated == {"AAA|2023-01-01"}  # 2024-01 has no previous student to score it

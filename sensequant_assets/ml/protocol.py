@@ -102,6 +102,12 @@ def walk_forward(
         frame = build_dataset(bars, train_start, end, s.horizon, s.label, symbol, feature_fn=feature_fn).frame
         in_window = frame[pd.to_datetime(frame["ts"]).dt.tz_localize(None) >= pd.Timestamp(start)]
         note: dict[str, Any] = {"window": start.isoformat(), "rows": len(in_window), "train_rows": len(frame)}
+        stamps = pd.DatetimeIndex(bars.index)
+        own_bars = (stamps.tz_localize(None) if stamps.tz is not None else stamps) >= pd.Timestamp(start)
+        if not own_bars.any():  # as the asset: a window without bars of its own trains nothing
+            notes.append({**note, "skipped": "no bars in the window"})
+            previous = None
+            continue
         try:
             check_rows(frame, s.min_rows, symbol, start.isoformat())
             fitted = train_teacher(frame, s.teacher, s.horizon)
