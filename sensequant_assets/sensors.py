@@ -259,7 +259,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     # A new window partition (the calendar passed its end): compare every symbol now, so the
     # window's training is one backfill rather than a trickle of runs over the sweep period.
     sweep_all = since is None or (bool(seen) and any(key not in known for key, _, _ in windows))
-    waiting = _decay_retrains_queued(context)
+    waiting, started = _decay_retrains(context)
     for symbol in _registered(context):
         try:
             source = market_data.source_for(symbol)
@@ -281,8 +281,11 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
                 continue
             why = "bars corrected" if previous.get(key) else "window completed"
             partition = make_key(symbol, key)
-            if str(partition) in waiting:  # model_decay's queued retraining reads the bars when it starts
-                context.log.info(f"{partition}: {why}; {waiting[str(partition)]} will train it")
+            # model_decay's retraining reads the bars when it starts (see _decay_retrains).
+            completed = previous.get(key) is None
+            covering = waiting.get(str(partition)) or (completed and started.get(str(partition)))
+            if covering:
+                context.log.info(f"{partition}: {why}; {covering} trains it")
                 continue
             context.log.info(f"{partition}: {why}")
             requests.append(
@@ -311,19 +314,34 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     return SensorResult(run_requests=requests, cursor=_save_state(tokens, seen), skip_reason=skip)
 
 
-def _decay_retrains_queued(context: SensorEvaluationContext) -> dict[str, str]:
-    """Partition -> run of model_decay's retraining runs not started yet (one query per tick).
+def _decay_retrains(context: SensorEvaluationContext) -> tuple[dict[str, str], dict[str, str]]:
+    """model_decay's retraining runs not finished, by partition: (not started yet, started).
 
-    Only these make new_data stand down: a whole training run of the partition that will read
-    the bars when it starts (and model_decay retries it if it fails). Any other queued run (an
-    evaluation only, a run someone may cancel) could leave a correction untrained.
+    One query per tick. A queued run makes new_data stand down for any change of its partition:
+    it is a whole training run that reads the bars when it starts (and model_decay retries it if
+    it fails). A started one covers only a *completed* window: model_decay requests the retraining
+    of a window only once the window is complete, so that run reads the completed bars, whereas a
+    correction may have come after it read them. Any other run (an evaluation only, a run someone
+    may cancel) could leave a change untrained.
     """
     runs = context.instance.get_runs(
         RunsFilter(
-            tags={TRIGGER: "model_decay"}, statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED]
+            tags={TRIGGER: "model_decay"},
+            statuses=[
+                DagsterRunStatus.NOT_STARTED,
+                DagsterRunStatus.QUEUED,
+                DagsterRunStatus.STARTING,
+                DagsterRunStatus.STARTED,
+            ],
         )
     )
-    return {r.tags["dagster/partition"]: f"run {r.run_id}" for r in runs if "dagster/partition" in r.tags}
+    queued = (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED)
+    waiting, started = {}, {}
+    for r in runs:
+        if "dagster/partition" in r.tags:
+            into = waiting if r.status in queued else started
+            into[r.tags["dagster/partition"]] = f"run {r.run_id}"
+    return waiting, started
 
 
 # --- decay of promoted models ----------------------------------------------------------------
