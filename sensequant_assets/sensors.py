@@ -279,10 +279,10 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
         for key, fingerprint in current.items():
             if fingerprint is None or fingerprint == previous.get(key):
                 continue
-            why = "bars corrected" if previous.get(key) else "window completed"
+            completed = not previous.get(key)
+            why = "window completed" if completed else "bars corrected"
             partition = make_key(symbol, key)
             # model_decay's retraining reads the bars when it starts (see _decay_retrains).
-            completed = previous.get(key) is None
             covering = waiting.get(str(partition)) or (completed and started.get(str(partition)))
             if covering:
                 context.log.info(f"{partition}: {why}; {covering} trains it")
@@ -324,17 +324,7 @@ def _decay_retrains(context: SensorEvaluationContext) -> tuple[dict[str, str], d
     correction may have come after it read them. Any other run (an evaluation only, a run someone
     may cancel) could leave a change untrained.
     """
-    runs = context.instance.get_runs(
-        RunsFilter(
-            tags={TRIGGER: "model_decay"},
-            statuses=[
-                DagsterRunStatus.NOT_STARTED,
-                DagsterRunStatus.QUEUED,
-                DagsterRunStatus.STARTING,
-                DagsterRunStatus.STARTED,
-            ],
-        )
-    )
+    runs = context.instance.get_runs(RunsFilter(tags={TRIGGER: "model_decay"}, statuses=ACTIVE))
     queued = (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED)
     waiting, started = {}, {}
     for r in runs:

@@ -282,9 +282,8 @@ def symbol_statistics(
 ) -> dict[str, Any]:
     """Every statistic of one symbol's record, before any decision (which needs the whole family).
 
-    ``n_trials``: configurations tried for this symbol; its IC p-value under the calibrated null
-    (``p_value_calibrated``) is multiplied by it (``p_value_adjusted``). ``symbol`` is only needed
-    when ``predictions`` is empty.
+    ``n_trials``: configurations tried for this symbol (:func:`decide` refers the IC to the
+    calibrated null and multiplies by it). ``symbol`` is only needed when ``predictions`` is empty.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -307,7 +306,7 @@ def symbol_statistics(
         "last_ts": frame["ts"].iloc[-1].isoformat() if n else None,
         "horizon": int(horizon),
         "n_trials": int(n_trials),
-        "ic": {**ic, **_adjusted(ic, n_trials, gates, symbol)},
+        "ic": ic,
         "auc": _auc(frame) if n else {"pooled": None, "mean_per_window": None, "per_window": []},
         "excess": _excess(frame, gates),
         "diebold_mariano": _diebold_mariano(frame, horizon),
@@ -332,14 +331,16 @@ def _adjusted(ic: dict[str, Any], n_trials: int, gates: PromotionGates, symbol: 
             "so it cannot be referred to the calibrated null; recompute its statistics with "
             "symbol_statistics"
         )
-    calibrated = None
+    z = calibrated = None
     if stat is not None and df is not None:
         from scipy.stats import t as student_t
 
-        calibrated = float(student_t.sf((stat - gates.null_shift) / gates.null_scale, df))
+        z = (stat - gates.null_shift) / gates.null_scale
+        calibrated = float(student_t.sf(z, df))
     return {
         "null_shift": gates.null_shift,
         "null_scale": gates.null_scale,
+        "z_calibrated": _num(z),
         "p_value_calibrated": _num(calibrated),
         "p_value_adjusted": None if calibrated is None else min(1.0, calibrated * n_trials),
     }
@@ -529,14 +530,6 @@ def _dm_side(dm: dict[str, Any]) -> str:
     return "below" if diff < 0 else "above" if diff > 0 else "equal to"
 
 
-def _calibrated_z(ic: dict[str, Any]) -> float | None:
-    """The IC's z on the calibrated null's scale, (z - null_shift) / null_scale (None if unknown)."""
-    stat, shift, scale = ic.get("stat"), ic.get("null_shift"), ic.get("null_scale")
-    if stat is None or shift is None or scale is None:
-        return None
-    return (stat - shift) / scale
-
-
 def render_markdown(briefings: list[dict[str, Any]], *, generated_at: str) -> str:
     """A human-readable briefing: one table row per symbol, then every gate of every symbol."""
     level = 1.0 - briefings[0]["gates_config"]["alpha"] if briefings else 0.95
@@ -578,7 +571,7 @@ def render_markdown(briefings: list[dict[str, Any]], *, generated_at: str) -> st
             f"IC z {_fmt(b['ic'].get('stat'), 2)}, p-value {_fmt(b['ic']['p_value'], 4)} (nominal), "
             f"{_fmt(b['ic'].get('p_value_calibrated'), 4)} against the calibrated null "
             f"(z - {_fmt(b['ic'].get('null_shift'), 2)}) / {_fmt(b['ic'].get('null_scale'), 2)} "
-            f"= {_fmt(_calibrated_z(b['ic']), 2)}, "
+            f"= {_fmt(b['ic'].get('z_calibrated'), 2)}, "
             f"x {b['n_trials']} configuration(s), "
             f"family of {b['ic']['family_size']} symbol(s); excess over {b['excess']['benchmark']}; "
             f"DSR over {b['sharpe']['dsr_trials']} trial(s).",
