@@ -29,7 +29,8 @@ def equity_png(equity: pd.DataFrame, title: str) -> bytes:
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    fig.tight_layout()
+    # Fixed margins: `tight_layout` draws the figure once more to measure it (a third of the cost).
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
@@ -70,7 +71,7 @@ def reliability_png(
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.88, bottom=0.11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
