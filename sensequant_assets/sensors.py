@@ -46,7 +46,7 @@ from sensequant_assets.partitions import (
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.settings import SettingsError, env, flag, number
 from sensequant_assets.sources.base import DataSourceError
-from sensequant_assets.sources.symbols import InvalidSymbolError, parse_symbols
+from sensequant_assets.sources.symbols import InvalidSymbolError, parse_symbols, validate_symbol
 
 INTERVAL = int(number("SENSEQUANT_SENSOR_INTERVAL_SECONDS", int, 1))
 TRIGGER = "sensequant/trigger"
@@ -85,10 +85,54 @@ def partitions_backfill(
 
 def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -> RunRequest:
     """One backfill of every window of the partitioned assets for `symbols`."""
+    symbols = list(symbols)
     partitions = [make_key(s, w) for s in symbols for w in window_partitions.get_partition_keys()]
     return partitions_backfill(
         context, partitions, "symbol_universe", f"history of new symbols {', '.join(symbols)}"
     )
+
+
+UNIVERSE_STATE = "symbol_universe"
+_UNIVERSE_PREFIX = "u1:"
+
+
+def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str], str | None]:
+    """The registered symbols whose history was requested (or deliberately not), and a note when
+    this tick starts from a baseline instead.
+
+    The set lives in the artifact store (`ArtifactStore.write_state`; the cursor only names it, as
+    Dagster copies a cursor into every tick row). Without one (the sensor's first tick, an instance
+    upgraded from the version whose cursor listed only the symbols it had registered itself, a state
+    gone missing), the symbols registered so far are taken as they are: history is backfilled for
+    symbols registered from then on, never for a whole existing index at once.
+    """
+    if cursor and cursor.startswith(_UNIVERSE_PREFIX):
+        data = _store().read_state(UNIVERSE_STATE, cursor[len(_UNIVERSE_PREFIX) :])
+        if data is not None:
+            return set(json.loads(data)), None
+    elif cursor:  # the earlier version's cursor: its pending symbols still need their backfill
+        pending = set(json.loads(cursor).get("pending_backfill", []))
+        return registered - pending, None
+    note = (
+        f"taking the {len(registered)} symbols registered before this tick as they are"
+        if registered
+        else None
+    )
+    return set(registered), note
+
+
+def _save_handled(handled: set[str]) -> str:
+    data = json.dumps(sorted(handled), separators=(",", ":")).encode()
+    return _UNIVERSE_PREFIX + _store().write_state(UNIVERSE_STATE, data)
+
+
+def _invalid(symbol: str) -> str | None:
+    """Why a registered symbol cannot be backfilled (added in the UI, which checks nothing), or None."""
+    try:
+        canonical = validate_symbol(symbol)
+    except InvalidSymbolError as exc:
+        return str(exc)
+    return None if canonical == symbol else f"{symbol!r} is not written as {canonical!r}"
 
 
 @sensor(
@@ -98,8 +142,9 @@ def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -
     minimum_interval_seconds=INTERVAL,
     description=(
         "Adds the symbols of SENSEQUANT_UNIVERSE_FILE (one per line, # comments) or else "
-        "SENSEQUANT_SYMBOLS to the `symbols` partitions, and, unless SENSEQUANT_BACKFILL_NEW_SYMBOLS=0, "
-        "requests each new symbol's history as one backfill on the next tick. Bad symbols are named."
+        "SENSEQUANT_SYMBOLS to the `symbols` partitions and, unless SENSEQUANT_BACKFILL_NEW_SYMBOLS=0, "
+        "requests the history of every newly registered symbol (from the universe, the UI's 'Add "
+        "partition' or `sensequant symbols add`) as one backfill, once. Bad symbols are named."
     ),
 )
 def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReason:
@@ -108,27 +153,39 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
         backfill = flag("SENSEQUANT_BACKFILL_NEW_SYMBOLS")
     except (InvalidSymbolError, SettingsError, OSError) as exc:
         return SkipReason(f"the symbol universe is invalid: {exc}")
-    cursor = json.loads(context.cursor or "{}")
-    pending: list[str] = cursor.get("pending_backfill", [])
-    known = set(_registered(context))
-    new = [s for s in wanted if s not in known]
-    ready = [s for s in pending if s in known]  # registered on an earlier tick: partitions exist now
-    requests = [history_backfill(context, ready)] if ready else []
-    pending = [s for s in pending if s not in ready] + (new if backfill else [])
-    messages = []
+    registered = _registered(context)  # the tick's one query
+    known = set(registered)
+    handled, baseline = _handled_symbols(context.cursor, known)
+    new = [s for s in wanted if s not in known]  # registered by this tick, backfilled on the next
+    unhandled = [s for s in registered if s not in handled]  # in registration order
+    invalid = {s: why for s in unhandled if (why := _invalid(s)) is not None}
+    ready = [s for s in unhandled if s not in invalid]
+    requests = [history_backfill(context, ready)] if ready and backfill else []
+    messages = [baseline] if baseline else []
     if new:
         messages.append(f"registering {', '.join(new)} from {origin}")
     if ready:
-        messages.append(f"requested the history backfill of {', '.join(ready)}")
+        verb = (
+            "requested the history backfill of"
+            if backfill
+            else "SENSEQUANT_BACKFILL_NEW_SYMBOLS=0: no history for"
+        )
+        messages.append(f"{verb} {', '.join(ready)}")
+    for symbol, why in invalid.items():
+        messages.append(f"no history backfill for {symbol!r}: {why}; remove it")
     for message in messages:
         context.log.info(message)
+    # A symbol removed from the partitions drops out, so one registered again is backfilled again.
+    cursor = _save_handled((handled & known) | set(unhandled))
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, new)]
         if new
         else [],
-        cursor=json.dumps({"pending_backfill": pending}),
-        skip_reason=None if messages else f"all {len(wanted)} symbols of {origin} are registered",
+        cursor=cursor,
+        skip_reason=None
+        if requests or new
+        else "; ".join([*messages, f"all {len(wanted)} symbols of {origin} are registered"]),
     )
 
 

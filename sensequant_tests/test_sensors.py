@@ -107,6 +107,91 @@ def test_universe_names_bad_symbols(instance, monkeypatch) -> None:
     assert "'A|B'" in bad.skip_message and "'X/Y'" in bad.skip_message
 
 
+def _backfilled_symbols(result: SensorResult) -> set[str]:
+    """The symbols whose history the tick's backfill request covers (none: empty)."""
+    return {
+        k.partition_key.split("|")[0]
+        for request in result.run_requests
+        for k in request.asset_graph_subset.iterate_asset_partitions()
+    }
+
+
+def test_symbols_registered_outside_the_universe_get_their_history_once(instance, monkeypatch) -> None:
+    """A symbol added in the UI ('Add partition') or with `sensequant symbols add` is backfilled once,
+    on the next tick, with one query of the registry per tick whatever the number of symbols."""
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE")
+    instance.add_dynamic_partitions("symbols", ["RELIANCE", "TCS"])  # before the sensor's first tick
+    queries = []
+    real = instance.get_dynamic_partitions
+    monkeypatch.setattr(instance, "get_dynamic_partitions", lambda name: queries.append(name) or real(name))
+    first = _tick(symbol_universe, instance)
+    assert first.run_requests == []  # what was registered before the first tick is taken as it is
+    assert "taking the 2 symbols registered before this tick" in first.skip_reason.skip_message
+
+    instance.add_dynamic_partitions("symbols", ["WIPRO", "M&M"])  # the UI's "Add partition"
+    second = _tick(symbol_universe, instance, first.cursor)
+    assert _backfilled_symbols(second) == {"WIPRO", "M&M"}
+    [backfill] = second.run_requests
+    assert backfill.tags["sensequant/trigger"] == "symbol_universe"
+    assert "WIPRO, M&M" in backfill.tags["sensequant/reason"]
+    context = build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs)
+    assert symbol_universe.evaluate_tick(context).run_requests  # the daemon accepts the request
+
+    third = _tick(symbol_universe, instance, second.cursor)  # not again, however many ticks
+    assert third.run_requests == [] and _tick(symbol_universe, instance, third.cursor).run_requests == []
+    assert len(second.cursor) < 40  # the cursor names the state; the symbols are in the artifact store
+    assert queries == ["symbols"] * 5  # one query per tick (the daemon's evaluate_tick included)
+
+    # Removed and registered again: a new symbol again. The others stay done.
+    instance.delete_dynamic_partition("symbols", "WIPRO")
+    fourth = _tick(symbol_universe, instance, third.cursor)
+    instance.add_dynamic_partitions("symbols", ["WIPRO"])
+    assert _backfilled_symbols(_tick(symbol_universe, instance, fourth.cursor)) == {"WIPRO"}
+
+
+def test_a_symbol_the_ui_registered_badly_is_named_not_backfilled(instance, monkeypatch) -> None:
+    """The UI's "Add partition" accepts any text: the sensor backfills the valid symbols only and
+    names the others once."""
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE")
+    instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+    first = _tick(symbol_universe, instance)
+    instance.add_dynamic_partitions("symbols", ["wipro", "A..B"])
+    second = _tick(symbol_universe, instance, first.cursor)
+    assert second.run_requests == []
+    message = second.skip_reason.skip_message
+    assert "no history backfill for 'wipro': 'wipro' is not written as 'WIPRO'; remove it" in message
+    assert "no history backfill for 'A..B'" in message
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    third = _tick(symbol_universe, instance, second.cursor)
+    assert _backfilled_symbols(third) == {"TCS"}
+    quiet = _tick(symbol_universe, instance, third.cursor).skip_reason.skip_message
+    assert quiet == "all 1 symbols of SENSEQUANT_SYMBOLS are registered"  # named once, not every tick
+
+
+def test_universe_upgrades_the_earlier_cursor_without_backfilling_everything(instance, monkeypatch) -> None:
+    """The earlier version's cursor listed the symbols it still had to backfill: those get theirs,
+    the rest of the registry (backfilled before, or deliberately not) is left alone."""
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE,TCS,INFY")
+    instance.add_dynamic_partitions("symbols", ["RELIANCE", "TCS", "INFY"])
+    old_cursor = json.dumps({"pending_backfill": ["INFY"]})
+    upgraded = _tick(symbol_universe, instance, old_cursor)
+    assert _backfilled_symbols(upgraded) == {"INFY"}
+    assert _tick(symbol_universe, instance, upgraded.cursor).run_requests == []
+
+
+def test_universe_without_backfill_never_backfills_what_it_saw(instance, monkeypatch) -> None:
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE")
+    monkeypatch.setenv("SENSEQUANT_BACKFILL_NEW_SYMBOLS", "0")
+    first = _tick(symbol_universe, instance)
+    instance.add_dynamic_partitions("symbols", ["RELIANCE", "WIPRO"])
+    second = _tick(symbol_universe, instance, first.cursor)
+    assert second.run_requests == []
+    assert "no history for RELIANCE, WIPRO" in second.skip_reason.skip_message
+    monkeypatch.setenv("SENSEQUANT_BACKFILL_NEW_SYMBOLS", "1")  # switched on later: only new ones
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    assert _backfilled_symbols(_tick(symbol_universe, instance, second.cursor)) == {"TCS"}
+
+
 # --- new data ----------------------------------------------------------------------------------
 
 
