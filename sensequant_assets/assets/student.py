@@ -6,18 +6,29 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    Config,
+    Failure,
+    MetadataValue,
+    asset,
+)
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
+    SKIP_METADATA_KEY,
     PartitionWindow,
     by_key,
     compute_partitions,
     emit,
     metadata_value,
+    window_of,
 )
 from sensequant_assets.assets.teacher import TeacherConfig, teacher_configuration
 from sensequant_assets.automation import EVERY_WINDOW_EAGER
@@ -103,6 +114,16 @@ def student_model(
     settings: PipelineSettings,
 ) -> Iterator:
     labels_by_key, teachers = by_key(teacher_labels), by_key(teacher_model)
+    keys = [str(k) for k in context.partition_keys]
+    single_skip: str | None = None
+    if len(keys) == 1 and not (keys[0] in labels_by_key and keys[0] in teachers):
+        # Asked for this partition alone (the UI, a sensor): a green run that trained nothing would
+        # hide a teacher that was never trained, so that fails; a teacher that skipped the partition
+        # (no bars, too few rows) is a skip passed on, as in a run of the whole graph. In a batch a
+        # missing partition is skipped with its reason, as the others go on.
+        single_skip, message = missing_teacher(context, window_of(keys[0]))
+        if single_skip is None:
+            raise Failure(description=message, allow_retries=False)
     values, skipped = compute_partitions(
         context,
         "student",
@@ -110,11 +131,39 @@ def student_model(
         lambda pw: (
             None
             if pw.key in labels_by_key and pw.key in teachers
-            else f"{pw.label}: the teacher was not materialised (nothing to distil)"
+            else single_skip or f"{pw.label}: the teacher was not materialised (nothing to distil)"
         ),
         (TooFewRowsError,),
     )
     yield from emit(context, "result", values, skipped, _metadata, ["student_model"])
+
+
+def missing_teacher(context: AssetExecutionContext, pw: PartitionWindow) -> tuple[str | None, str]:
+    """Why the student of `pw` has no teacher to distil: (the skip reason to pass on, or None; a message).
+
+    The teacher's latest events say which: skipped (inside a batch Dagster records the partition as
+    materialised, and its event names the reason; in a run of its own an observation newer than any
+    materialisation does), materialised with its files gone since, or never materialised.
+    """
+    where = AssetRecordsFilter(asset_key=AssetKey("teacher_model"), asset_partitions=[pw.key])
+    materialised = next(iter(context.instance.fetch_materializations(where, limit=1).records), None)
+    observed = next(iter(context.instance.fetch_observations(where, limit=1).records), None)
+    skip = materialised.asset_materialization.metadata.get(SKIP_METADATA_KEY) if materialised else None
+    if skip is None and observed and (not materialised or observed.storage_id > materialised.storage_id):
+        skip = observed.asset_observation.metadata.get(SKIP_METADATA_KEY)
+    if skip is not None:
+        return f"{pw.label}: the teacher skipped this partition ({skip.value})", ""
+    if materialised:
+        cause = f"teacher_model was materialised but its files are missing from {pw.label}/"
+    else:
+        cause = "teacher_model and teacher_labels were never materialised for this partition"
+    return None, (
+        f"student_model {pw.key} (symbol {pw.symbol}, window {pw.start} to {pw.end}): nothing to distil, "
+        f"{cause}. Materialise the partition with its upstream (in the UI: select student_model in the "
+        "asset graph, 'Materialize' with 'upstream' included, i.e. market_bars, teacher_model, "
+        f"teacher_labels and student_model) or run `sensequant train --symbols {pw.symbol} "
+        f"--start {pw.start} --end {pw.end}`."
+    )
 
 
 def distil(
