@@ -464,3 +464,41 @@ def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypat
 
 def test_decay_without_production_models_says_so(instance) -> None:
     assert "no production model" in _tick(model_decay, instance, market_data=MARKET).skip_reason.skip_message
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "busy"),
+    [
+        ("INFY|2024-01-01", "WIPRO|2024-01-01", True),  # a backfill's run: one window, a symbol range
+        ("TCS|2023-01-01", "TCS|2024-07-01", True),  # one symbol, a window range
+        ("INFY|2024-07-01", "WIPRO|2024-07-01", False),  # another window
+        ("INFY|2024-01-01", "INFY|2024-01-01", False),  # symbols before TCS only
+    ],
+)
+def test_decay_retraining_waits_for_a_batched_run_that_trains_the_window(
+    instance, monkeypatch, tmp_path: Path, start: str, end: str, busy: bool
+) -> None:
+    """A batched backfill run carries range tags, not `dagster/partition`: it must count as in flight."""
+    data, artifacts = tmp_path / "bars", tmp_path / "models"
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
+    instance.add_dynamic_partitions("symbols", ["INFY", "TCS", "WIPRO"])
+    promote_toy_model(artifacts, "TCS|2023-01-01")
+    registry.demote(
+        artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
+    )
+    write_daily(data, "TCS", date(2022, 6, 1), date(2024, 6, 30))
+    backfill_run = DagsterRun(
+        job_name="__ASSET_JOB",
+        run_id=make_new_run_id(),
+        status=DagsterRunStatus.STARTED,
+        tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+    )
+    instance.add_run(backfill_run)
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    result = _tick(model_decay, instance, market_data=market)
+    if busy:
+        assert result.run_requests == []
+        assert f"run {backfill_run.run_id} on TCS|2024-01-01 is started" in result.skip_reason.skip_message
+    else:
+        [retrain] = result.run_requests
+        assert retrain.partition_key == "TCS|2024-01-01"
