@@ -482,10 +482,10 @@ def _demote_request(
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-def _covers(tags: dict[str, str], partition: str, symbols: list[str]) -> bool:
+def _covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool:
     """Whether a run with these tags trains `partition`: its single-partition tag, or the range a
     batched backfill run carries (Dagster's product of each dimension's range: symbols in
-    registration order, windows in time order)."""
+    registration order, `order` maps each to its position; windows in time order)."""
     if tags.get("dagster/partition") == partition:
         return True
     start, end = tags.get(RANGE_START), tags.get(RANGE_END)
@@ -494,7 +494,6 @@ def _covers(tags: dict[str, str], partition: str, symbols: list[str]) -> bool:
     (s0, w0), (s1, w1), (symbol, window) = split_key(start), split_key(end), split_key(partition)
     if not w0 <= window <= w1:  # ISO dates: string order is time order
         return False
-    order = {name: i for i, name in enumerate(symbols)}
     return symbol in order and order.get(s0, -1) <= order[symbol] <= order.get(s1, -1)
 
 
@@ -502,9 +501,10 @@ def _in_flight(context: SensorEvaluationContext, partition: str) -> str | None:
     """An unfinished run that trains `partition` (a sensor's single-partition run or a batched
     backfill run over a range holding it), named; one query for the runs, one for the symbols."""
     runs = context.instance.get_runs(RunsFilter(statuses=ACTIVE))
-    symbols = _registered(context) if any(RANGE_START in r.tags for r in runs) else []
+    ranged = any(RANGE_START in r.tags for r in runs)
+    order = {name: i for i, name in enumerate(_registered(context))} if ranged else {}
     for run in runs:
-        if _covers(run.tags, partition, symbols):
+        if _covers(run.tags, partition, order):
             return f"run {run.run_id} on {partition} is {run.status.value.lower()}"
     return None
 
