@@ -145,10 +145,6 @@ def _block_outside(page: Page, blocked: list[str]) -> None:
     page.context.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), abort)
 
 
-def _exact(text: str) -> re.Pattern[str]:
-    return re.compile(rf"^\s*{re.escape(text)}\s*$")
-
-
 def _partition_dialog(page: Page) -> Locator:
     return page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
 
@@ -169,7 +165,7 @@ def _choose_partitions(page: Page, symbols: list[str], windows: str) -> Locator:
 
 
 def _add_partition(page: Page, symbol: str) -> None:
-    """ "Add a partition" in the open partition dialog (the new partition is not selected)."""
+    """Add `symbol` with the open partition dialog's "Add a partition" (it is not selected)."""
     _partition_dialog(page).get_by_role("button", name="Add a partition").click()
     create = page.get_by_role("dialog").filter(has=page.get_by_placeholder("name"))
     create.get_by_placeholder("name").fill(symbol)
@@ -285,7 +281,6 @@ def _run_the_flow(flow: Flow) -> None:
 
     # 3. From the catalog, a backfill of 2 symbols x 2 windows of the training assets.
     flow.goto("/assets")
-
     for name in TRAINING:
         row = page.locator("[class*=VirtualizedAssetRow]").filter(has=page.get_by_text(name, exact=True))
         row.locator("label").first.click()  # its checkbox
