@@ -159,10 +159,9 @@ def missing_teacher(context: AssetExecutionContext, pw: PartitionWindow) -> tupl
         cause = "teacher_model and teacher_labels were never materialised for this partition"
     return None, (
         f"student_model {pw.key} (symbol {pw.symbol}, window {pw.start} to {pw.end}): nothing to distil, "
-        f"{cause}. Materialise the partition with its upstream (in the UI: select student_model in the "
-        "asset graph, 'Materialize' with 'upstream' included, i.e. market_bars, teacher_model, "
-        f"teacher_labels and student_model) or run `sensequant train --symbols {pw.symbol} "
-        f"--start {pw.start} --end {pw.end}`."
+        f"{cause}. Materialise the partition with its upstream (in the UI: Lineage, select "
+        "`+key:student_model`, 'Materialize all…', i.e. market_bars, teacher_model, teacher_labels and "
+        f"student_model) or run `sensequant train --symbols {pw.symbol} --start {pw.start} --end {pw.end}`."
     )
 
 
