@@ -25,7 +25,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,6 +47,22 @@ def main() -> None:
         metavar="K/M",
         help="only evaluate the missing windows i with i %% M == K, then stop (run M at once: one core each)",
     )
+    parser.add_argument(
+        "--cost-bps",
+        type=float,
+        default=11.0,
+        help="re-evaluate at this cost (not the default 10) so that the evaluations really change",
+    )
+    parser.add_argument(
+        "--changes-only", action="store_true", help="skip the briefings from scratch and unchanged"
+    )
+    parser.add_argument("--no-briefing", action="store_true", help="only the sensors and the UI")
+    parser.add_argument(
+        "--ui-rounds",
+        type=int,
+        default=5,
+        help="then start dagster dev on the instance and time the UI's asset-page queries this often",
+    )
     args = parser.parse_args()
     universe = make_universe(args.symbols, args.windows)
     os.environ.update(universe.env())
@@ -56,12 +74,12 @@ def main() -> None:
 
     from sensequant_assets import registry
     from sensequant_assets.definitions import defs
+    from sensequant_assets.resources import market_data_from_env
     from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 
     instance = DagsterInstance.get()
     briefing = defs.resolve_job_def("briefing_job")
     train = defs.resolve_job_def("train_job")
-    last = universe.windows[-1]
 
     def brief(label: str) -> None:
         start = time.perf_counter()
@@ -77,12 +95,16 @@ def main() -> None:
             flush=True,
         )
 
-    def evaluate(start_key: str, end_key: str) -> float:
+    def evaluate(start_key: str, end_key: str, cost_bps: float | None = None) -> float:
+        """Evaluate a range; `cost_bps` other than the default changes every evaluation's bytes (the
+        briefing's cache is keyed on content: re-evaluating identical bytes changes nothing)."""
+        config = {"ops": {"student_evaluation": {"config": {"cost_bps": cost_bps}}}} if cost_bps else None
         begin = time.perf_counter()
         result = train.execute_in_process(
             instance=instance,
             asset_selection=[AssetKey("student_evaluation")],
             tags={RANGE_START: start_key, RANGE_END: end_key},
+            run_config=config,
             raise_on_error=True,
         )
         assert result.success
@@ -102,16 +124,8 @@ def main() -> None:
         print(f"evaluated {len(todo)} windows in {spent:.0f} s (in-process runs, one core)", flush=True)
     if args.evaluate_shard:
         return
-    brief("from scratch (no cache)")
-    brief("again, nothing changed")
-    first = universe.symbols[0]
-    seconds = evaluate(f"{first}|{last}", f"{first}|{last}")
-    print(f"re-materialised student_evaluation {first}|{last} in {seconds:.2f} s", flush=True)
-    brief("after one partition's evaluation changed")
-    seconds = evaluate(f"{universe.symbols[0]}|{last}", f"{universe.symbols[-1]}|{last}")
-    n = len(universe.symbols)
-    print(f"re-materialised student_evaluation of window {last}, {n} symbols, in {seconds:.1f} s")
-    brief(f"after window {last}'s evaluations changed for every symbol")
+    if not args.no_briefing:
+        time_briefings(args, universe, brief, evaluate)
 
     base = os.environ["SENSEQUANT_ARTIFACTS_DIR"]
     installed = 0
@@ -122,9 +136,12 @@ def main() -> None:
     print(f"installed {installed} production models (window {universe.windows[-2]})", flush=True)
 
     cursors: dict[str, str | None] = {}
+    resources = {"market_data": market_data_from_env()}
     for sensor in (model_decay, new_data, new_data, symbol_universe):
         # new_data twice: its first tick fingerprints every symbol, later ones mostly compare tokens.
-        context = build_sensor_context(instance=instance, cursor=cursors.get(sensor.name), definitions=defs)
+        context = build_sensor_context(
+            instance=instance, cursor=cursors.get(sensor.name), definitions=defs, resources=resources
+        )
         start = time.perf_counter()
         result = sensor.evaluate_tick(context)
         seconds = time.perf_counter() - start
@@ -137,6 +154,22 @@ def main() -> None:
 
     if args.ui_rounds:
         time_ui(instance, args)
+
+
+def time_briefings(args: argparse.Namespace, universe: Any, brief: Callable, evaluate: Callable) -> None:
+    """The briefing from scratch, unchanged, and after one partition's and one window's evaluations
+    changed (re-evaluated at another cost: the briefing's cache is keyed on content)."""
+    if not args.changes_only:
+        brief("from scratch (no cache)")
+        brief("again, nothing changed")
+    first, end, last = universe.symbols[0], universe.symbols[-1], universe.windows[-1]
+    seconds = evaluate(f"{first}|{last}", f"{first}|{last}", cost_bps=args.cost_bps)
+    print(f"re-evaluated {first}|{last} at {args.cost_bps} bps in {seconds:.2f} s", flush=True)
+    brief("after one partition's evaluation changed")
+    seconds = evaluate(f"{first}|{last}", f"{end}|{last}", cost_bps=args.cost_bps)
+    n = len(universe.symbols)
+    print(f"re-evaluated window {last}, {n} symbols, at {args.cost_bps} bps in {seconds:.1f} s", flush=True)
+    brief(f"after window {last}'s evaluations changed for every symbol")
 
 
 def time_ui(instance: object, args: argparse.Namespace) -> None:
