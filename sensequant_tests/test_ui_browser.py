@@ -206,6 +206,16 @@ def _wait_for(condition: Callable[[], Any], timeout: float, what: str, step: flo
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _sensor_ticked(flow: Flow, name: str) -> bool:
+    """Whether the daemon has finished a tick of sensor `name` (its state records the tick's end)."""
+    with flow.instance() as instance:
+        for state in instance.all_instigator_state():
+            data = state.instigator_data
+            if state.name == name and getattr(data, "last_tick_success_timestamp", None):
+                return True
+    return False
+
+
 def _materialised_in_run(instance: DagsterInstance, run_id: str) -> set[str]:
     return {
         event.dagster_event.asset_key.to_user_string()
@@ -258,6 +268,9 @@ def _run_the_flow(flow: Flow) -> None:
     # 2. The README's one-click flow: "Materialize all…" of that graph, for one partition. First, in the
     # same dialog, a new symbol with "Add a partition": the symbol_universe sensor backfills its whole
     # history (added first, so that its backfill and step 3's wait for the same daemon iteration).
+    # Symbols registered before the universe sensor's first tick count as already handled (they are
+    # the deployment's starting universe), so wait for that tick before adding one.
+    _wait_for(lambda: _sensor_ticked(flow, "symbol_universe"), 90, "the symbol_universe sensor's first tick")
     page.get_by_role("button", name=re.compile(r"Materialize all")).click()
     expect(
         _partition_dialog(page).get_by_text(f"Launch runs to materialize {len(TRAINING)} assets")
