@@ -135,6 +135,18 @@ def _invalid(symbol: str) -> str | None:
     return None if canonical == symbol else f"{symbol!r} is not written as {canonical!r}"
 
 
+def _state_unavailable(
+    context: SensorEvaluationContext, adds: list[AddDynamicPartitionsRequest], exc: OSError
+) -> SensorResult:
+    """The artifact store cannot hold the sensor's state: keep registering symbols, request no
+    history (it would be requested again on every tick) and keep the cursor, so nothing is lost."""
+    return SensorResult(
+        dynamic_partitions_requests=adds,
+        cursor=context.cursor,
+        skip_reason=f"history backfills wait: the artifact store cannot keep this sensor's state ({exc})",
+    )
+
+
 @sensor(
     name="symbol_universe",
     asset_selection=AssetSelection.assets(*PARTITION_ASSETS),  # what its history backfills target
@@ -155,8 +167,12 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
         return SkipReason(f"the symbol universe is invalid: {exc}")
     registered = _registered(context)  # the tick's one query
     known = set(registered)
-    handled, baseline = _handled_symbols(context.cursor, known)
     new = [s for s in wanted if s not in known]  # registered by this tick, backfilled on the next
+    adds = [AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, new)] if new else []
+    try:
+        handled, baseline = _handled_symbols(context.cursor, known)
+    except OSError as exc:
+        return _state_unavailable(context, adds, exc)
     unhandled = [s for s in registered if s not in handled]  # in registration order
     invalid = {s: why for s in unhandled if (why := _invalid(s)) is not None}
     ready = [s for s in unhandled if s not in invalid]
@@ -176,12 +192,13 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
     for message in messages:
         context.log.info(message)
     # A symbol removed from the partitions drops out, so one registered again is backfilled again.
-    cursor = _save_handled((handled & known) | set(unhandled))
+    try:
+        cursor = _save_handled((handled & known) | set(unhandled))
+    except OSError as exc:  # without the state saved, a backfill now would be requested again
+        return _state_unavailable(context, adds, exc)
     return SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, new)]
-        if new
-        else [],
+        dynamic_partitions_requests=adds,
         cursor=cursor,
         skip_reason=None
         if requests or new

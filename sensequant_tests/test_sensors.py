@@ -149,6 +149,27 @@ def test_symbols_registered_outside_the_universe_get_their_history_once(instance
     assert _backfilled_symbols(_tick(symbol_universe, instance, fourth.cursor)) == {"WIPRO"}
 
 
+def test_universe_without_a_writable_store_registers_and_waits(instance, monkeypatch, tmp_path: Path) -> None:
+    """An artifact store that cannot hold the state: symbols are still registered, no history is
+    requested (it would be requested again every tick) and the cursor stays, so it is asked later."""
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE")
+    first = _tick(symbol_universe, instance)
+    instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+    second = _tick(symbol_universe, instance, first.cursor)
+    instance.add_dynamic_partitions("symbols", ["WIPRO"])  # the UI's "Add partition"
+    monkeypatch.setenv("SENSEQUANT_SYMBOLS", "RELIANCE,TCS")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(blocked))
+    stuck = _tick(symbol_universe, instance, second.cursor)
+    assert stuck.run_requests == [] and stuck.cursor == second.cursor
+    assert [list(r.partition_keys) for r in stuck.dynamic_partitions_requests] == [["TCS"]]
+    assert "cannot keep this sensor's state" in stuck.skip_reason.skip_message
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    assert _backfilled_symbols(_tick(symbol_universe, instance, stuck.cursor)) == {"WIPRO", "TCS"}
+
+
 def test_a_symbol_the_ui_registered_badly_is_named_not_backfilled(instance, monkeypatch) -> None:
     """The UI's "Add partition" accepts any text: the sensor backfills the valid symbols only and
     names the others once."""
