@@ -29,6 +29,7 @@ from dagster import (
 )
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
@@ -515,14 +516,23 @@ def _covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool
 
 
 def _in_flight(context: SensorEvaluationContext, partition: str) -> str | None:
-    """An unfinished run that trains `partition` (a sensor's single-partition run or a batched
-    backfill run over a range holding it), named; one query for the runs, one for the symbols."""
+    """An unfinished run or backfill that trains `partition` (a sensor's single-partition run, a
+    batched backfill run over a range holding it, a requested backfill whose target holds it), named;
+    one query each for the runs, the symbols (only when a run has a range) and the backfills."""
     runs = context.instance.get_runs(RunsFilter(statuses=ACTIVE))
     ranged = any(RANGE_START in r.tags for r in runs)
     order = {name: i for i, name in enumerate(_registered(context))} if ranged else {}
     for run in runs:
         if _covers(run.tags, partition, order):
             return f"run {run.run_id} on {partition} is {run.status.value.lower()}"
+    # A backfill the daemon has not turned into runs yet (it does within its 30 s loop), or one
+    # whose run for this partition is still to come.
+    target = AssetKeyPartitionKey(AssetKey("student_model"), partition)
+    requested = BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])
+    for backfill in context.instance.get_backfills(filters=requested):
+        data = backfill.asset_backfill_data
+        if data is not None and target in data.target_subset:
+            return f"backfill {backfill.backfill_id} holding {partition} is in progress"
     return None
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     DagsterRun,
     DagsterRunStatus,
@@ -18,10 +19,14 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_run_id
 
 from sensequant_assets import registry, sensors
 from sensequant_assets.definitions import defs
+from sensequant_assets.jobs import PARTITION_ASSETS
 from sensequant_assets.partitions import previous_window
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import (
@@ -523,3 +528,37 @@ def test_decay_retraining_waits_for_a_batched_run_that_trains_the_window(
     else:
         [retrain] = result.run_requests
         assert retrain.partition_key == "TCS|2024-01-01"
+
+
+def test_decay_retraining_waits_for_a_requested_backfill_without_runs_yet(
+    instance, monkeypatch, tmp_path: Path
+) -> None:
+    """new_data's backfill of a completed window exists before the daemon creates its runs."""
+    data, artifacts = tmp_path / "bars", tmp_path / "models"
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    promote_toy_model(artifacts, "TCS|2023-01-01")
+    registry.demote(
+        artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
+    )
+    write_daily(data, "TCS", date(2022, 6, 1), date(2024, 6, 30))
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    keys = {AssetKeyPartitionKey(AssetKey(a), "TCS|2024-01-01") for a in PARTITION_ASSETS}
+    subset = AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph())
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="newdata1",
+        backfill_timestamp=time.time(),
+        tags={"sensequant/trigger": "new_data"},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=subset,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    waiting = _tick(model_decay, instance, market_data=market)
+    assert waiting.run_requests == []
+    assert "backfill newdata1 holding TCS|2024-01-01 is in progress" in waiting.skip_reason.skip_message
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    [retrain] = _tick(model_decay, instance, market_data=market).run_requests  # it trained nothing
+    assert retrain.partition_key == "TCS|2024-01-01"
