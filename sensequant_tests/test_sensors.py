@@ -461,16 +461,26 @@ def test_a_failed_demotion_is_tried_again_then_given_up(instance, decayed: Path)
     assert f"{MAX_ATTEMPTS} attempts failed" in result.skip_reason.skip_message
 
 
-def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypatch, tmp_path: Path) -> None:
+def _demoted_tcs(
+    instance, monkeypatch, tmp_path: Path, symbols: list[str], bars_until: date
+) -> MarketDataResource:
+    """TCS's production model of 2023-01-01 demoted after window 2023-07-01; csv bars until `bars_until`."""
     data, artifacts = tmp_path / "bars", tmp_path / "models"
     monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
-    instance.add_dynamic_partitions("symbols", ["TCS"])
+    instance.add_dynamic_partitions("symbols", symbols)
     promote_toy_model(artifacts, "TCS|2023-01-01")
     registry.demote(
         artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
     )
-    write_daily(data, "TCS", date(2022, 6, 1), date(2023, 12, 15))  # 2024-01-01 not complete
-    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    write_daily(data, "TCS", date(2022, 6, 1), bars_until)
+    return MarketDataResource(data_source="csv", data_dir=str(data))
+
+
+def test_after_a_demotion_the_newer_window_is_retrained_once(instance, monkeypatch, tmp_path: Path) -> None:
+    market = _demoted_tcs(
+        instance, monkeypatch, tmp_path, ["TCS"], date(2023, 12, 15)
+    )  # 2024-01 not complete
+    data = tmp_path / "bars"
     waiting = _tick(model_decay, instance, market_data=market)
     assert waiting.run_requests == []
     assert "waiting for window 2024-01-01 to complete" in waiting.skip_reason.skip_message
@@ -505,14 +515,7 @@ def test_decay_retraining_waits_for_a_batched_run_that_trains_the_window(
     instance, monkeypatch, tmp_path: Path, start: str, end: str, busy: bool
 ) -> None:
     """A batched backfill run carries range tags, not `dagster/partition`: it must count as in flight."""
-    data, artifacts = tmp_path / "bars", tmp_path / "models"
-    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
-    instance.add_dynamic_partitions("symbols", ["INFY", "TCS", "WIPRO"])
-    promote_toy_model(artifacts, "TCS|2023-01-01")
-    registry.demote(
-        artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
-    )
-    write_daily(data, "TCS", date(2022, 6, 1), date(2024, 6, 30))
+    market = _demoted_tcs(instance, monkeypatch, tmp_path, ["INFY", "TCS", "WIPRO"], date(2024, 6, 30))
     backfill_run = DagsterRun(
         job_name="__ASSET_JOB",
         run_id=make_new_run_id(),
@@ -520,7 +523,6 @@ def test_decay_retraining_waits_for_a_batched_run_that_trains_the_window(
         tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
     )
     instance.add_run(backfill_run)
-    market = MarketDataResource(data_source="csv", data_dir=str(data))
     result = _tick(model_decay, instance, market_data=market)
     if busy:
         assert result.run_requests == []
@@ -534,15 +536,7 @@ def test_decay_retraining_waits_for_a_requested_backfill_without_runs_yet(
     instance, monkeypatch, tmp_path: Path
 ) -> None:
     """new_data's backfill of a completed window exists before the daemon creates its runs."""
-    data, artifacts = tmp_path / "bars", tmp_path / "models"
-    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(artifacts))
-    instance.add_dynamic_partitions("symbols", ["TCS"])
-    promote_toy_model(artifacts, "TCS|2023-01-01")
-    registry.demote(
-        artifacts, "TCS", expected="TCS|2023-01-01", reason="decayed", evidence={"after_window": "2023-07-01"}
-    )
-    write_daily(data, "TCS", date(2022, 6, 1), date(2024, 6, 30))
-    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    market = _demoted_tcs(instance, monkeypatch, tmp_path, ["TCS"], date(2024, 6, 30))
     keys = {AssetKeyPartitionKey(AssetKey(a), "TCS|2024-01-01") for a in PARTITION_ASSETS}
     subset = AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph())
     backfill = PartitionBackfill.from_asset_graph_subset(
