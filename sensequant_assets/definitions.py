@@ -1,4 +1,4 @@
-"""The code location: assets, resources (chosen from the environment here), jobs and sensors."""
+"""The code location: assets, resources (chosen from the environment here), jobs, sensors and schedules."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sensequant_assets.automation import automation_sensor
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
+from sensequant_assets.schedules import train_latest_window
 from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 from sensequant_assets.settings import env
 
@@ -34,6 +35,7 @@ def build_definitions() -> Definitions:
         ],
         jobs=[train_job, briefing_job, rollback_job, demote_job],
         sensors=[symbol_universe, new_data, model_decay, automation_sensor],
+        schedules=[train_latest_window],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
             "market_data": market_data_from_env(),

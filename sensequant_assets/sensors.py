@@ -18,6 +18,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -515,25 +516,34 @@ def _covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool
     return symbol in order and order.get(s0, -1) <= order[symbol] <= order.get(s1, -1)
 
 
-def _in_flight(context: SensorEvaluationContext, partition: str) -> str | None:
-    """An unfinished run or backfill that trains `partition` (a sensor's single-partition run, a
-    batched backfill run over a range holding it, a requested backfill whose target holds it), named;
-    one query each for the runs, the symbols (only when a run has a range) and the backfills."""
-    runs = context.instance.get_runs(RunsFilter(statuses=ACTIVE))
+def in_flight(instance: DagsterInstance, partitions: Iterable[str]) -> dict[str, str]:
+    """Each of `partitions` that an unfinished run or backfill trains (a sensor's single-partition
+    run, a batched backfill run over a range holding it, a requested backfill whose target holds
+    it), with what trains it; one query each for the runs, the symbols (only when a run has a
+    range) and the backfills, however many partitions are asked about."""
+    wanted = [str(p) for p in partitions]
+    runs = instance.get_runs(RunsFilter(statuses=ACTIVE))
     ranged = any(RANGE_START in r.tags for r in runs)
-    order = {name: i for i, name in enumerate(_registered(context))} if ranged else {}
-    for run in runs:
-        if _covers(run.tags, partition, order):
-            return f"run {run.run_id} on {partition} is {run.status.value.lower()}"
+    symbols = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME) if ranged else []
+    order = {name: i for i, name in enumerate(symbols)}
+    busy: dict[str, str] = {}
+    for partition in wanted:
+        for run in runs:
+            if _covers(run.tags, partition, order):
+                busy[partition] = f"run {run.run_id} on {partition} is {run.status.value.lower()}"
+                break
     # A backfill the daemon has not turned into runs yet (it does within its 30 s loop), or one
     # whose run for this partition is still to come.
-    target = AssetKeyPartitionKey(AssetKey("student_model"), partition)
     requested = BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])
-    for backfill in context.instance.get_backfills(filters=requested):
+    for backfill in instance.get_backfills(filters=requested):
         data = backfill.asset_backfill_data
-        if data is not None and target in data.target_subset:
-            return f"backfill {backfill.backfill_id} holding {partition} is in progress"
-    return None
+        if data is None:
+            continue
+        for partition in wanted:
+            target = AssetKeyPartitionKey(AssetKey("student_model"), partition)
+            if partition not in busy and target in data.target_subset:
+                busy[partition] = f"backfill {backfill.backfill_id} holding {partition} is in progress"
+    return busy
 
 
 def _retrain_request(
@@ -555,7 +565,7 @@ def _retrain_request(
     )
     if page.records and page.records[0].timestamp > since:
         return None, f"{symbol}: demoted; {partition} was trained after the demotion"
-    if (busy := _in_flight(context, partition)) is not None:
+    if (busy := in_flight(context.instance, [partition]).get(partition)) is not None:
         return None, f"{symbol}: demoted; {busy}"  # e.g. new_data's run of the completed window
     key, why = _attempt(context, f"decay-retrain:{symbol}:{demotion['archived']}")
     if key is None:

@@ -1,0 +1,145 @@
+"""The schedule users turn on when they train by the calendar instead of by the sensors.
+
+`train_latest_window` trains the newest complete window of every registered symbol with
+`train_job`, a few runs per tick (one run per range of up to SENSEQUANT_MAX_PARTITIONS_PER_RUN
+symbols, as a backfill would batch them), never one run per symbol. It is idempotent: symbols
+whose student of that window is already materialised, whose run or backfill is in flight, or whose
+bars do not cover the window yet are left out and named in the tick, so it can run often (its
+default is the second day of each window, 06:00 IST). Off by default: the sensors already train a
+window when its bars complete it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from dagster import (
+    AssetKey,
+    DagsterInvalidDefinitionError,
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from sensequant_assets.assets.partition_context import BATCHED, MAX_PARTITIONS_PER_RUN
+from sensequant_assets.jobs import train_job
+from sensequant_assets.partitions import (
+    SYMBOLS_PARTITIONS_NAME,
+    make_key,
+    window_bounds,
+    window_partitions,
+)
+from sensequant_assets.resources import MarketDataResource
+from sensequant_assets.sensors import RANGE_END, RANGE_START, REASON, TRIGGER, in_flight
+from sensequant_assets.settings import SettingsError, env
+from sensequant_assets.sources.base import DataSourceError
+
+SCHEDULE_NAME = "train_latest_window"
+CRON_VARIABLE = "SENSEQUANT_LATEST_WINDOW_CRON"
+
+
+def _default_cron() -> str:
+    """The second day of every window, 06:00: the bars of the window's last day are in by then."""
+    months = sorted({int(window_bounds(key)[0].month) for key in window_partitions.get_partition_keys()})
+    return f"0 6 2 {','.join(str(m) for m in months) or '1,7'} *"
+
+
+def latest_complete_window(today: date) -> str | None:
+    """The newest window that ended before `today`."""
+    done = [key for key in window_partitions.get_partition_keys() if window_bounds(key)[1] < today]
+    return done[-1] if done else None
+
+
+def symbol_ranges(symbols: Sequence[str], wanted: set[str], per_run: int) -> list[tuple[str, str]]:
+    """Runs of consecutive `wanted` symbols (registration order, the order of Dagster's symbol
+    ranges), each of at most `per_run` symbols (0: no limit), as (first, last)."""
+    ranges: list[list[str]] = []
+    current: list[str] = []
+    for symbol in symbols:
+        if symbol not in wanted or (per_run and len(current) == per_run):
+            if current:
+                ranges.append(current)
+            current = [symbol] if symbol in wanted else []
+        else:
+            current.append(symbol)
+    if current:
+        ranges.append(current)
+    return [(chunk[0], chunk[-1]) for chunk in ranges]
+
+
+def _train_latest_window(
+    context: ScheduleEvaluationContext, market_data: MarketDataResource
+) -> list[RunRequest] | SkipReason:
+    today = context.scheduled_execution_time.date()
+    window = latest_complete_window(today)
+    if window is None:
+        return SkipReason(f"no window has ended before {today}")
+    symbols = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    if not symbols:
+        return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
+    partitions = {symbol: str(make_key(symbol, window)) for symbol in symbols}
+    trained = context.instance.get_materialized_partitions(
+        AssetKey("student_model"), after_cursor=None
+    ) & set(partitions.values())
+    busy = in_flight(context.instance, [p for p in partitions.values() if p not in trained])
+    start, end = window_bounds(window)
+    wanted, notes = set(), []
+    for symbol, partition in partitions.items():
+        if partition in trained or partition in busy:
+            continue
+        try:
+            covered = market_data.source_for(symbol).window_fingerprints(symbol, [(start, end)])[start]
+        except (DataSourceError, ValueError) as exc:
+            notes.append(f"{symbol}: cannot read its bars: {exc}")
+            continue
+        if covered is None:
+            notes.append(f"{symbol}: its bars do not cover window {window} yet")
+            continue
+        wanted.add(symbol)
+    summary = f"window {window}: {len(trained)} of {len(symbols)} symbols already trained"
+    summary += f", {len(busy)} in flight" if busy else ""
+    for note in [summary, *notes, *busy.values()]:
+        context.log.info(note)
+    if not wanted:
+        return SkipReason("; ".join([f"nothing to train: {summary}", *notes]))
+    tags = {TRIGGER: SCHEDULE_NAME, REASON: f"the newest complete window, {window}"}
+    stamp = context.scheduled_execution_time.isoformat()
+    if not BATCHED:  # Dagster's one run per partition
+        return [
+            RunRequest(run_key=f"{stamp}:{partitions[s]}", partition_key=partitions[s], tags=tags)
+            for s in symbols
+            if s in wanted
+        ]
+    return [
+        RunRequest(
+            run_key=f"{stamp}:{first}..{last}|{window}",
+            tags={
+                **tags,
+                RANGE_START: partitions[first],
+                RANGE_END: partitions[last],
+            },
+        )
+        for first, last in symbol_ranges(symbols, wanted, MAX_PARTITIONS_PER_RUN)
+    ]
+
+
+try:
+    train_latest_window = schedule(
+        name=SCHEDULE_NAME,
+        job=train_job,
+        cron_schedule=env(CRON_VARIABLE) or _default_cron(),
+        execution_timezone="Asia/Kolkata",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=(
+            "Trains the newest complete window of every registered symbol (bars, teacher, student, "
+            "evaluation) in a few batched runs. Leaves out symbols already trained for that window, "
+            "in flight, or whose bars do not cover it yet, and names them in the tick. Cron: "
+            f"{CRON_VARIABLE} (default: 06:00 IST on the 2nd day of each window). Off by default; "
+            "the sensors already train a window when its bars complete it."
+        ),
+    )(_train_latest_window)
+except DagsterInvalidDefinitionError as exc:
+    raise SettingsError(f"{CRON_VARIABLE}={env(CRON_VARIABLE)!r} is not a cron schedule: {exc}") from exc
