@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from sensequant_assets.assets.catalog import BARS_SCHEMA, OWNERS, column_schema
 from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
@@ -27,6 +28,9 @@ def _metadata(bars: pd.DataFrame) -> dict:
     code_version="1",
     group_name="training",
     description="Daily OHLCV bars of one symbol and window, validated, stored as bars.parquet.",
+    metadata=column_schema(BARS_SCHEMA),
+    kinds={"pandas", "parquet"},
+    owners=OWNERS,
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
     values, skipped = {}, {}

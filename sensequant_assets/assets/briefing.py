@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from sensequant_assets.artifacts import BriefingArtifact
+from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.assets.student import default_config_id
@@ -291,6 +292,8 @@ def _configuration_header(markdown: str, config_id: str, default: bool, left_out
         "interval, DSR, Diebold-Mariano vs the base rate, gates and a PROMOTE/REJECT/INSUFFICIENT_DATA "
         "decision. Written to briefings/ (latest and a dated copy)."
     ),
+    kinds={"pandas", "scipy"},
+    owners=OWNERS,
 )
 def promotion_briefing(
     context: AssetExecutionContext,
@@ -368,6 +371,8 @@ def _previous_cache(store: PartitionDirIOManager) -> dict[str, dict[str, Any]]:
         "production/<SYMBOL>/current, archiving the one it replaces. Never promotes a REJECT or "
         "INSUFFICIENT_DATA, nor a student of a configuration the briefing did not judge."
     ),
+    kinds={"python"},
+    owners=OWNERS,
 )
 def production_models(
     context: AssetExecutionContext,

@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from sensequant_assets.artifacts import EvaluationArtifact, StudentArtifact
+from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
@@ -97,6 +98,8 @@ class EvaluationConfig(Config):
         "Out-of-sample evaluation: the previous window's student predicts this window. Metrics, "
         "predictions, and a long/flat backtest against buy-and-hold under evaluation/."
     ),
+    kinds={"scikit-learn", "pandas", "matplotlib"},
+    owners=OWNERS,
 )
 def student_evaluation(
     context: AssetExecutionContext,

@@ -19,6 +19,7 @@ from dagster import (
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import StudentArtifact, TeacherArtifact
+from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
@@ -105,6 +106,8 @@ def _teacher_part(teacher: TeacherArtifact) -> dict[str, Any]:
     code_version=STUDENT_CODE_VERSION,
     group_name="training",
     description="Student trained on the teacher's soft labels; files under student/.",
+    kinds={"scikit-learn", "lightgbm"},
+    owners=OWNERS,
 )
 def student_model(
     context: AssetExecutionContext,

@@ -45,6 +45,7 @@ from pydantic import Field, field_validator
 
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import TeacherArtifact
+from sensequant_assets.assets.catalog import LABELS_SCHEMA, OWNERS, column_schema, top_features_table
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
@@ -205,6 +206,8 @@ def bars_hash(bars: pd.DataFrame) -> str:
             code_version=TEACHER_CODE_VERSION,
             automation_condition=EVERY_WINDOW_EAGER,
             description="LightGBM teacher: model.pkl, metadata.json, feature_importance.csv.",
+            kinds={"lightgbm"},
+            owners=OWNERS,
         ),
         "teacher_labels": AssetOut(
             is_required=False,
@@ -212,6 +215,9 @@ def bars_hash(bars: pd.DataFrame) -> str:
             code_version=TEACHER_CODE_VERSION,
             automation_condition=EVERY_WINDOW_EAGER,
             description="labels.csv.gz: features, labels, forward returns and out-of-fold teacher_proba.",
+            metadata=column_schema(LABELS_SCHEMA),
+            kinds={"lightgbm", "pandas"},
+            owners=OWNERS,
         ),
     },
     ins={"market_bars": AssetIn(partition_mapping=WINDOW_LOOKBACK_AND_HISTORY, metadata=BATCH_INPUT)},
@@ -400,7 +406,7 @@ def _model_metadata(artifact: TeacherArtifact) -> dict:
         "val_rows": meta["val_samples"],
         "label_balance": MetadataValue.float(meta["label_distribution"].get("1", 0) / meta["total_samples"]),
         **{k: metadata_value(v) for k, v in meta["metrics"].items()},
-        "top_features": MetadataValue.md(artifact.importance.head(5).to_markdown(index=False)),
+        "top_features": top_features_table(artifact.importance),
         "hyperparameters": MetadataValue.json(meta["hyperparameters"]),
         "history_from_market_bars": MetadataValue.text(", ".join(history["from_market_bars"]) or "none"),
         "history_from_source": MetadataValue.text(
