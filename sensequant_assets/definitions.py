@@ -9,6 +9,7 @@ from sensequant_assets.assets.briefing import production_models, promotion_brief
 from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.partition_context import BATCHED
 from sensequant_assets.assets.student import student_model
+from sensequant_assets.assets.symbol_briefing import symbol_briefing
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
 from sensequant_assets.io_manager import PartitionDirIOManager
@@ -32,6 +33,7 @@ def build_definitions() -> Definitions:
             student_evaluation,
             promotion_briefing,
             production_models,
+            symbol_briefing,
         ],
         jobs=[train_job, briefing_job, rollback_job, demote_job],
         sensors=[symbol_universe, new_data, model_decay, automation_sensor],

@@ -47,10 +47,12 @@ def instance():
 
 
 def _tick(instance, market: MarketDataResource, when: datetime = TICK):
-    context = build_schedule_context(
+    # As a context manager: its resources' exit stack (which sets Dagster's current state storage)
+    # must close, or later tests' definitions read a storage deleted with this test's instance.
+    with build_schedule_context(
         instance=instance, scheduled_execution_time=when, resources={"market_data": market}
-    )
-    return train_latest_window(context)
+    ) as context:
+        return train_latest_window(context)
 
 
 def _ranges(requests) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.assets.student import default_config_id
+from sensequant_assets.assets.symbol_briefing import symbol_page_link
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
 from sensequant_assets.io_manager import ArtifactError, LazyPartitions, PartitionDirIOManager, codec_for
 from sensequant_assets.ml.briefing import (
@@ -384,28 +385,29 @@ def production_models(
     lines = []
     for entry in promotion_briefing.symbols:
         symbol, decision = entry["symbol"], entry["decision"]
+        page = symbol_page_link(symbol)
         judged = entry.get(CONFIG_ID_KEY)
         if decision != PROMOTE:
-            lines.append(f"| {symbol} | {decision} | {judged} | not promoted |")
+            lines.append(f"| {page} | {decision} | {judged} | not promoted |")
             continue
         if judged is None:
             why = "not promoted: the briefing names no judged configuration (written before they were)"
-            lines.append(f"| {symbol} | {decision} | - | {why} |")
+            lines.append(f"| {page} | {decision} | - | {why} |")
             continue
         choice = newest_student_of_config(base_dir, symbol, materialised, judged)
         passed = "; ".join(f"passed over newer {key} ({why})" for key, why in choice.passed_over)
         if choice.partition_key is None:
             why = f"not promoted: no materialised student of configuration {judged}"
-            lines.append(f"| {symbol} | {decision} | {judged} | {why}{'; ' + passed if passed else ''} |")
+            lines.append(f"| {page} | {decision} | {judged} | {why}{'; ' + passed if passed else ''} |")
             continue
         try:
             record = promote(
                 base_dir, symbol, choice.partition_key, decision, entry["gates"], config_id=judged
             )
         except PromotionRefused as exc:  # a demotion in force, or a configuration changed since
-            lines.append(f"| {symbol} | {decision} | {judged} | not promoted: {exc} |")
+            lines.append(f"| {page} | {decision} | {judged} | not promoted: {exc} |")
             continue
         action = f"{record.partition_key} now in production{'; ' + passed if passed else ''}"
-        lines.append(f"| {symbol} | {decision} | {judged} | {action} |")
+        lines.append(f"| {page} | {decision} | {judged} | {action} |")
     table = "| symbol | decision | config | action |\n| --- | --- | --- | --- |\n" + "\n".join(lines)
     return MaterializeResult(metadata={"actions": MetadataValue.md(table)})

@@ -559,44 +559,70 @@ def render_markdown(briefings: list[dict[str, Any]], *, generated_at: str) -> st
             f"{_fmt(dm['student_log_loss'])} vs {_fmt(dm['baseline_log_loss'])} |"
         )
     for b in briefings:
-        dm = b["diebold_mariano"]
-        lines += [
-            "",
-            f"## {b['symbol']}: {b['decision']}",
-            "",
-            f"Decided by: {', '.join(b['reasons']) if b['reasons'] else 'n/a'}. "
-            f"{b['windows']} windows, {b['n']} rows ({b['first_ts'] or 'n/a'} to {b['last_ts'] or 'n/a'}); "
-            f"mean per-window IC {_fmt(b['ic']['mean_per_window'])}, "
-            f"AUC {_fmt(b['auc']['mean_per_window'])}; "
-            f"IC z {_fmt(b['ic'].get('stat'), 2)}, p-value {_fmt(b['ic']['p_value'], 4)} (nominal), "
-            f"{_fmt(b['ic'].get('p_value_calibrated'), 4)} against the calibrated null "
-            f"(z - {_fmt(b['ic'].get('null_shift'), 2)}) / {_fmt(b['ic'].get('null_scale'), 2)} "
-            f"= {_fmt(b['ic'].get('z_calibrated'), 2)}, "
-            f"x {b['n_trials']} configuration(s), "
-            f"family of {b['ic']['family_size']} symbol(s); excess over {b['excess']['benchmark']}; "
-            f"DSR over {b['sharpe']['dsr_trials']} trial(s).",
-            "",
-        ]
-        losses = f"({_fmt(dm['student_log_loss'])} vs {_fmt(dm['baseline_log_loss'])})"
-        for name, g in b["gates"].items():
-            line = (
-                f"- {'pass' if g['passed'] else 'FAIL'} `{name}`: {_fmt(g['value'], 4)}, "
-                f"needs {g['op']} {_fmt(g['threshold'], 4)}"
-            )
-            if name == "dm_pvalue":
-                line += f" with the student's log loss below the base rate's {losses}"
-            lines.append(line)
-        if "excess_return" not in b["gates"]:
-            lines.append(
-                f"- reported, not a gate: excess log return over {b['excess']['benchmark']} "
-                f"{_with_ci(b['excess'], 'annualised', pct=True)} a year, "
-                f"one-sided p {_fmt(b['excess']['p_value'], 4)}"
-            )
-        if "dsr" not in b["gates"]:
-            lines.append(f"- reported, not a gate: deflated Sharpe ratio {_fmt(b['sharpe']['dsr'])}")
-        if "dm_pvalue" not in b["gates"]:
-            lines.append(
-                f"- reported, not a gate: Diebold-Mariano p-value {_fmt(dm['p_value'])}, "
-                f"student log loss {_dm_side(dm)} the base rate's {losses}"
-            )
+        lines += ["", *symbol_section(b)]
+    return "\n".join(lines) + "\n"
+
+
+def symbol_section(b: dict[str, Any]) -> list[str]:
+    """One symbol's part of the briefing: what decided it, its statistics, and every gate."""
+    dm = b["diebold_mariano"]
+    lines = [
+        f"## {b['symbol']}: {b['decision']}",
+        "",
+        f"Decided by: {', '.join(b['reasons']) if b['reasons'] else 'n/a'}. "
+        f"{b['windows']} windows, {b['n']} rows ({b['first_ts'] or 'n/a'} to {b['last_ts'] or 'n/a'}); "
+        f"mean per-window IC {_fmt(b['ic']['mean_per_window'])}, "
+        f"AUC {_fmt(b['auc']['mean_per_window'])}; "
+        f"IC z {_fmt(b['ic'].get('stat'), 2)}, p-value {_fmt(b['ic']['p_value'], 4)} (nominal), "
+        f"{_fmt(b['ic'].get('p_value_calibrated'), 4)} against the calibrated null "
+        f"(z - {_fmt(b['ic'].get('null_shift'), 2)}) / {_fmt(b['ic'].get('null_scale'), 2)} "
+        f"= {_fmt(b['ic'].get('z_calibrated'), 2)}, "
+        f"x {b['n_trials']} configuration(s), "
+        f"family of {b['ic']['family_size']} symbol(s); excess over {b['excess']['benchmark']}; "
+        f"DSR over {b['sharpe']['dsr_trials']} trial(s).",
+        "",
+    ]
+    losses = f"({_fmt(dm['student_log_loss'])} vs {_fmt(dm['baseline_log_loss'])})"
+    for name, g in b["gates"].items():
+        line = (
+            f"- {'pass' if g['passed'] else 'FAIL'} `{name}`: {_fmt(g['value'], 4)}, "
+            f"needs {g['op']} {_fmt(g['threshold'], 4)}"
+        )
+        if name == "dm_pvalue":
+            line += f" with the student's log loss below the base rate's {losses}"
+        lines.append(line)
+    if "excess_return" not in b["gates"]:
+        lines.append(
+            f"- reported, not a gate: excess log return over {b['excess']['benchmark']} "
+            f"{_with_ci(b['excess'], 'annualised', pct=True)} a year, "
+            f"one-sided p {_fmt(b['excess']['p_value'], 4)}"
+        )
+    if "dsr" not in b["gates"]:
+        lines.append(f"- reported, not a gate: deflated Sharpe ratio {_fmt(b['sharpe']['dsr'])}")
+    if "dm_pvalue" not in b["gates"]:
+        lines.append(
+            f"- reported, not a gate: Diebold-Mariano p-value {_fmt(dm['p_value'])}, "
+            f"student log loss {_dm_side(dm)} the base rate's {losses}"
+        )
+    return lines
+
+
+def render_symbol_markdown(b: dict[str, Any], *, generated_at: str) -> str:
+    """One symbol's page: its briefing section, then its out-of-sample record window by window."""
+    auc_by_window = {w["window"]: w["auc"] for w in b["auc"].get("per_window", [])}
+    lines = [
+        *symbol_section(b),
+        "",
+        f"### Out of sample, window by window (briefing of {generated_at})",
+        "",
+        "Each window is scored by the student of the window before it, which never saw it.",
+        "",
+        "| window | rows | IC | AUC |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for w in b["ic"].get("per_window", []):
+        window_auc = _fmt(auc_by_window.get(w["window"]))
+        lines.append(f"| {w['window']} | {w['n']} | {_fmt(w['ic'])} | {window_auc} |")
+    if not b["ic"].get("per_window"):
+        lines.append("| (no evaluated window) | 0 | n/a | n/a |")
     return "\n".join(lines) + "\n"
