@@ -9,15 +9,17 @@ import hashlib
 import json
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
+    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -422,30 +424,59 @@ ACTIVE = [
 ]
 
 
+def newest_evaluations(
+    instance: DagsterInstance, partitions: Iterable[str], chunk: int = 500
+) -> dict[str, dict[str, Any]]:
+    """partition -> the metadata of its newest `student_evaluation` materialisation, for all of
+    `partitions` at once: one query for the newest storage ids and one fetch of those records per
+    `chunk` partitions, however many symbols ask (a tick used to make a query per window per
+    production model)."""
+    wanted = sorted({str(p) for p in partitions})
+    key = AssetKey("student_evaluation")
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(wanted), chunk):
+        ids = instance.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION, set(wanted[i : i + chunk])
+        )
+        if not ids:
+            continue
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(key, storage_ids=list(ids.values())), limit=len(ids)
+        ).records
+        for record in records:
+            event = record.asset_materialization
+            out[str(event.partition)] = partition_metadata(event)
+    return out
+
+
+def evidence_partitions(record: registry.PromotionRecord, windows: Sequence[str]) -> list[str]:
+    """The evaluation partitions that can judge the production model: its symbol, later windows."""
+    symbol, own_window = split_key(record.partition_key)
+    return [str(make_key(symbol, w)) for w in windows if w > own_window]
+
+
 def production_evidence(
-    context: SensorEvaluationContext, record: registry.PromotionRecord, limit: int
+    record: registry.PromotionRecord,
+    windows: Sequence[str],
+    evaluations: dict[str, dict[str, Any]],
+    limit: int,
 ) -> list[tuple[str, float | None, str]]:
     """(window, AUC, model) of the newest evaluations that judge the production model's lineage.
 
     Only windows after the production model's own window count, scored by that model or by a
     later student of the same configuration (window k's evaluation scores the student of k-1):
     what happened since the model was trained, never its predecessors' scores. Newest first, at
-    most `limit`; walks the windows newest first, so a tick costs about `limit` queries per model.
+    most `limit`; `evaluations` holds the newest metadata of `evidence_partitions` (see
+    `newest_evaluations`).
     """
     symbol, own_window = split_key(record.partition_key)
     out = []
-    for window in reversed(window_partitions.get_partition_keys()):
+    for window in sorted(windows, reverse=True):
         if window <= own_window:
             break
-        page = context.instance.fetch_materializations(
-            AssetRecordsFilter(
-                asset_key=AssetKey("student_evaluation"), asset_partitions=[str(make_key(symbol, window))]
-            ),
-            limit=1,
-        )
-        if not page.records:
+        meta = evaluations.get(str(make_key(symbol, window)))
+        if meta is None:
             continue
-        meta = partition_metadata(page.records[0].asset_materialization)
         model = str(meta.get("model_partition") or "")
         same_config = record.config_id is None or meta.get(CONFIG_ID_KEY) == record.config_id
         if not model or split_key(model)[1] < own_window or not same_config:
@@ -601,8 +632,18 @@ def model_decay(context: SensorEvaluationContext, market_data: MarketDataResourc
         return SensorResult(skip_reason=str(exc))
     base = env("SENSEQUANT_ARTIFACTS_DIR")
     requests, healthy, notes = [], [], []
-    for symbol in _registered(context):
-        record = registry.current(base, symbol)
+    records = {symbol: registry.current(base, symbol) for symbol in _registered(context)}
+    windows = window_partitions.get_partition_keys()
+    evaluations = newest_evaluations(
+        context.instance,
+        (
+            p
+            for record in records.values()
+            if record is not None
+            for p in evidence_partitions(record, windows)
+        ),
+    )
+    for symbol, record in records.items():
         if record is None:
             demotion = registry.active_demotion(base, symbol)
             if demotion is not None:
@@ -613,7 +654,7 @@ def model_decay(context: SensorEvaluationContext, market_data: MarketDataResourc
                 requests += [request] if request else []
                 notes.append(note)
             continue
-        recent = production_evidence(context, record, needed)
+        recent = production_evidence(record, windows, evaluations, needed)
         decayed = len(recent) == needed and all(auc is not None and auc < min_auc for _, auc, _ in recent)
         if not decayed:
             healthy.append(symbol)
