@@ -45,7 +45,7 @@ def rollback_model(context: OpExecutionContext, config: RollbackConfig) -> None:
     context.log.info(f"{config.symbol}: production model is now {record.partition_key}")
 
 
-@job(description="Restore an archived production model of one symbol (see production/<SYMBOL>/).")
+@job(description="Restore an archived production model of one symbol (see `production/<SYMBOL>/`).")
 def rollback_job() -> None:
     rollback_model()
 

@@ -3,6 +3,7 @@ match the files, and the teacher's top features as a table."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +27,21 @@ def test_every_asset_job_sensor_and_schedule_says_what_it_is() -> None:
         assert node.description and len(node.description) > 40, name
         assert node.kinds, f"{name} has no kinds"
         assert node.owners == ["team:sensequant"], name
+        assert not _bare_tags(node.description), name
     for job in defs.jobs or []:
-        assert job.description, job.name
+        assert job.description and not _bare_tags(job.description), job.name
     for sensor in defs.sensors or []:
         assert sensor.description, sensor.name
     for schedule in defs.schedules or []:
         assert schedule.description, schedule.name
     assert graph.get(AssetKey("market_bars")).metadata["dagster/column_schema"] == BARS_SCHEMA
     assert graph.get(AssetKey("teacher_labels")).metadata["dagster/column_schema"] == LABELS_SCHEMA
+
+
+def _bare_tags(markdown: str) -> list[str]:
+    """`<SYMBOL>` outside a code span: the UI renders descriptions as markdown and drops it as HTML."""
+    outside = re.sub(r"`[^`]*`", "", markdown)
+    return re.findall(r"<[A-Za-z_][A-Za-z_0-9]*>", outside)
 
 
 @pytest.fixture(scope="module")

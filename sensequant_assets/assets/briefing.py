@@ -369,7 +369,7 @@ def _previous_cache(store: PartitionDirIOManager) -> dict[str, dict[str, Any]]:
     group_name="evaluation",
     description=(
         "Copies the newest student of the judged configuration of every PROMOTE symbol to "
-        "production/<SYMBOL>/current, archiving the one it replaces. Never promotes a REJECT or "
+        "`production/<SYMBOL>/current`, archiving the one it replaces. Never promotes a REJECT or "
         "INSUFFICIENT_DATA, nor a student of a configuration the briefing did not judge."
     ),
     kinds={"python"},
