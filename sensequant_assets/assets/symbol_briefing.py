@@ -7,7 +7,6 @@ its own metadata); `production_models` links each symbol's row here. Nothing is 
 artifact store: the briefing's files already hold these numbers.
 """
 
-
 from typing import Any
 
 from dagster import (
