@@ -40,6 +40,7 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, StudentArtifact, TeacherArtifact
 from sensequant_assets.partitions import split_key, window_bounds
+from sensequant_assets.sources.symbols import InvalidSymbolError, validate_symbol
 
 CHECKSUMS = "checksums.json"
 TXN_DIR = ".txn"  # in-flight (or crashed) swaps only; never a partition
@@ -275,7 +276,22 @@ class ArtifactStore:
     base_dir: Path
 
     def partition_dir(self, partition_key: str) -> Path:
+        """The partition's directory, for a canonical symbol only: keys added outside the CLI (the
+        UI's "Add partition", the API) are not validated by Dagster, and a symbol must never become
+        a path outside the store nor a second directory for another spelling of the same symbol."""
         symbol, window_key = split_key(partition_key)
+        try:
+            canonical = validate_symbol(symbol)
+        except InvalidSymbolError as exc:
+            raise InvalidSymbolError(
+                f"partition {partition_key!r}: {exc}; remove it from the symbols"
+            ) from exc
+        if canonical != symbol:
+            raise InvalidSymbolError(
+                f"partition {partition_key!r}: symbol {symbol!r} is not written as {canonical!r}; the "
+                f"artifact store keeps one directory per symbol, so register {canonical!r} instead "
+                "(`sensequant symbols add` does) and remove this one"
+            )
         start, end = window_bounds(window_key)
         return self.base_dir / partition_dir_name(symbol, start, end)
 

@@ -100,3 +100,13 @@ def test_cli_refuses_bad_symbols(tmp_path: Path, monkeypatch, capsys) -> None:
     assert cli_main(["symbols", "add", "M&M"]) == 0
     assert cli_main(["symbols", "list"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "M&M"
+
+
+def test_a_symbol_added_in_another_spelling_fails_without_a_directory(tmp_path: Path) -> None:
+    """The UI's "Add partition" accepts `reliance`; the store refuses to give it a directory beside
+    RELIANCE's and the run says which symbol to register instead."""
+    result = run(tmp_path, "reliance|2023-01-01", instance=instance_with("reliance"))
+    assert not result.success
+    [message] = failure_messages(result)
+    assert "partition 'reliance|2023-01-01': symbol 'reliance' is not written as 'RELIANCE'" in message
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -26,6 +27,7 @@ from sensequant_assets.io_manager import (
     partition_dir_name,
 )
 from sensequant_assets.partitions import symbol_window_partitions
+from sensequant_assets.sources.symbols import InvalidSymbolError
 
 
 def _bars(n: int = 5, start: str = "2023-01-02") -> pd.DataFrame:
@@ -379,3 +381,33 @@ def test_sensor_state_is_content_addressed_and_keeps_the_newest_versions(tmp_pat
     assert [store.read_state("new_data", k) for k in keys] == [None, None] + [
         f"state {i}".encode() for i in range(2, 7)
     ]
+
+
+@pytest.mark.parametrize(
+    ("symbol", "why"),
+    [
+        ("..", "'..'"),
+        ("../ETC", "path separator"),
+        ("/ETC", "path separator"),
+        ("A\\B", "path separator"),
+        ("X" * 40, "longer than 32"),
+        ("RELİANCE", "it contains 'İ'"),  # a Unicode look-alike of RELIANCE (dotted capital I)
+        ("reliance", "is not written as 'RELIANCE'"),  # a case variant: one directory per symbol
+        (" TCS", "is not written as 'TCS'"),
+        (".HIDDEN", "must start with a letter or digit"),
+    ],
+)
+def test_the_store_refuses_a_symbol_that_is_not_a_canonical_name(
+    tmp_path: Path, symbol: str, why: str
+) -> None:
+    """Symbols added through the UI's "Add partition" bypass the CLI's validation: the store is the
+    last place that can keep a partition key from becoming a path outside it or a second directory."""
+    store = ArtifactStore(tmp_path / "models")
+    key = f"{symbol}|2023-01-01"
+    with pytest.raises(InvalidSymbolError, match=re.escape(why)) as caught:
+        store.partition_dir(key)
+    assert repr(key) in str(caught.value)
+    with pytest.raises(InvalidSymbolError):
+        store.write(key, codec_for("market_bars"), _bars())
+    written = [p for p in tmp_path.rglob("*") if p.name not in ("models", TXN_DIR)]
+    assert written == []  # nothing staged, nothing outside the store
