@@ -77,6 +77,23 @@ def reliability_png(
     return buf.getvalue()
 
 
+INLINE_COLOURS = 32
+
+
+def inline_png(png: bytes) -> bytes:
+    """The figure with a palette of `INLINE_COLOURS` colours: a third to a quarter of the bytes
+    (about 10-12 KiB for our figures, against 40-45 KiB), still sharp, for the event log; the
+    full-colour file stays in the partition directory."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    palette = image.quantize(colors=INLINE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    palette.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def png_markdown(png: bytes, alt: str) -> str:
-    """Inline a PNG in markdown metadata, which the Dagster UI renders on the materialisation."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    """Inline a PNG in markdown metadata, which the Dagster UI renders on the materialisation
+    (compacted by `inline_png`: every byte here is stored in the event log)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(inline_png(png)).decode()})"

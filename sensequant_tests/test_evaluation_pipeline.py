@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, materialize
 
 from sensequant_assets import registry
 from sensequant_assets.assets.student import default_config_id
@@ -84,6 +85,26 @@ def test_evaluation_files_and_out_of_sample_protocol(graph) -> None:
     for key in ("auc", "accuracy", "hit_rate", "brier", "log_loss", "ic", "backtest"):
         assert key in metrics, key
     assert (evaluation / "equity.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_figures_are_inline_and_compact_and_full_size_on_disk(graph) -> None:
+    """Every inline byte is stored in the event log: a palette PNG of each figure, a few tens of
+    KiB per event at most; the full-colour files stay in the partition directory."""
+    artifacts, instance, _ = graph
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey("student_evaluation"), asset_partitions=[f"{SIGNAL}|2022-07-01"]), limit=1
+    ).records
+    meta = record.asset_materialization.metadata
+    evaluation = artifacts / _dir(SIGNAL, "2022-07-01", "2022-12-31") / "evaluation"
+    inline = {}
+    for key, name in (("equity_curve", "equity.png"), ("reliability_diagram", "reliability.png")):
+        text = meta[key].value
+        assert text.startswith("![") and "](data:image/png;base64," in text
+        png = base64.b64decode(text.split("base64,", 1)[1].rstrip(")"))
+        assert png.startswith(b"\x89PNG")
+        inline[key] = len(text)
+        assert len(png) < (evaluation / name).stat().st_size / 2, key
+    assert sum(inline.values()) < 40_000, inline
 
 
 def test_briefing_promotes_signal_rejects_random_walk_and_is_reproducible(graph) -> None:
