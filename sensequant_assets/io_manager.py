@@ -310,12 +310,13 @@ class ArtifactStore:
         return self.txn_dir / f"{final.name}.old"
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        """Serialise commits to one partition directory across processes."""
+    def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
+        """Serialise commits to one partition directory across processes (exclusive), and keep a
+        commit from swapping the directory while a reader verifies and reads it (shared)."""
         lock_dir = self.base_dir / LOCKS_DIR
         lock_dir.mkdir(parents=True, exist_ok=True)
         with (lock_dir / f"{name}.lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -495,7 +496,8 @@ class ArtifactStore:
     def owned_checksums(self, partition_key: str, codec: Codec) -> dict[str, str]:
         """The recorded sha256 of the files `codec` owns in a partition ({} if none: not written)."""
         directory = self._recovered(self.partition_dir(partition_key))
-        sums = self._checksums(directory)
+        with self._locked(directory.name, shared=True):
+            sums = self._checksums(directory)
         return {rel: digest for rel, digest in sorted(sums.items()) if codec.owns_path(rel)}
 
     def _recovered(self, directory: Path) -> Path:
@@ -523,13 +525,16 @@ class ArtifactStore:
             raise MissingArtifactError(
                 f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"
             )
-        sums = self._checksums(directory)
 
         def read_file(rel: str) -> bytes:
             return verified_bytes(directory, rel, sums, who=f"{asset} for partition {partition_key}: ")
 
         try:
-            return codec.load(read_file)
+            # The checksums and the files from one version of the directory: a swap between
+            # reading the one and the other was a false "corrupt" (or "missing") error.
+            with self._locked(directory.name, shared=True):
+                sums = self._checksums(directory)
+                return codec.load(read_file)
         except ArtifactError:
             raise
         except Exception as exc:  # a verified file that still fails to parse: say which asset/partition

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -411,3 +412,38 @@ def test_the_store_refuses_a_symbol_that_is_not_a_canonical_name(
         store.write(key, codec_for("market_bars"), _bars())
     written = [p for p in tmp_path.rglob("*") if p.name not in ("models", TXN_DIR)]
     assert written == []  # nothing staged, nothing outside the store
+
+
+def test_reads_racing_commits_see_one_whole_version(tmp_path: Path) -> None:
+    """A reader verifies checksums.json and then reads each file; a commit that swapped the
+    directory in between gave a false "corrupt" or "missing" error. Readers now hold a shared
+    lock, so a read sees the old directory or the new one, never half of each."""
+    store = ArtifactStore(tmp_path)
+    key, codec = "RELIANCE|2023-01-01", codec_for("teacher_model")
+    versions = [_teacher("a" * 20_000), _teacher("b" * 20_000)]
+    store.write(key, codec, versions[0])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            store.write(key, codec, versions[i % 2])
+
+    def reader() -> None:
+        for _ in range(300):
+            try:
+                seen.add(store.read(key, codec, "teacher_model").metadata["tag"][0])
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    threads[1].join()
+    stop.set()
+    threads[0].join()
+    assert errors == []
+    assert seen == {"a", "b"}  # the reads did race the commits
