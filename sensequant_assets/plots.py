@@ -86,7 +86,10 @@ def inline_png(png: bytes) -> bytes:
     full-colour file stays in the partition directory."""
     from PIL import Image
 
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+    except OSError:  # not an image PIL can read: inline it as it is rather than lose the evaluation
+        return png
     palette = image.quantize(colors=INLINE_COLOURS, method=Image.Quantize.MEDIANCUT)
     buf = io.BytesIO()
     palette.save(buf, format="PNG", optimize=True)
