@@ -15,6 +15,10 @@ class TeacherArtifact:
     model: Any
     metadata: dict[str, Any]
     importance: pd.DataFrame
+    # The window's teacher_labels, handed along so that the IO manager commits the model and its
+    # labels in one swap (two runs on one partition must not leave one's model beside the other's
+    # labels); never stored with the model nor loaded back.
+    labels: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    DagsterInvariantViolationError,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+)
 
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, StudentArtifact, TeacherArtifact
 from sensequant_assets.partitions import split_key, window_bounds
@@ -312,10 +318,23 @@ class ArtifactStore:
     @contextlib.contextmanager
     def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
         """Serialise commits to one partition directory across processes (exclusive), and keep a
-        commit from swapping the directory while a reader verifies and reads it (shared)."""
+        commit from swapping the directory while a reader verifies and reads it (shared).
+
+        A reader never creates anything: without a lock file (no commit has ever taken it, so
+        there is no older version to mix with) or without access to it (a read-only store) it
+        reads unlocked.
+        """
         lock_dir = self.base_dir / LOCKS_DIR
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with (lock_dir / f"{name}.lock").open("a") as fh:
+        try:
+            if not shared:
+                lock_dir.mkdir(parents=True, exist_ok=True)
+            fh = (lock_dir / f"{name}.lock").open("r" if shared else "a")
+        except OSError:
+            if not shared:
+                raise
+            yield
+            return
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
@@ -378,9 +397,23 @@ class ArtifactStore:
         for leftover in [*backups, *stagings]:
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def write(self, partition_key: str, codec: Codec, obj: Any) -> Path:
-        """Write one asset's files for one partition, atomically; return the partition directory."""
+    def write(
+        self,
+        partition_key: str,
+        codec: Codec,
+        obj: Any,
+        *,
+        together: Sequence[tuple[Codec, Any]] = (),
+        written: dict[str, str] | None = None,
+    ) -> Path:
+        """Write one asset's files for one partition, atomically; return the partition directory.
+
+        `together`: other assets' (codec, value) committed in the same swap (a multi-asset's
+        outputs that must never be mixed with another run's). `written` receives the checksums
+        of every file this commit wrote.
+        """
         final = self.partition_dir(partition_key)
+        codecs = [(codec, obj), *together]
         self.txn_dir.mkdir(parents=True, exist_ok=True)
         self._sweep_legacy()
         with self._locked(final.name):
@@ -388,7 +421,7 @@ class ArtifactStore:
             staging = self._staging(final)
             staging.mkdir()
             try:
-                files = codec.dump(obj)
+                files = {rel: data for c, value in codecs for rel, data in c.dump(value).items()}
                 checksums = {}
                 for rel, data in files.items():
                     target = staging / rel
@@ -398,11 +431,13 @@ class ArtifactStore:
                         f.flush()
                         os.fsync(f.fileno())
                     checksums[rel] = sha256_bytes(data)
+                if written is not None:
+                    written.update(checksums)
                 if final.exists():
                     old_sums = self._checksums(final)
                     for src in final.rglob("*"):
                         rel = src.relative_to(final).as_posix()
-                        if src.is_dir() or rel == CHECKSUMS or codec.owns_path(rel):
+                        if src.is_dir() or rel == CHECKSUMS or any(c.owns_path(rel) for c, _ in codecs):
                             continue
                         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                         os.link(src, staging / rel)
@@ -500,6 +535,14 @@ class ArtifactStore:
             sums = self._checksums(directory)
         return {rel: digest for rel, digest in sorted(sums.items()) if codec.owns_path(rel)}
 
+    def holds(self, partition_key: str, sums: Mapping[str, str]) -> bool:
+        """Whether the partition's committed files have exactly these checksums (read under the
+        shared lock, so not halfway through another commit)."""
+        directory = self._recovered(self.partition_dir(partition_key))
+        with self._locked(directory.name, shared=True):
+            current = self._checksums(directory)
+        return all(current.get(rel) == digest for rel, digest in sums.items())
+
     def _recovered(self, directory: Path) -> Path:
         """`directory`, put back first if a crash between the two renames of a swap left it missing."""
         if not directory.is_dir():
@@ -521,10 +564,6 @@ class ArtifactStore:
     def read(self, partition_key: str, codec: Codec, asset: str) -> Any:
         """Load one asset's value for one partition, verifying every file's sha256 first."""
         directory = self._recovered(self.partition_dir(partition_key))
-        if not directory.is_dir():
-            raise MissingArtifactError(
-                f"{asset} for partition {partition_key} has not been materialised: {directory} does not exist"
-            )
 
         def read_file(rel: str) -> bytes:
             return verified_bytes(directory, rel, sums, who=f"{asset} for partition {partition_key}: ")
@@ -533,6 +572,11 @@ class ArtifactStore:
             # The checksums and the files from one version of the directory: a swap between
             # reading the one and the other was a false "corrupt" (or "missing") error.
             with self._locked(directory.name, shared=True):
+                if not directory.is_dir():
+                    raise MissingArtifactError(
+                        f"{asset} for partition {partition_key} has not been materialised: "
+                        f"{directory} does not exist"
+                    )
                 sums = self._checksums(directory)
                 return codec.load(read_file)
         except ArtifactError:
@@ -604,6 +648,11 @@ def codec_for(asset: str) -> Codec:
         raise ArtifactError(f"no artifact format is defined for asset {asset!r}") from None
 
 
+# (run id, step key) -> {partition: checksums of the labels committed with its teacher}: what the
+# step's teacher_labels output has to find still in place.
+_PAIRED: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+
+
 class PartitionDirIOManager(ConfigurableIOManager):
     """Dagster face of `ArtifactStore`: one partition -> the object, several -> a dict by key."""
 
@@ -634,11 +683,40 @@ class PartitionDirIOManager(ConfigurableIOManager):
                     f"some of those partition keys; got {got}"
                 )
             values = {str(k): v for k, v in obj.items()}
-        paths = [self.store.write(key, codec, values[key]) for key in sorted(values)]
+        paths = [self._commit(context, asset, codec, key, values[key]) for key in sorted(values)]
         if len(paths) == 1:
             context.add_output_metadata({"path": MetadataValue.path(str(paths[0]))})
         else:
             context.add_output_metadata({"partitions_written": len(paths)})
+
+    def _commit(self, context: OutputContext, asset: str, codec: Codec, key: str, value: Any) -> Path:
+        """Write one partition's output. A teacher is committed with its labels in one swap; the
+        labels' own output then only checks that the pair is still there: a run that committed
+        its pair after this one's leaves its own model and labels, never half of each."""
+        try:
+            step = (context.run_id, context.step_key)
+        except DagsterInvariantViolationError:  # a context built in a test, outside any step
+            step = ("", "")
+        if asset == "teacher_model" and getattr(value, "labels", None) is not None:
+            sums: dict[str, str] = {}
+            labels_codec = codec_for("teacher_labels")
+            path = self.store.write(key, codec, value, together=[(labels_codec, value.labels)], written=sums)
+            _PAIRED.setdefault(step, {})[key] = {r: d for r, d in sums.items() if labels_codec.owns_path(r)}
+            return path
+        if asset == "teacher_labels" and key in _PAIRED.get(step, {}):
+            expected = _PAIRED[step].pop(key)
+            if not _PAIRED[step]:
+                del _PAIRED[step]
+            if not self.store.holds(key, expected):
+                raise ArtifactError(
+                    f"teacher_labels for partition {key}: another run committed this partition's "
+                    "teacher and labels after this run committed its own pair, so the directory "
+                    f"({self.store.partition_dir(key)}) holds that run's model and labels, consistent "
+                    "with each other; this run's were replaced. Re-materialise the partition if this "
+                    "run's configuration should win."
+                )
+            return self.store.partition_dir(key)
+        return self.store.write(key, codec, value)
 
     def load_input(self, context: InputContext) -> Any:
         """One upstream partition -> its value; several -> a dict by partition key.

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import threading
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -447,3 +448,44 @@ def test_reads_racing_commits_see_one_whole_version(tmp_path: Path) -> None:
     threads[0].join()
     assert errors == []
     assert seen == {"a", "b"}  # the reads did race the commits
+
+
+def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    """teacher_model and teacher_labels are two outputs of one step, handled one after the other.
+    Run A's teacher, then run B's teacher, then A's labels used to leave B's model beside A's
+    labels. The teacher now commits its labels in the same swap, and A's labels output finds B's
+    pair in place and fails saying so: the directory holds B's model and B's labels."""
+    io = PartitionDirIOManager(base_dir=str(tmp_path))
+    key = "TCS|2023-07-01"
+    directory = tmp_path / "TCS_2023-07-01_to_2023-12-31"
+
+    def handle(run: str, asset: str, value: object) -> None:
+        context = build_output_context(
+            asset_key=asset,
+            partition_key=key,
+            asset_partitions_def=symbol_window_partitions,
+            instance=instance,
+            run_id=run,
+            step_key="teacher",
+        )
+        io.handle_output(context, value)
+
+    labels = {
+        run: pd.DataFrame({"ts": ["2023-07-03"], "label": [i], "teacher_proba": [0.5]})
+        for i, run in enumerate("AB")
+    }
+    teachers = {run: replace(_teacher(run), labels=labels[run]) for run in "AB"}
+    handle("A", "teacher_model", teachers["A"])
+    assert pd.read_csv(directory / "labels.csv.gz")["label"].tolist() == [0]  # committed with the model
+    handle("B", "teacher_model", teachers["B"])
+    with pytest.raises(ArtifactError, match="another run committed this partition's teacher and labels"):
+        handle("A", "teacher_labels", labels["A"])
+    handle("B", "teacher_labels", labels["B"])  # its pair is in place: nothing to write
+    store = ArtifactStore(tmp_path)
+    assert store.read(key, codec_for("teacher_model"), "teacher_model").metadata["tag"] == "B"
+    assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [1]
+    # A labels output without a teacher committed in its step (another flow) is written as before.
+    handle("C", "teacher_labels", labels["A"])
+    assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [0]

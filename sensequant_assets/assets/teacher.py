@@ -25,6 +25,7 @@ directory per window, as always.
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -247,7 +248,7 @@ def teacher(
         (TooFewRowsError,),
         threads_per_task=config.num_threads,
     )
-    models = {key: model for key, (model, _) in trained.items()}
+    models = {key: replace(model, labels=frame) for key, (model, frame) in trained.items()}
     labels = {key: frame for key, (_, frame) in trained.items()}
     _log_history_sources(context, models)
     outputs = ("teacher_model", "teacher_labels")
