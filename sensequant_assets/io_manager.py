@@ -46,7 +46,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, StudentArtifact, TeacherArtifact
 from sensequant_assets.partitions import split_key, window_bounds
-from sensequant_assets.sources.symbols import InvalidSymbolError, validate_symbol
+from sensequant_assets.sources.symbols import InvalidSymbolError, key_symbol_problem
 
 CHECKSUMS = "checksums.json"
 TXN_DIR = ".txn"  # in-flight (or crashed) swaps only; never a partition
@@ -286,18 +286,8 @@ class ArtifactStore:
         UI's "Add partition", the API) are not validated by Dagster, and a symbol must never become
         a path outside the store nor a second directory for another spelling of the same symbol."""
         symbol, window_key = split_key(partition_key)
-        try:
-            canonical = validate_symbol(symbol)
-        except InvalidSymbolError as exc:
-            raise InvalidSymbolError(
-                f"partition {partition_key!r}: {exc}; remove it from the symbols"
-            ) from exc
-        if canonical != symbol:
-            raise InvalidSymbolError(
-                f"partition {partition_key!r}: symbol {symbol!r} is not written as {canonical!r}; the "
-                f"artifact store keeps one directory per symbol, so register {canonical!r} instead "
-                "(`sensequant symbols add` does) and remove this one"
-            )
+        if (problem := key_symbol_problem(symbol)) is not None:
+            raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
         start, end = window_bounds(window_key)
         return self.base_dir / partition_dir_name(symbol, start, end)
 
@@ -529,8 +519,12 @@ class ArtifactStore:
             raise ArtifactError(f"{asset} in {directory} could not be read: {exc}") from exc
 
     def owned_checksums(self, partition_key: str, codec: Codec) -> dict[str, str]:
-        """The recorded sha256 of the files `codec` owns in a partition ({} if none: not written)."""
-        directory = self._recovered(self.partition_dir(partition_key))
+        """The recorded sha256 of the files `codec` owns in a partition ({} if none: not written,
+        or a key whose symbol can have no directory)."""
+        try:
+            directory = self._recovered(self.partition_dir(partition_key))
+        except InvalidSymbolError:
+            return {}
         with self._locked(directory.name, shared=True):
             sums = self._checksums(directory)
         return {rel: digest for rel, digest in sorted(sums.items()) if codec.owns_path(rel)}
@@ -648,9 +642,9 @@ def codec_for(asset: str) -> Codec:
         raise ArtifactError(f"no artifact format is defined for asset {asset!r}") from None
 
 
-# (run id, step key) -> {partition: checksums of the labels committed with its teacher}: what the
-# step's teacher_labels output has to find still in place.
-_PAIRED: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+# (base_dir, run id, step key) -> {partition: checksums of the labels committed with its teacher}:
+# what the step's teacher_labels output has to find still in place; cleared by that output.
+_PAIRED: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
 
 
 class PartitionDirIOManager(ConfigurableIOManager):
@@ -683,20 +677,46 @@ class PartitionDirIOManager(ConfigurableIOManager):
                     f"some of those partition keys; got {got}"
                 )
             values = {str(k): v for k, v in obj.items()}
-        paths = [self._commit(context, asset, codec, key, values[key]) for key in sorted(values)]
+        step, superseded = self._step(context), []
+        try:
+            paths = [self._commit(step, asset, codec, k, values[k], superseded) for k in sorted(values)]
+        finally:
+            if asset == "teacher_labels":
+                _PAIRED.pop(step, None)
         if len(paths) == 1:
             context.add_output_metadata({"path": MetadataValue.path(str(paths[0]))})
         else:
             context.add_output_metadata({"partitions_written": len(paths)})
+        if superseded:
+            shown = ", ".join(superseded[:20]) + (
+                f" and {len(superseded) - 20} more" if len(superseded) > 20 else ""
+            )
+            context.log.warning(
+                f"teacher_labels: another run committed its own teacher and labels for {shown} after "
+                "this run committed its pair; those directories hold that run's model and labels, "
+                "consistent with each other (re-materialise them if this run's configuration should win)"
+            )
+            context.add_output_metadata({"partitions_superseded": len(superseded)})
 
-    def _commit(self, context: OutputContext, asset: str, codec: Codec, key: str, value: Any) -> Path:
-        """Write one partition's output. A teacher is committed with its labels in one swap; the
-        labels' own output then only checks that the pair is still there: a run that committed
-        its pair after this one's leaves its own model and labels, never half of each."""
+    def _step(self, context: OutputContext) -> tuple[str, str, str]:
         try:
-            step = (context.run_id, context.step_key)
+            return (self.base_dir, context.run_id, context.step_key)
         except DagsterInvariantViolationError:  # a context built in a test, outside any step
-            step = ("", "")
+            return (self.base_dir, "", "")
+
+    def _commit(
+        self,
+        step: tuple[str, str, str],
+        asset: str,
+        codec: Codec,
+        key: str,
+        value: Any,
+        superseded: list[str],
+    ) -> Path:
+        """Write one partition's output. A teacher is committed with its labels in one swap; the
+        labels' own output then only checks that the pair is still there. A run that committed its
+        pair since leaves its own model and labels, never half of each: such a partition is noted
+        in `superseded`, not failed (the rest of the batch is this run's and consistent)."""
         if asset == "teacher_model" and getattr(value, "labels", None) is not None:
             sums: dict[str, str] = {}
             labels_codec = codec_for("teacher_labels")
@@ -704,17 +724,8 @@ class PartitionDirIOManager(ConfigurableIOManager):
             _PAIRED.setdefault(step, {})[key] = {r: d for r, d in sums.items() if labels_codec.owns_path(r)}
             return path
         if asset == "teacher_labels" and key in _PAIRED.get(step, {}):
-            expected = _PAIRED[step].pop(key)
-            if not _PAIRED[step]:
-                del _PAIRED[step]
-            if not self.store.holds(key, expected):
-                raise ArtifactError(
-                    f"teacher_labels for partition {key}: another run committed this partition's "
-                    "teacher and labels after this run committed its own pair, so the directory "
-                    f"({self.store.partition_dir(key)}) holds that run's model and labels, consistent "
-                    "with each other; this run's were replaced. Re-materialise the partition if this "
-                    "run's configuration should win."
-                )
+            if not self.store.holds(key, _PAIRED[step][key]):
+                superseded.append(key)
             return self.store.partition_dir(key)
         return self.store.write(key, codec, value)
 
@@ -740,6 +751,9 @@ class PartitionDirIOManager(ConfigurableIOManager):
             try:
                 values[key] = self.store.read(key, codec, asset)
             except MissingArtifactError:
+                if not allow_missing:
+                    raise
+            except InvalidSymbolError:  # never written (market_bars skips it, saying why)
                 if not allow_missing:
                     raise
         if as_dict or len(keys) > 1:

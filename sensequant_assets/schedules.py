@@ -16,6 +16,9 @@ from datetime import date
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
     DagsterInvalidDefinitionError,
     DefaultScheduleStatus,
     RunRequest,
@@ -24,7 +27,7 @@ from dagster import (
     schedule,
 )
 
-from sensequant_assets.assets.partition_context import BATCHED, MAX_PARTITIONS_PER_RUN
+from sensequant_assets.assets.partition_context import BATCHED, MAX_PARTITIONS_PER_RUN, SKIP_METADATA_KEY
 from sensequant_assets.jobs import train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -34,17 +37,43 @@ from sensequant_assets.partitions import (
 )
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import RANGE_END, RANGE_START, REASON, TRIGGER, in_flight
-from sensequant_assets.settings import SettingsError, env
+from sensequant_assets.settings import SettingsError, env, partition_settings
 from sensequant_assets.sources.base import DataSourceError
+from sensequant_assets.sources.symbols import key_symbol_problem
 
 SCHEDULE_NAME = "train_latest_window"
 CRON_VARIABLE = "SENSEQUANT_LATEST_WINDOW_CRON"
 
 
 def _default_cron() -> str:
-    """The second day of every window, 06:00: the bars of the window's last day are in by then."""
-    months = sorted({int(window_bounds(key)[0].month) for key in window_partitions.get_partition_keys()})
-    return f"0 6 2 {','.join(str(m) for m in months) or '1,7'} *"
+    """The second day of every window, 06:00: the bars of the window's last day are in by then.
+    The months a window starts in follow from the settings (not from the windows that exist yet)."""
+    settings = partition_settings()
+    first = settings.start_date.month - 1
+    months = sorted({(first + k * settings.window_months) % 12 + 1 for k in range(12)})
+    return f"0 6 2 {','.join(str(m) for m in months)} *"
+
+
+def _trained(instance: DagsterInstance, partitions: set[str]) -> set[str]:
+    """Those of `partitions` whose newest student_model materialisation trained it (a batch
+    records a skipped partition as materialised, with the reason in its metadata)."""
+    key = AssetKey("student_model")
+    ids = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION, partitions)
+    if not ids:
+        return set()
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(key, storage_ids=list(ids.values())), limit=len(ids)
+    )
+    return {
+        str(r.asset_materialization.partition)
+        for r in records.records
+        if SKIP_METADATA_KEY not in r.asset_materialization.metadata
+    }
+
+
+def _listed(notes: list[str], most: int = 20) -> list[str]:
+    """At most `most` notes, then how many more: a tick's reason is stored with every tick."""
+    return notes[:most] + ([f"... and {len(notes) - most} more"] if len(notes) > most else [])
 
 
 def latest_complete_window(today: date) -> str | None:
@@ -81,14 +110,15 @@ def _train_latest_window(
     if not symbols:
         return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
     partitions = {symbol: str(make_key(symbol, window)) for symbol in symbols}
-    trained = context.instance.get_materialized_partitions(
-        AssetKey("student_model"), after_cursor=None
-    ) & set(partitions.values())
+    trained = _trained(context.instance, set(partitions.values()))
     busy = in_flight(context.instance, [p for p in partitions.values() if p not in trained])
     start, end = window_bounds(window)
     wanted, notes = set(), []
     for symbol, partition in partitions.items():
         if partition in trained or partition in busy:
+            continue
+        if (problem := key_symbol_problem(symbol)) is not None:
+            notes.append(problem)  # it would fail its range's run on every tick
             continue
         try:
             covered = market_data.source_for(symbol).window_fingerprints(symbol, [(start, end)])[start]
@@ -101,10 +131,10 @@ def _train_latest_window(
         wanted.add(symbol)
     summary = f"window {window}: {len(trained)} of {len(symbols)} symbols already trained"
     summary += f", {len(busy)} in flight" if busy else ""
-    for note in [summary, *notes, *busy.values()]:
+    for note in [summary, *_listed(notes), *_listed(list(busy.values()))]:
         context.log.info(note)
     if not wanted:
-        return SkipReason("; ".join([f"nothing to train: {summary}", *notes]))
+        return SkipReason("; ".join([f"nothing to train: {summary}", *_listed(notes)]))
     tags = {TRIGGER: SCHEDULE_NAME, REASON: f"the newest complete window, {window}"}
     stamp = context.scheduled_execution_time.isoformat()
     if not BATCHED:  # Dagster's one run per partition

@@ -6,9 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dagster import Definitions, in_process_executor
 
 from sensequant_assets.cli import main as cli_main
-from sensequant_tests.pipeline_helpers import failure_messages, instance_with, run, skip_reasons
+from sensequant_assets.jobs import train_job
+from sensequant_tests.pipeline_helpers import (
+    ALL_ASSETS,
+    failure_messages,
+    instance_with,
+    resources,
+    run,
+    skip_reasons,
+)
 
 
 def _write_csv(directory: Path, symbol: str, start: str, end: str, *, corrupt_volume: bool = False) -> Path:
@@ -102,11 +111,29 @@ def test_cli_refuses_bad_symbols(tmp_path: Path, monkeypatch, capsys) -> None:
     assert capsys.readouterr().out.strip().splitlines()[-1] == "M&M"
 
 
-def test_a_symbol_added_in_another_spelling_fails_without_a_directory(tmp_path: Path) -> None:
-    """The UI's "Add partition" accepts `reliance`; the store refuses to give it a directory beside
-    RELIANCE's and the run says which symbol to register instead."""
+def test_a_symbol_added_in_another_spelling_fails_alone_and_is_skipped_in_a_batch(tmp_path: Path) -> None:
+    """The UI's "Add partition" accepts `reliance`: the store will not give it a directory beside
+    RELIANCE's. Asked for alone, the run fails saying which symbol to register instead; in a batch
+    that partition is skipped with that reason and the others are trained."""
     result = run(tmp_path, "reliance|2023-01-01", instance=instance_with("reliance"))
     assert not result.success
     [message] = failure_messages(result)
-    assert "partition 'reliance|2023-01-01': symbol 'reliance' is not written as 'RELIANCE'" in message
+    assert "reliance_2023-01-01_to_2023-06-30: symbol 'reliance' is not written as 'RELIANCE'" in message
     assert list(tmp_path.iterdir()) == []
+    batch = Definitions(
+        assets=ALL_ASSETS, jobs=[train_job], resources=resources(tmp_path), executor=in_process_executor
+    ).resolve_job_def(train_job.name)
+    result = batch.execute_in_process(
+        instance=instance_with("reliance", "TCS"),
+        tags={
+            "dagster/asset_partition_range_start": "reliance|2023-01-01",
+            "dagster/asset_partition_range_end": "TCS|2023-01-01",
+        },
+        run_config={"ops": {"teacher": {"config": {"lookback_windows": 0}}}},
+    )
+    assert result.success
+    assert "is not written as 'RELIANCE'" in skip_reasons(result)["market_bars"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "TCS_2023-01-01_to_2023-06-30"
+    ]
+    assert (tmp_path / "TCS_2023-01-01_to_2023-06-30" / "student" / "student_model.pkl").is_file()

@@ -456,7 +456,7 @@ def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
     """teacher_model and teacher_labels are two outputs of one step, handled one after the other.
     Run A's teacher, then run B's teacher, then A's labels used to leave B's model beside A's
     labels. The teacher now commits its labels in the same swap, and A's labels output finds B's
-    pair in place and fails saying so: the directory holds B's model and B's labels."""
+    pair in place and leaves it (with a warning): the directory holds B's model and B's labels."""
     io = PartitionDirIOManager(base_dir=str(tmp_path))
     key = "TCS|2023-07-01"
     directory = tmp_path / "TCS_2023-07-01_to_2023-12-31"
@@ -480,12 +480,12 @@ def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
     handle("A", "teacher_model", teachers["A"])
     assert pd.read_csv(directory / "labels.csv.gz")["label"].tolist() == [0]  # committed with the model
     handle("B", "teacher_model", teachers["B"])
-    with pytest.raises(ArtifactError, match="another run committed this partition's teacher and labels"):
-        handle("A", "teacher_labels", labels["A"])
+    handle("A", "teacher_labels", labels["A"])  # B's pair is in place: A's labels are not written
     handle("B", "teacher_labels", labels["B"])  # its pair is in place: nothing to write
     store = ArtifactStore(tmp_path)
     assert store.read(key, codec_for("teacher_model"), "teacher_model").metadata["tag"] == "B"
     assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [1]
+    assert io_manager._PAIRED == {}  # each step's record is cleared by its labels output
     # A labels output without a teacher committed in its step (another flow) is written as before.
     handle("C", "teacher_labels", labels["A"])
     assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [0]

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     DagsterRun,
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -87,6 +88,16 @@ def test_a_bad_cron_names_its_variable(monkeypatch) -> None:
         importlib.reload(schedules)
     monkeypatch.delenv("SENSEQUANT_LATEST_WINDOW_CRON")
     assert importlib.reload(schedules).train_latest_window.cron_schedule == "0 6 2 1,7 *"
+    # The months come from the settings, also for windows the calendar has not reached yet.
+    monkeypatch.setenv("SENSEQUANT_START_DATE", "2026-01-01")
+    monkeypatch.setenv("SENSEQUANT_WINDOW_MONTHS", "3")
+    assert importlib.reload(schedules).train_latest_window.cron_schedule == "0 6 2 1,4,7,10 *"
+    monkeypatch.setenv("SENSEQUANT_START_DATE", "2026-08-01")
+    monkeypatch.setenv("SENSEQUANT_WINDOW_MONTHS", "6")
+    assert importlib.reload(schedules).train_latest_window.cron_schedule == "0 6 2 2,8 *"
+    monkeypatch.delenv("SENSEQUANT_START_DATE")
+    monkeypatch.delenv("SENSEQUANT_WINDOW_MONTHS")
+    importlib.reload(schedules)
 
 
 def test_the_schedule_is_off_by_default_and_targets_train_job() -> None:
@@ -153,3 +164,30 @@ def test_no_symbols_or_no_window_is_a_reason_not_a_run(tmp_path: Path) -> None:
         assert "no symbols registered" in _tick(empty, market).skip_message
         early = datetime(1990, 1, 2, tzinfo=ZoneInfo("Asia/Kolkata"))
         assert "no window has ended before 1990-01-02" in _tick(empty, market, early).skip_message
+
+
+def test_a_skipped_partition_is_not_trained_and_a_bad_symbol_is_named_not_requested(
+    instance, tmp_path: Path
+) -> None:
+    """A batch records a skipped partition as materialised (the reason in its metadata): the
+    schedule must still train it. A symbol added in another spelling would fail its range's run on
+    every tick: it is named and left out."""
+    data = tmp_path / "bars"
+    for symbol in SYMBOLS:
+        write_daily(data, symbol, date(2022, 6, 1), date(2024, 6, 30))
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    for symbol in ("TCS", "INFY", "WIPRO", "HDFC"):
+        instance.report_runless_asset_event(
+            AssetMaterialization("student_model", partition=f"{symbol}|{WINDOW}")
+        )
+    skipped = {"skipped": "RELIANCE_2024-01-01_to_2024-06-30: the teacher skipped this partition"}
+    instance.report_runless_asset_event(
+        AssetMaterialization("student_model", partition=f"RELIANCE|{WINDOW}", metadata=skipped)
+    )
+    instance.add_dynamic_partitions("symbols", ["reliance"])
+    requests = _tick(instance, market)
+    assert _ranges(requests) == [(f"RELIANCE|{WINDOW}", f"RELIANCE|{WINDOW}")]
+    instance.report_runless_asset_event(AssetMaterialization("student_model", partition=f"RELIANCE|{WINDOW}"))
+    reason = _tick(instance, market).skip_message
+    assert "5 of 6 symbols already trained" in reason
+    assert "symbol 'reliance' is not written as 'RELIANCE'" in reason

@@ -13,7 +13,7 @@ from dagster import (
     materialize,
 )
 
-from sensequant_assets.assets.symbol_briefing import symbol_briefing
+from sensequant_assets.assets.symbol_briefing import symbol_briefing, symbol_page_link
 from sensequant_tests.pipeline_helpers import ALL_ASSETS, failure_messages, resources, run
 
 SYMBOL, UNTRAINED = "TCS", "INFY"
@@ -103,3 +103,7 @@ def test_each_symbol_has_a_page_with_its_decision_record_and_production(briefed)
     assert "never promoted" in untrained["page"]
     actions = briefing.asset_materializations_for_node("production_models")[0].metadata["actions"].value
     assert f"[{SYMBOL}](/assets/symbol_briefing?view=partitions&partition={SYMBOL})" in actions
+
+
+def test_a_symbols_link_survives_characters_urls_reserve() -> None:
+    assert symbol_page_link("M&M") == "[M&M](/assets/symbol_briefing?view=partitions&partition=M%26M)"

@@ -3,12 +3,13 @@
 from collections.abc import Iterator
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from sensequant_assets.assets.catalog import BARS_SCHEMA, OWNERS, column_schema
 from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
+from sensequant_assets.sources.symbols import key_symbol_problem
 
 
 def _metadata(bars: pd.DataFrame) -> dict:
@@ -35,6 +36,11 @@ def _metadata(bars: pd.DataFrame) -> dict:
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
     values, skipped = {}, {}
     for pw in partition_windows(context):
+        if (problem := key_symbol_problem(pw.symbol)) is not None:
+            if len(context.partition_keys) == 1:  # asked for this partition alone: fail, saying why
+                raise Failure(description=f"{pw.label}: {problem}", allow_retries=False)
+            skipped[pw.key] = f"{pw.label}: {problem}"  # in a batch: the others go on
+            continue
         bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
         if bars.empty:
             skipped[pw.key] = f"{pw.label}: the data source has no bars in this window"

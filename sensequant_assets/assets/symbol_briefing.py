@@ -8,6 +8,7 @@ artifact store: the briefing's files already hold these numbers.
 """
 
 from typing import Any
+from urllib.parse import quote
 
 from dagster import (
     AssetExecutionContext,
@@ -41,7 +42,7 @@ AFTER_PRODUCTION = (
 
 def symbol_page_link(symbol: str) -> str:
     """A markdown link to `symbol`'s page in the UI (relative to the webserver's root)."""
-    return f"[{symbol}](/assets/{ASSET_NAME}?view=partitions&partition={symbol})"
+    return f"[{symbol}](/assets/{ASSET_NAME}?view=partitions&partition={quote(symbol, safe='')})"
 
 
 def _production_lines(base_dir: str, symbol: str) -> list[str]:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["MAX_SYMBOL_LENGTH", "InvalidSymbolError", "parse_symbols", "validate_symbol"]
+__all__ = [
+    "MAX_SYMBOL_LENGTH",
+    "InvalidSymbolError",
+    "key_symbol_problem",
+    "parse_symbols",
+    "validate_symbol",
+]
 
 MAX_SYMBOL_LENGTH = 32
 
@@ -74,6 +80,26 @@ def validate_symbol(symbol: str) -> str:
     if problem is not None:
         raise InvalidSymbolError(f"invalid symbol {symbol!r}: {problem}")
     return canonical
+
+
+def key_symbol_problem(symbol: str) -> str | None:
+    """Why a symbol taken from a partition key cannot name a partition directory, or None.
+
+    Keys added outside the CLI (the UI's "Add partition", the API) are not validated by Dagster:
+    such a symbol must become neither a path outside the artifact store nor a second directory
+    for another spelling of the same symbol.
+    """
+    try:
+        canonical = validate_symbol(symbol)
+    except InvalidSymbolError as exc:
+        return f"{exc}; remove it from the symbols"
+    if canonical != symbol:
+        return (
+            f"symbol {symbol!r} is not written as {canonical!r}; the artifact store keeps one "
+            f"directory per symbol, so register {canonical!r} instead (`sensequant symbols add` "
+            "does) and remove this one"
+        )
+    return None
 
 
 def parse_symbols(text: str) -> list[str]:
