@@ -94,8 +94,15 @@ def test_each_symbol_has_a_page_with_its_decision_record_and_production(briefed)
     text = page["page"]
     assert f"## {SYMBOL}: PROMOTE" in text
     assert f"serves the student of `{SYMBOL}|" in text
-    for window in entry["ic"]["per_window"]:
-        assert f"| {window['window']} | {window['n']} | {window['ic']:.3f} |" in text
+    auc = {w["window"]: w["auc"] for w in entry["auc"]["per_window"]}
+    rows = [line for line in text.splitlines() if line.startswith("| 20")]
+    assert len(rows) == len(entry["ic"]["per_window"]) == 2
+    for row, window in zip(rows, entry["ic"]["per_window"], strict=True):
+        # four cells: the window's start (not the partition key, whose '|' would split the row)
+        assert row == (
+            f"| {window['window'].split('|')[1]} | {window['n']} | {window['ic']:.3f} | "
+            f"{auc[window['window']]:.3f} |"
+        )
     for gate in entry["gates"]:
         assert f"`{gate}`" in text
     untrained = _page(instance, UNTRAINED)

@@ -622,7 +622,8 @@ def render_symbol_markdown(b: dict[str, Any], *, generated_at: str) -> str:
     ]
     for w in b["ic"].get("per_window", []):
         window_auc = _fmt(auc_by_window.get(w["window"]))
-        lines.append(f"| {w['window']} | {w['n']} | {_fmt(w['ic'])} | {window_auc} |")
+        window = str(w["window"]).rpartition("|")[2]  # a partition key (SYMBOL|start): its start
+        lines.append(f"| {window} | {w['n']} | {_fmt(w['ic'])} | {window_auc} |")
     if not b["ic"].get("per_window"):
         lines.append("| (no evaluated window) | 0 | n/a | n/a |")
     return "\n".join(lines) + "\n"
