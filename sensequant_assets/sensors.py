@@ -369,7 +369,9 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
             requests.append(
                 RunRequest(
                     partition_key=partition,
-                    run_key=f"new_data:{partition}:{fingerprint}",
+                    # The tick (the previous one's end, the same when a tick is repeated after a
+                    # crash) makes a correction reverted to an earlier fingerprint a new request.
+                    run_key=f"new_data:{partition}:{fingerprint}:{since or 0:.6f}",
                     tags={TRIGGER: "new_data", REASON: f"{partition}: {why}"},
                 )
             )

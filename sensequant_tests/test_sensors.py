@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from datetime import date
 from pathlib import Path
@@ -294,6 +295,30 @@ def test_corrected_bars_request_only_the_affected_window(instance, csv_world) ->
     [request] = result.run_requests
     assert request.partition_key == "RELIANCE|2022-01-01"
     assert "bars corrected" in request.tags["sensequant/reason"]
+
+
+def test_a_correction_reverted_and_made_again_is_retrained_each_time(instance, csv_world) -> None:
+    """The run key held only the fingerprint: bars corrected, reverted (a sync that restores the
+    file and its time), then corrected again the same way asked for a run under the first
+    correction's key, which Dagster starts only once, so the last correction was never trained."""
+    data, market, cursor = csv_world
+    day = data / "RELIANCE" / "1day" / "2022-03-14.csv"
+    original, original_ns = day.read_text(), day.stat().st_mtime_ns
+    corrected = original.replace("1000\n", "1001\n")
+    keys = []
+    for n, (text, mtime_ns) in enumerate(
+        [(corrected, original_ns + 10**9), (original, original_ns), (corrected, original_ns + 10**9)]
+    ):
+        day.write_text(text)
+        os.utime(day, ns=(mtime_ns, mtime_ns))
+        os.utime(day.parent, ns=(original_ns + n + 1, original_ns + n + 1))  # a new listing token
+        result = _tick(new_data, instance, cursor, since=1_700_000_000.0 + 60 * n, market_data=market)
+        cursor = result.cursor
+        [request] = result.run_requests
+        assert request.partition_key == "RELIANCE|2022-01-01"
+        keys.append(request.run_key)
+    assert keys[0].split(":")[2] == keys[2].split(":")[2]  # the same fingerprint, twice
+    assert len(set(keys)) == 3, keys
 
 
 def test_in_place_edits_are_found_by_the_sweep_not_the_quick_token(instance, csv_world, monkeypatch) -> None:
