@@ -33,6 +33,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_MAX_PARTITIONS_PER_RUN": "100",
     "SENSEQUANT_RUN_WORKERS": "0",
     "SENSEQUANT_LATEST_WINDOW_CRON": "",
+    "SENSEQUANT_MAX_DAILY_MOVE": "0.4",
 }
 
 DATA_SOURCES = ("synthetic", "csv")

@@ -22,6 +22,7 @@ from sensequant_assets.sources import (
     UnknownSymbolError,
     validate_bars,
 )
+from sensequant_assets.sources.base import unexplained_jumps
 
 D = dt.date
 HEADER = "timestamp,open,high,low,close,volume"
@@ -447,3 +448,33 @@ def test_validate_bars_drops_extra_columns_and_matches_names_case_insensitively(
     out = validate_bars(frame, origin="memory")
     assert list(out.columns) == list(BAR_COLUMNS)
     assert out["volume"].item() == 3.0
+
+
+# -- corporate actions not adjusted for ------------------------------------------------------
+
+
+def test_the_jump_detector_flags_moves_beyond_the_limit_both_ways() -> None:
+    close = np.array([100.0, 139.0, 100.0, 50.0, 50.5, 101.0, 72.5])
+    #                        +39 %  /1.39   /2     +1 %   x2     /1.393
+    assert unexplained_jumps(close, 0.4).tolist() == [False, False, False, True, False, True, False]
+    assert not unexplained_jumps(close, 0.0).any()  # off
+    assert unexplained_jumps(close, 0.3).tolist() == [False, True, True, True, False, True, True]
+
+
+def test_an_unadjusted_bonus_is_refused_naming_the_day_and_the_limit(tmp_path: Path, monkeypatch) -> None:
+    """A 1:1 bonus halves the price overnight; a history not adjusted for it would train the models
+    on a -50 % day that never happened to a holder. Refused (adjusting needs the ratio, which only
+    the vendor knows), naming the file, the row and the setting that allows a real move."""
+    bars = reference_bars("TCS", D(2024, 1, 1), D(2024, 3, 29))
+    after = bars.index >= pd.Timestamp("2024-02-15", tz=IST)
+    bars.loc[after, ["open", "high", "low", "close"]] *= 0.5  # not adjusted before the ex-date
+    write_daily(tmp_path, "TCS", bars)
+    source = CsvDirSource(tmp_path)
+    with pytest.raises(DataSourceError) as caught:
+        source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))
+    message = str(caught.value)
+    assert "2024-02-15.csv, row 1" in message
+    assert "SENSEQUANT_MAX_DAILY_MOVE=0.4" in message and "split, bonus or demerger" in message
+    assert caught.value.rule.startswith("close within x1.4 of the previous close")
+    monkeypatch.setenv("SENSEQUANT_MAX_DAILY_MOVE", "1.5")  # a real move, allowed by the user
+    assert len(source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))) == len(bars)

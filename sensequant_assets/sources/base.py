@@ -242,12 +242,26 @@ def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def unexplained_jumps(close: np.ndarray, max_move: float) -> np.ndarray:
+    """Bars (in time order) whose close is more than `max_move` above the previous close, or
+    below it by the same factor (`1 / (1 + max_move)`): the signature of a split, bonus or
+    demerger the history was not adjusted for (a 1:1 bonus halves the price overnight). The one
+    detector of such breaks; 0 or less turns it off."""
+    mask = np.zeros(len(close), dtype=bool)
+    if max_move <= 0 or len(close) < 2:
+        return mask
+    ratio = close[1:] / close[:-1]
+    mask[1:] = (ratio > 1.0 + max_move) | (ratio < 1.0 / (1.0 + max_move))
+    return mask
+
+
 def validate_bars(
     df: pd.DataFrame,
     *,
     origin: str,
     symbol: str | None = None,
     daily: bool = True,
+    max_daily_move: float | None = None,
 ) -> pd.DataFrame:
     """Validate raw bars and return them in the canonical schema.
 
@@ -259,7 +273,10 @@ def validate_bars(
     Rules (first failing rule wins, its first offending row in input order is reported, with the
     count of offending rows): required columns present; timestamp present and ISO 8601
     parseable; values numeric, present and finite; volume >= 0; low > 0;
-    high >= max(open, close); low <= min(open, close).
+    high >= max(open, close); low <= min(open, close); then, in time order, no close-to-close
+    move beyond `max_daily_move` (default `SENSEQUANT_MAX_DAILY_MOVE`, 0.4: x1.4 or /1.4; see
+    `unexplained_jumps`), which is refused rather than repaired: adjusting for a corporate action
+    needs its ratio, which only the data vendor knows.
 
     Repairs (not errors): rows are sorted by timestamp; with `daily`, timestamps are normalised to
     midnight IST of their IST calendar date; rows sharing a timestamp are collapsed to the LAST one
@@ -363,6 +380,24 @@ def validate_bars(
     order = np.argsort(timestamps.asi8, kind="stable")  # stable: input order kept among ties
     index = timestamps[order]
     keep = ~index.duplicated(keep="last")
+    if max_daily_move is None:
+        from sensequant_assets.settings import number
+
+        max_daily_move = float(number("SENSEQUANT_MAX_DAILY_MOVE", float, 0.0))
+    kept = order[keep]  # positions in the input of the rows kept, in time order
+    jumps = unexplained_jumps(c[kept], max_daily_move)
+    if jumps.any():
+        at = np.zeros(n, dtype=bool)
+        at[kept[jumps]] = True
+        previous = np.full(n, np.nan)
+        previous[kept[1:]] = c[kept[:-1]]
+        fail(
+            at,
+            f"close within x{1 + max_daily_move:g} of the previous close (SENSEQUANT_MAX_DAILY_MOVE="
+            f"{max_daily_move:g}): a split, bonus or demerger not adjusted for? Adjust the history "
+            "(or raise the limit for a real move)",
+            {"close": c, "previous_close": previous},
+        )
     out = pd.DataFrame(
         {k: columns[k][order][keep] for k in BAR_COLUMNS},
         index=pd.DatetimeIndex(index[keep], name="timestamp"),
