@@ -34,6 +34,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_RUN_WORKERS": "0",
     "SENSEQUANT_LATEST_WINDOW_CRON": "",
     "SENSEQUANT_MAX_DAILY_MOVE": "0.4",
+    "SENSEQUANT_MAX_GAP_DAYS": "10",
 }
 
 DATA_SOURCES = ("synthetic", "csv")

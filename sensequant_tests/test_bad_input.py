@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from dagster import Definitions, in_process_executor
 
 from sensequant_assets.cli import main as cli_main
 from sensequant_assets.jobs import train_job
+from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import (
     ALL_ASSETS,
     failure_messages,
@@ -137,3 +139,30 @@ def test_a_symbol_added_in_another_spelling_fails_alone_and_is_skipped_in_a_batc
         "TCS_2023-01-01_to_2023-06-30"
     ]
     assert (tmp_path / "TCS_2023-01-01_to_2023-06-30" / "student" / "student_model.pkl").is_file()
+
+
+def test_a_long_gap_is_kept_with_a_warning_and_its_length_in_the_metadata(tmp_path: Path) -> None:
+    """A suspension is real history, so the bars are kept (repair-with-warning, not refusal), but
+    indicators and labels span it: the run warns, naming the days, and the partition's metadata
+    shows the longest gap, so it is visible in the UI."""
+    data = tmp_path / "bars"
+    write_daily(data, "TCS", date(2022, 6, 1), date(2023, 6, 30))
+    for day in pd.bdate_range("2023-02-06", "2023-02-24"):  # three weeks suspended
+        (data / "TCS" / "1day" / f"{day.date().isoformat()}.csv").unlink()
+    instance = instance_with("TCS")
+    result = run(
+        tmp_path / "models",
+        "TCS|2023-01-01",
+        instance=instance,
+        selection=["market_bars"],
+        data_source="csv",
+        data_dir=str(data),
+    )
+    assert result.success
+    [event] = result.asset_materializations_for_node("market_bars")
+    assert event.metadata["longest_gap_weekdays"].value == 15
+    assert event.metadata["longest_gap"].value == "2023-02-06..2023-02-24"
+    warnings = [
+        e.message for e in instance.all_logs(result.run_id) if "weekdays without bars" in (e.message or "")
+    ]
+    assert warnings and "SENSEQUANT_MAX_GAP_DAYS=10" in warnings[0]

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
@@ -9,15 +10,34 @@ from sensequant_assets.assets.catalog import BARS_SCHEMA, OWNERS, column_schema
 from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
+from sensequant_assets.settings import number
 from sensequant_assets.sources.symbols import key_symbol_problem
 
 
+def longest_gap(bars: pd.DataFrame) -> tuple[int, str]:
+    """The most weekdays missing between two consecutive bars, and where (`first..last` missing
+    day); holidays count, so a long weekend around a holiday is a gap of 1."""
+    if len(bars) < 2:
+        return 0, ""
+    days = bars.index.tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
+    missing = np.busday_count(days[:-1], days[1:]) - 1
+    at = int(np.argmax(missing))
+    if missing[at] <= 0:
+        return 0, ""
+    first = np.busday_offset(days[at], 1, roll="forward")
+    last = np.busday_offset(days[at + 1], -1, roll="backward")
+    return int(missing[at]), f"{first}..{last}"
+
+
 def _metadata(bars: pd.DataFrame) -> dict:
+    gap, where = longest_gap(bars)
     return {
         "rows": len(bars),
         "first_bar": str(bars.index[0].date()),
         "last_bar": str(bars.index[-1].date()),
         "last_close": MetadataValue.float(float(bars["close"].iloc[-1])),
+        "longest_gap_weekdays": gap,
+        **({"longest_gap": where} if where else {}),
     }
 
 
@@ -35,6 +55,7 @@ def _metadata(bars: pd.DataFrame) -> dict:
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
     values, skipped = {}, {}
+    max_gap = int(number("SENSEQUANT_MAX_GAP_DAYS", int, 1))
     for pw in partition_windows(context):
         if (problem := key_symbol_problem(pw.symbol)) is not None:
             if len(context.partition_keys) == 1:  # asked for this partition alone: fail, saying why
@@ -44,6 +65,12 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
         bars = market_data.source_for(pw.symbol).bars(pw.symbol, pw.start, pw.end)
         if bars.empty:
             skipped[pw.key] = f"{pw.label}: the data source has no bars in this window"
-        else:
-            values[pw.key] = bars
+            continue
+        values[pw.key] = bars
+        gap, where = longest_gap(bars)
+        if gap > max_gap:  # kept (a suspension is real), but the features and labels span it
+            context.log.warning(
+                f"{pw.label}: {gap} weekdays without bars ({where}), more than "
+                f"SENSEQUANT_MAX_GAP_DAYS={max_gap}: indicators and {pw.label}'s labels span the gap"
+            )
     yield from emit(context, "result", values, skipped, _metadata, ["market_bars"])
