@@ -573,12 +573,21 @@ class ArtifactStore:
                     )
                 sums = self._checksums(directory)
                 return codec.load(read_file)
-        except ArtifactError:
+        except MissingArtifactError:
             raise
+        except ArtifactError as exc:  # corrupt: say how to replace it
+            raise ArtifactError(f"{exc}; {_REMATERIALISE.format(asset=asset, key=partition_key)}") from exc
         except Exception as exc:  # a verified file that still fails to parse: say which asset/partition
             raise ArtifactError(
-                f"{asset} for partition {partition_key} in {directory} could not be read: {exc}"
+                f"{asset} for partition {partition_key} in {directory} could not be read: {exc}; "
+                + _REMATERIALISE.format(asset=asset, key=partition_key)
             ) from exc
+
+
+_REMATERIALISE = (
+    "re-materialise {asset} for {key} to replace it (Materialize that partition in the UI, or "
+    "`sensequant train` for its symbol and window)"
+)
 
 
 def verified_bytes(directory: Path, rel: str, sums: dict[str, str], *, who: str = "") -> bytes:

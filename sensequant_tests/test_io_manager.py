@@ -325,7 +325,12 @@ def test_checksum_mismatch_names_the_corrupt_file(tmp_path: Path) -> None:
     store.write(key, codec_for("teacher_model"), _teacher("v1"))
     model = store.partition_dir(key) / "model.pkl"
     model.write_bytes(model.read_bytes()[:-3] + b"xyz")
-    with pytest.raises(ArtifactError, match=r"model\.pkl is corrupt \(sha256"):
+    with pytest.raises(ArtifactError, match=r"model\.pkl is corrupt \(sha256") as caught:
+        store.read(key, codec_for("teacher_model"), "teacher_model")
+    assert "re-materialise teacher_model for RELIANCE|2023-01-01 to replace it" in str(caught.value)
+    # A checksum file that is not JSON is named, with the same way out.
+    (store.partition_dir(key) / "checksums.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"checksums\.json is corrupt \(not valid JSON\).*re-materialise"):
         store.read(key, codec_for("teacher_model"), "teacher_model")
 
 
