@@ -424,7 +424,10 @@ class ArtifactStore:
                 if written is not None:
                     written.update(checksums)
                 if final.exists():
-                    old_sums = self._checksums(final)
+                    try:
+                        old_sums = self._checksums(final)
+                    except ArtifactError:  # unreadable: this commit's files are the only ones vouched for
+                        old_sums = {}
                     for src in final.rglob("*"):
                         rel = src.relative_to(final).as_posix()
                         if src.is_dir() or rel == CHECKSUMS or any(c.owns_path(rel) for c, _ in codecs):

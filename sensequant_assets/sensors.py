@@ -252,13 +252,27 @@ def _load_state(cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str,
     key of the packed state the artifact store keeps (`ArtifactStore.write_state`). A state gone
     missing (artifacts moved) starts over: every symbol's first look records a baseline."""
     if cursor and cursor.startswith(_STATE_PREFIX):
-        data = _store().read_state(STATE_NAME, cursor[len(_STATE_PREFIX) :])
+        data = _store().read_state(STATE_NAME, str(_cursor_parts(cursor)[0]))
         return decode_cursor(data.decode()) if data else ({}, {})
     return decode_cursor(cursor)  # a cursor of an older version holds its state itself
 
 
-def _save_state(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
-    return _STATE_PREFIX + _store().write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
+def _save_state(
+    tokens: dict[str, str], seen: dict[str, dict[str, str | None]], previous: str | None = None
+) -> str:
+    """The cursor naming this state: its key and a generation that grows whenever the state
+    changes (`previous` is the tick's input cursor), so run keys can tell ticks apart."""
+    key = _store().write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
+    old_key, generation = _cursor_parts(previous)
+    return f"{_STATE_PREFIX}{key}#{generation + (key != old_key)}"
+
+
+def _cursor_parts(cursor: str | None) -> tuple[str | None, int]:
+    """(state key, generation) of a cursor; generation 0 for a cursor without one."""
+    if not cursor or not cursor.startswith(_STATE_PREFIX):
+        return None, 0
+    key, _, generation = cursor[len(_STATE_PREFIX) :].partition("#")
+    return key, int(generation or 0)
 
 
 def _store() -> ArtifactStore:
@@ -330,6 +344,7 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
 )
 def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
     tokens, seen = _load_state(context.cursor)
+    generation = _cursor_parts(context.cursor)[1]
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines = [], [], []
     since, now = context.last_tick_completion_time, time.time()
@@ -369,9 +384,11 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
             requests.append(
                 RunRequest(
                     partition_key=partition,
-                    # The tick (the previous one's end, the same when a tick is repeated after a
-                    # crash) makes a correction reverted to an earlier fingerprint a new request.
-                    run_key=f"new_data:{partition}:{fingerprint}:{since or 0:.6f}",
+                    # The generation of the state this tick started from: the same when a tick is
+                    # repeated from the same cursor (a crash, a failed tick: no second run), and
+                    # new once a state was saved, so a correction reverted to an earlier
+                    # fingerprint is a new request.
+                    run_key=f"new_data:{partition}:{fingerprint}:{generation}",
                     tags={TRIGGER: "new_data", REASON: f"{partition}: {why}"},
                 )
             )
@@ -391,7 +408,8 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     skip = None
     if not requests:
         skip = "; ".join(notes) or f"no new or corrected bars ({market_data.data_source} source)"
-    return SensorResult(run_requests=requests, cursor=_save_state(tokens, seen), skip_reason=skip)
+    cursor = _save_state(tokens, seen, context.cursor)
+    return SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
 
 
 def _decay_retrains(context: SensorEvaluationContext) -> tuple[dict[str, str], dict[str, str]]:

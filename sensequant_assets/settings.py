@@ -6,6 +6,7 @@ are read here; everything else reaches assets through resources built in `resour
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_LATEST_WINDOW_CRON": "",
     "SENSEQUANT_MAX_DAILY_MOVE": "0.4",
     "SENSEQUANT_MAX_GAP_DAYS": "10",
+    "SENSEQUANT_ALLOWED_MOVES": "",
 }
 
 DATA_SOURCES = ("synthetic", "csv")
@@ -118,6 +120,6 @@ def number(name: str, kind: type[int] | type[float], minimum: float) -> int | fl
         value = kind(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from exc
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    if not math.isfinite(value) or value < minimum:
+        raise SettingsError(f"{name}={value} must be a finite number of at least {minimum}")
     return value

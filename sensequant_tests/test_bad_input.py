@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from dagster import Definitions, in_process_executor
 
+from sensequant_assets.assets.bars import longest_gap
 from sensequant_assets.cli import main as cli_main
 from sensequant_assets.jobs import train_job
 from sensequant_tests.daily_csv import write_daily
@@ -166,3 +167,11 @@ def test_a_long_gap_is_kept_with_a_warning_and_its_length_in_the_metadata(tmp_pa
         e.message for e in instance.all_logs(result.run_id) if "weekdays without bars" in (e.message or "")
     ]
     assert warnings and "SENSEQUANT_MAX_GAP_DAYS=10" in warnings[0]
+
+
+def test_the_longest_gap_counts_weekdays_after_a_saturday_session_too() -> None:
+    """NSE trades on some Saturdays (budget days, Muhurat): the weekdays after one count."""
+    index = pd.DatetimeIndex(["2024-01-06", "2024-01-19"], tz="Asia/Kolkata", name="timestamp")
+    assert longest_gap(pd.DataFrame({"close": [1.0, 2.0]}, index=index)) == (9, "2024-01-08..2024-01-18")
+    index = pd.DatetimeIndex(["2024-01-05", "2024-01-08"], tz="Asia/Kolkata", name="timestamp")
+    assert longest_gap(pd.DataFrame({"close": [1.0, 2.0]}, index=index)) == (0, "")  # a weekend

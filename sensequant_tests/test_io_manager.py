@@ -332,6 +332,12 @@ def test_checksum_mismatch_names_the_corrupt_file(tmp_path: Path) -> None:
     (store.partition_dir(key) / "checksums.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"checksums\.json is corrupt \(not valid JSON\).*re-materialise"):
         store.read(key, codec_for("teacher_model"), "teacher_model")
+    # ... and following it works: the new commit vouches for its own files (the others it can no
+    # longer vouch for are refused by name until they are re-materialised too).
+    store.write(key, codec_for("market_bars"), _bars())
+    store.write(key, codec_for("teacher_model"), _teacher("v2"))
+    assert store.read(key, codec_for("teacher_model"), "teacher_model").metadata["tag"] == "v2"
+    assert len(store.read(key, codec_for("market_bars"), "market_bars")) == 5
 
 
 def test_missing_file_and_missing_partition_are_named(tmp_path: Path) -> None:

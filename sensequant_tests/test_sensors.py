@@ -300,7 +300,8 @@ def test_corrected_bars_request_only_the_affected_window(instance, csv_world) ->
 def test_a_correction_reverted_and_made_again_is_retrained_each_time(instance, csv_world) -> None:
     """The run key held only the fingerprint: bars corrected, reverted (a sync that restores the
     file and its time), then corrected again the same way asked for a run under the first
-    correction's key, which Dagster starts only once, so the last correction was never trained."""
+    correction's key, which Dagster starts only once, so the last correction was never trained.
+    The key now holds the generation of the state the tick started from."""
     data, market, cursor = csv_world
     day = data / "RELIANCE" / "1day" / "2022-03-14.csv"
     original, original_ns = day.read_text(), day.stat().st_mtime_ns
@@ -313,6 +314,10 @@ def test_a_correction_reverted_and_made_again_is_retrained_each_time(instance, c
         os.utime(day, ns=(mtime_ns, mtime_ns))
         os.utime(day.parent, ns=(original_ns + n + 1, original_ns + n + 1))  # a new listing token
         result = _tick(new_data, instance, cursor, since=1_700_000_000.0 + 60 * n, market_data=market)
+        # A tick that failed after its runs were requested keeps the cursor; the next one, from the
+        # same cursor (and a later previous-tick time), must ask under the same key: no second run.
+        again = _tick(new_data, instance, cursor, since=1_700_000_030.0 + 60 * n, market_data=market)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in result.run_requests]
         cursor = result.cursor
         [request] = result.run_requests
         assert request.partition_key == "RELIANCE|2022-01-01"

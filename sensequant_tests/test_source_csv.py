@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sensequant_assets.settings import SettingsError
 from sensequant_assets.sources import (
     BAR_COLUMNS,
     IST,
@@ -476,5 +477,17 @@ def test_an_unadjusted_bonus_is_refused_naming_the_day_and_the_limit(tmp_path: P
     assert "2024-02-15.csv, row 1" in message
     assert "SENSEQUANT_MAX_DAILY_MOVE=0.4" in message and "split, bonus or demerger" in message
     assert caught.value.rule.startswith("close within x1.4 of the previous close")
-    monkeypatch.setenv("SENSEQUANT_MAX_DAILY_MOVE", "1.5")  # a real move, allowed by the user
+    assert "add TCS:<date> to SENSEQUANT_ALLOWED_MOVES" in message
+    monkeypatch.setenv("SENSEQUANT_ALLOWED_MOVES", "INFY:2024-02-15, TCS:2024-02-15")  # vouched for
     assert len(source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))) == len(bars)
+    monkeypatch.setenv("SENSEQUANT_ALLOWED_MOVES", "TCS 2024-02-15")
+    with pytest.raises(
+        SettingsError, match="SENSEQUANT_ALLOWED_MOVES: 'TCS 2024-02-15' is not SYMBOL:YYYY-MM-DD"
+    ):
+        source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))
+    monkeypatch.delenv("SENSEQUANT_ALLOWED_MOVES")
+    monkeypatch.setenv("SENSEQUANT_MAX_DAILY_MOVE", "1.5")  # or a looser limit for every symbol
+    assert len(source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))) == len(bars)
+    monkeypatch.setenv("SENSEQUANT_MAX_DAILY_MOVE", "nan")  # not a silent way to turn it off
+    with pytest.raises(SettingsError, match="SENSEQUANT_MAX_DAILY_MOVE=nan must be a finite number"):
+        source.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))

@@ -13,6 +13,10 @@ from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.settings import number
 from sensequant_assets.sources.symbols import key_symbol_problem
 
+# Read once, when the code loads: a bad value stops the code location with its name, rather than
+# failing every market_bars run for a setting that only decides a warning.
+MAX_GAP_DAYS = int(number("SENSEQUANT_MAX_GAP_DAYS", int, 1))
+
 
 def longest_gap(bars: pd.DataFrame) -> tuple[int, str]:
     """The most weekdays missing between two consecutive bars, and where (`first..last` missing
@@ -20,11 +24,12 @@ def longest_gap(bars: pd.DataFrame) -> tuple[int, str]:
     if len(bars) < 2:
         return 0, ""
     days = bars.index.tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
-    missing = np.busday_count(days[:-1], days[1:]) - 1
+    after = days[:-1] + 1  # the day after each bar (a Saturday session's next weekday counts too)
+    missing = np.busday_count(after, days[1:])
     at = int(np.argmax(missing))
     if missing[at] <= 0:
         return 0, ""
-    first = np.busday_offset(days[at], 1, roll="forward")
+    first = np.busday_offset(after[at], 0, roll="forward")
     last = np.busday_offset(days[at + 1], -1, roll="backward")
     return int(missing[at]), f"{first}..{last}"
 
@@ -55,7 +60,6 @@ def _metadata(bars: pd.DataFrame) -> dict:
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
     values, skipped = {}, {}
-    max_gap = int(number("SENSEQUANT_MAX_GAP_DAYS", int, 1))
     for pw in partition_windows(context):
         if (problem := key_symbol_problem(pw.symbol)) is not None:
             if len(context.partition_keys) == 1:  # asked for this partition alone: fail, saying why
@@ -68,9 +72,9 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
             continue
         values[pw.key] = bars
         gap, where = longest_gap(bars)
-        if gap > max_gap:  # kept (a suspension is real), but the features and labels span it
+        if gap > MAX_GAP_DAYS:  # kept (a suspension is real), but the features and labels span it
             context.log.warning(
                 f"{pw.label}: {gap} weekdays without bars ({where}), more than "
-                f"SENSEQUANT_MAX_GAP_DAYS={max_gap}: indicators and {pw.label}'s labels span the gap"
+                f"SENSEQUANT_MAX_GAP_DAYS={MAX_GAP_DAYS}: indicators and {pw.label}'s labels span the gap"
             )
     yield from emit(context, "result", values, skipped, _metadata, ["market_bars"])

@@ -255,6 +255,26 @@ def unexplained_jumps(close: np.ndarray, max_move: float) -> np.ndarray:
     return mask
 
 
+def allowed_moves() -> set[tuple[str, str]]:
+    """(SYMBOL, YYYY-MM-DD) of the real moves a user vouched for in SENSEQUANT_ALLOWED_MOVES
+    (comma-separated `SYMBOL:YYYY-MM-DD`), exempt from `unexplained_jumps`."""
+    from sensequant_assets.settings import SettingsError, env
+
+    out = set()
+    for item in env("SENSEQUANT_ALLOWED_MOVES").split(","):
+        if not item.strip():
+            continue
+        symbol, _, day = item.strip().rpartition(":")
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            symbol = ""
+        if not symbol:
+            raise SettingsError(f"SENSEQUANT_ALLOWED_MOVES: {item.strip()!r} is not SYMBOL:YYYY-MM-DD")
+        out.add((symbol.upper(), day))
+    return out
+
+
 def validate_bars(
     df: pd.DataFrame,
     *,
@@ -386,16 +406,22 @@ def validate_bars(
         max_daily_move = float(number("SENSEQUANT_MAX_DAILY_MOVE", float, 0.0))
     kept = order[keep]  # positions in the input of the rows kept, in time order
     jumps = unexplained_jumps(c[kept], max_daily_move)
+    if jumps.any() and symbol:
+        allowed = allowed_moves()
+        days = index[keep].strftime("%Y-%m-%d")
+        jumps &= ~np.array([(symbol.upper(), day) in allowed for day in days], dtype=bool)
     if jumps.any():
         at = np.zeros(n, dtype=bool)
-        at[kept[jumps]] = True
+        at[kept[np.flatnonzero(jumps)[0]]] = True  # the earliest in time, whatever the input order
         previous = np.full(n, np.nan)
         previous[kept[1:]] = c[kept[:-1]]
+        count = int(jumps.sum())
         fail(
             at,
             f"close within x{1 + max_daily_move:g} of the previous close (SENSEQUANT_MAX_DAILY_MOVE="
-            f"{max_daily_move:g}): a split, bonus or demerger not adjusted for? Adjust the history "
-            "(or raise the limit for a real move)",
+            f"{max_daily_move:g}): a split, bonus or demerger not adjusted for? Adjust the history; "
+            f"for a real move, add {(symbol or 'SYMBOL').upper()}:<date> to SENSEQUANT_ALLOWED_MOVES"
+            + (f" [{count} such days in all]" if count > 1 else ""),
             {"close": c, "previous_close": previous},
         )
     out = pd.DataFrame(
