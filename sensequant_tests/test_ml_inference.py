@@ -116,6 +116,49 @@ def test_rank_ic_test_holds_its_size_and_coverage_under_a_market_like_null() -> 
     assert naive > 0.10, naive
 
 
+def _persistent_edge(n: int, rho: float, c: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A score known at t, AR(1) with coefficient `rho` (persistent, as a model's score is), that
+    moves each next daily return by `c` of its value, t(5) noise of unit variance; and the
+    7-bar forward return."""
+    burn = 300
+    m = n + H + burn
+    e = rng.standard_normal(m)
+    score = np.empty(m)
+    score[0] = e[0]
+    for t in range(1, m):
+        score[t] = rho * score[t - 1] + math.sqrt(1 - rho**2) * e[t]
+    daily = np.zeros(m)
+    daily[1:] = c * score[:-1] + rng.standard_t(5, m - 1) / math.sqrt(5 / 3)
+    total = np.concatenate([[0.0], np.cumsum(daily)])
+    forward = total[1 + H : m + 1] - total[1 : m + 1 - H]  # sum of the next H daily returns
+    return score[burn : burn + n], forward[burn : burn + n]
+
+
+def test_the_ic_interval_covers_the_population_ic_of_a_persistent_edge() -> None:
+    """Claim: the 95 % IC interval covers the population rank IC, not only 0 under a null.
+
+    A persistent score (AR(1), 0.95) that shifts the next daily return, population IC about 0.11
+    (from one path of 400,000 rows), 2,000 records of 2,340 rows (10 years of windows). Bounds: the
+    99.9 % binomial band around 95 % for 2,000 records, [93.4 %, 96.6 %] (measured: 95.6 %, and 59 %
+    for the variance that ignores the overlap; across six settings of persistence and strength, ICs 0.04-0.21, 94.5-95.7 % with 4,000 records each,
+    ``docs/methodology.md``). The variance that ignores the overlap must under-cover, which is what
+    makes this test able to fail.
+    """
+    rng = np.random.default_rng(21)
+    score, forward = _persistent_edge(400_000, 0.95, 0.05, rng)
+    true = spearmanr(score, forward).statistic
+    assert 0.09 < true < 0.13, true
+    covered, naive = [], []
+    for _ in range(2000):
+        s, f = _persistent_edge(2340, 0.95, 0.05, rng)
+        t = S.rank_ic_test(s, f, horizon=H)
+        covered.append(t["ci_low"] <= true <= t["ci_high"])
+        t1 = S.rank_ic_test(s, f, horizon=1)
+        naive.append(t1["ci_low"] <= true <= t1["ci_high"])
+    assert 0.934 <= np.mean(covered) <= 0.966, np.mean(covered)
+    assert np.mean(naive) < 0.85, np.mean(naive)
+
+
 def test_rank_ic_test_has_power_against_a_realistic_edge() -> None:
     """A fresh daily edge with IC about 0.10 against the 7-bar return is found in most 10-year records.
 
