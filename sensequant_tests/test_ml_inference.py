@@ -140,9 +140,9 @@ def test_the_ic_interval_covers_the_population_ic_of_a_persistent_edge() -> None
     A persistent score (AR(1), 0.95) that shifts the next daily return, population IC about 0.11
     (from one path of 400,000 rows), 2,000 records of 2,340 rows (10 years of windows). Bounds: the
     99.9 % binomial band around 95 % for 2,000 records, [93.4 %, 96.6 %] (measured: 95.6 %, and 59 %
-    for the variance that ignores the overlap; across six settings of persistence and strength, ICs 0.05-0.22, 94.7-95.5 % with 4,000 records each,
-    ``bench/ic_coverage.py``). The variance that ignores the overlap must under-cover, which is what
-    makes this test able to fail.
+    for the variance that ignores the overlap; across six settings of persistence and strength,
+    ICs 0.05-0.22, 94.7-95.5 % with 4,000 records each, ``bench/ic_coverage.py``). The variance
+    that ignores the overlap must under-cover, which is what makes this test able to fail.
     """
     rng = np.random.default_rng(21)
     score, forward = _persistent_edge(400_000, 0.95, 0.05, rng)
