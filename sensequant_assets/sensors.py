@@ -55,6 +55,7 @@ from sensequant_assets.sources.symbols import InvalidSymbolError, parse_symbols,
 INTERVAL = int(number("SENSEQUANT_SENSOR_INTERVAL_SECONDS", int, 1))
 TRIGGER = "sensequant/trigger"
 REASON = "sensequant/reason"
+REQUEST = "sensequant/request"  # what identifies a sensor's backfill request, which has no run key
 
 
 def _registered(context: SensorEvaluationContext) -> list[str]:
@@ -75,7 +76,11 @@ def universe() -> tuple[list[str], str]:
 
 
 def partitions_backfill(
-    context: SensorEvaluationContext, partitions: Iterable[str], trigger: str, reason: str
+    context: SensorEvaluationContext,
+    partitions: Iterable[str],
+    trigger: str,
+    reason: str,
+    tags: dict[str, str] | None = None,
 ) -> RunRequest:
     """One backfill of the partitioned assets over `partitions` (dependency order, batched per window)."""
     keys = {
@@ -84,7 +89,7 @@ def partitions_backfill(
         for partition in partitions
     }
     subset = AssetGraphSubset.from_asset_partition_set(keys, context.repository_def.asset_graph)
-    return RunRequest.for_asset_graph_subset(subset, tags={TRIGGER: trigger, REASON: reason})
+    return RunRequest.for_asset_graph_subset(subset, tags={TRIGGER: trigger, REASON: reason, **(tags or {})})
 
 
 def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -> RunRequest:
@@ -347,6 +352,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     generation = _cursor_parts(context.cursor)[1]
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines = [], [], []
+    already = ""
     since, now = context.last_tick_completion_time, time.time()
     known = {key for per_symbol in seen.values() for key in per_symbol}
     # A new window partition (the calendar passed its end): compare every symbol now, so the
@@ -396,11 +402,21 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
         partitions = [r.partition_key for r in requests]
         reasons = sorted({r.tags[REASON].split(": ", 1)[1] for r in requests})
         why = f"{len(partitions)} partitions: {', '.join(reasons)}"
-        context.log.info(f"requesting one backfill of {why}")
-        requests = [partitions_backfill(context, partitions, "new_data", why)]
+        # A backfill request has no run key: a tick repeated from the same cursor (after a failed
+        # tick) finds the backfill it requested by this tag instead of requesting it twice.
+        digest = hashlib.sha256("\n".join(sorted(str(r.run_key) for r in requests)).encode()).hexdigest()
+        request_key = f"new_data:{generation}:{digest[:16]}"
+        done = context.instance.get_backfills(filters=BulkActionsFilter(tags={REQUEST: request_key}), limit=1)
+        if done:
+            already = f"{why}: already requested as backfill {done[0].backfill_id}"
+            context.log.info(already)
+            requests = []
+        else:
+            context.log.info(f"requesting one backfill of {why}")
+            requests = [partitions_backfill(context, partitions, "new_data", why, {REQUEST: request_key})]
     for problem in problems:
         context.log.warning(problem)
-    notes = []
+    notes = [already] if already else []
     if baselines:
         notes.append(f"baseline recorded for {', '.join(baselines)}")
     if problems:

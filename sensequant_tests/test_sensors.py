@@ -394,6 +394,23 @@ def test_a_window_completed_across_the_index_is_one_backfill(instance, tmp_path:
     assert len(keys) == 5 * BACKFILL_AT  # the five partitioned assets of each
     assert backfill.tags["sensequant/trigger"] == "new_data"
     assert "window completed" in backfill.tags["sensequant/reason"]
+    # A backfill request has no run key. The daemon submitted it, then the tick failed (its cursor
+    # not saved): the next tick, from the same cursor, finds it instead of requesting it again.
+    instance.add_backfill(
+        PartitionBackfill.from_asset_graph_subset(
+            backfill_id="newdata2",
+            backfill_timestamp=time.time(),
+            tags=backfill.tags,
+            dynamic_partitions_store=instance,
+            asset_graph_subset=backfill.asset_graph_subset,
+            title=None,
+            description=None,
+            run_config=None,
+        )
+    )
+    repeated = _tick(new_data, instance, cursor, since=time.time() - 5, market_data=market)
+    assert repeated.run_requests == []
+    assert "already requested as backfill newdata2" in repeated.skip_reason.skip_message
 
 
 def test_the_synthetic_source_polls_quietly(instance) -> None:
