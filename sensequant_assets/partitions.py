@@ -18,12 +18,20 @@ SYMBOLS_PARTITIONS_NAME = "symbols"
 WINDOW_FORMAT = "%Y-%m-%d"
 
 
+def window_start_months() -> str:
+    """The months windows start in, as a cron month field (`1,7` for half-years from January),
+    from the settings (not from the windows that exist yet)."""
+    settings = partition_settings()
+    first = settings.start_date.month - 1
+    return ",".join(
+        str(m) for m in sorted({(first + k * settings.window_months) % 12 + 1 for k in range(12)})
+    )
+
+
 def _window_partitions() -> TimeWindowPartitionsDefinition:
     """Windows of N months anchored at the start date's month; only complete windows exist."""
     settings = partition_settings()
-    first = settings.start_date.month - 1
-    months = sorted({(first + k * settings.window_months) % 12 + 1 for k in range(12)})
-    cron = f"0 0 1 {','.join(str(m) for m in months)} *"
+    cron = f"0 0 1 {window_start_months()} *"
     return TimeWindowPartitionsDefinition(
         cron_schedule=cron,
         start=settings.start_date.strftime(WINDOW_FORMAT),

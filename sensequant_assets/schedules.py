@@ -15,10 +15,6 @@ from collections.abc import Sequence
 from datetime import date
 
 from dagster import (
-    AssetKey,
-    AssetRecordsFilter,
-    DagsterEventType,
-    DagsterInstance,
     DagsterInvalidDefinitionError,
     DefaultScheduleStatus,
     RunRequest,
@@ -34,10 +30,11 @@ from sensequant_assets.partitions import (
     make_key,
     window_bounds,
     window_partitions,
+    window_start_months,
 )
 from sensequant_assets.resources import MarketDataResource
-from sensequant_assets.sensors import RANGE_END, RANGE_START, REASON, TRIGGER, in_flight
-from sensequant_assets.settings import SettingsError, env, partition_settings
+from sensequant_assets.sensors import RANGE_END, RANGE_START, REASON, TRIGGER, in_flight, newest_metadata
+from sensequant_assets.settings import SettingsError, env
 from sensequant_assets.sources.base import DataSourceError
 from sensequant_assets.sources.symbols import key_symbol_problem
 
@@ -46,29 +43,8 @@ CRON_VARIABLE = "SENSEQUANT_LATEST_WINDOW_CRON"
 
 
 def _default_cron() -> str:
-    """The second day of every window, 06:00: the bars of the window's last day are in by then.
-    The months a window starts in follow from the settings (not from the windows that exist yet)."""
-    settings = partition_settings()
-    first = settings.start_date.month - 1
-    months = sorted({(first + k * settings.window_months) % 12 + 1 for k in range(12)})
-    return f"0 6 2 {','.join(str(m) for m in months)} *"
-
-
-def _trained(instance: DagsterInstance, partitions: set[str]) -> set[str]:
-    """Those of `partitions` whose newest student_model materialisation trained it (a batch
-    records a skipped partition as materialised, with the reason in its metadata)."""
-    key = AssetKey("student_model")
-    ids = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION, partitions)
-    if not ids:
-        return set()
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(key, storage_ids=list(ids.values())), limit=len(ids)
-    )
-    return {
-        str(r.asset_materialization.partition)
-        for r in records.records
-        if SKIP_METADATA_KEY not in r.asset_materialization.metadata
-    }
+    """The second day of every window, 06:00: the bars of the window's last day are in by then."""
+    return f"0 6 2 {window_start_months()} *"
 
 
 def _listed(notes: list[str], most: int = 20) -> list[str]:
@@ -110,7 +86,9 @@ def _train_latest_window(
     if not symbols:
         return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
     partitions = {symbol: str(make_key(symbol, window)) for symbol in symbols}
-    trained = _trained(context.instance, set(partitions.values()))
+    # A batch records a skipped partition as materialised, with the reason in its metadata.
+    newest = newest_metadata(context.instance, "student_model", partitions.values())
+    trained = {p for p, meta in newest.items() if SKIP_METADATA_KEY not in meta}
     busy = in_flight(context.instance, [p for p in partitions.values() if p not in trained])
     start, end = window_bounds(window)
     wanted, notes = set(), []

@@ -460,15 +460,15 @@ ACTIVE = [
 ]
 
 
-def newest_evaluations(
-    instance: DagsterInstance, partitions: Iterable[str], chunk: int = 500
+def newest_metadata(
+    instance: DagsterInstance, asset: str, partitions: Iterable[str], chunk: int = 500
 ) -> dict[str, dict[str, Any]]:
-    """partition -> the metadata of its newest `student_evaluation` materialisation, for all of
-    `partitions` at once: one query for the newest storage ids and one fetch of those records per
-    `chunk` partitions, however many symbols ask (a tick used to make a query per window per
+    """partition -> the metadata of its newest materialisation of `asset`, for all of `partitions`
+    at once: one query for the newest storage ids and one fetch of those records per `chunk`
+    partitions, however many symbols ask (a decay tick used to make a query per window per
     production model)."""
     wanted = sorted({str(p) for p in partitions})
-    key = AssetKey("student_evaluation")
+    key = AssetKey(asset)
     out: dict[str, dict[str, Any]] = {}
     for i in range(0, len(wanted), chunk):
         ids = instance.get_latest_storage_id_by_partition(
@@ -503,7 +503,7 @@ def production_evidence(
     later student of the same configuration (window k's evaluation scores the student of k-1):
     what happened since the model was trained, never its predecessors' scores. Newest first, at
     most `limit`; `evaluations` holds the newest metadata of `evidence_partitions` (see
-    `newest_evaluations`).
+    `newest_metadata`).
     """
     symbol, own_window = split_key(record.partition_key)
     out = []
@@ -670,8 +670,9 @@ def model_decay(context: SensorEvaluationContext, market_data: MarketDataResourc
     requests, healthy, notes = [], [], []
     records = {symbol: registry.current(base, symbol) for symbol in _registered(context)}
     windows = window_partitions.get_partition_keys()
-    evaluations = newest_evaluations(
+    evaluations = newest_metadata(
         context.instance,
+        "student_evaluation",
         (
             p
             for record in records.values()
