@@ -64,6 +64,37 @@ class MissingArtifactError(ArtifactError):
     """The artifact was never written (not materialised, or skipped), as opposed to corrupt."""
 
 
+class UnsafePathError(ArtifactError):
+    """A path of the store would lead outside it, or through a symbolic link inside it."""
+
+
+def inside(base_dir: Path, path: Path, what: str) -> Path:
+    """`path`, if it lies below `base_dir` with no symbolic link on the way (existing parts only).
+
+    The base itself may be a link (the user's choice of disk); below it, a link (a partition or
+    production directory replaced by one) would be written or read through: refused, naming it.
+    """
+    base, path = Path(base_dir), Path(path)
+    try:
+        parts = path.relative_to(base).parts
+    except ValueError:
+        raise UnsafePathError(f"{what}: {path} is outside the artifacts directory {base}") from None
+    step = base
+    for part in parts:
+        if part in (".", ".."):
+            raise UnsafePathError(f"{what}: {path} leaves the artifacts directory {base} ('{part}')")
+        step = step / part
+        if step.is_symlink():
+            target = os.path.realpath(step)
+            where = "inside" if Path(target).is_relative_to(os.path.realpath(base)) else "outside"
+            raise UnsafePathError(
+                f"{what}: {step} is a symbolic link to {target} ({where} the artifacts directory "
+                f"{base}); the store never writes or reads through links: move the link away and "
+                "re-materialise (or restore the real directory in its place)"
+            )
+    return path
+
+
 def partition_dir_name(symbol: str, start: date, end: date) -> str:
     return f"{symbol}_{start.isoformat()}_to_{end.isoformat()}"
 
@@ -289,7 +320,8 @@ class ArtifactStore:
         if (problem := key_symbol_problem(symbol)) is not None:
             raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
         start, end = window_bounds(window_key)
-        return self.base_dir / partition_dir_name(symbol, start, end)
+        path = self.base_dir / partition_dir_name(symbol, start, end)
+        return inside(self.base_dir, path, f"partition {partition_key!r}")
 
     def partition_key(self, directory: Path) -> str:
         symbol, start, _ = parse_partition_dir_name(Path(directory).name)
@@ -404,6 +436,8 @@ class ArtifactStore:
         """
         final = self.partition_dir(partition_key)
         codecs = [(codec, obj), *together]
+        for bookkeeping in (self.txn_dir, self.base_dir / LOCKS_DIR):
+            inside(self.base_dir, bookkeeping, f"partition {partition_key!r}")
         self.txn_dir.mkdir(parents=True, exist_ok=True)
         self._sweep_legacy()
         with self._locked(final.name):
@@ -457,7 +491,7 @@ class ArtifactStore:
         versions stay, so the key of a tick Dagster did not commit (a daemon crash after this
         write) still finds the state the next tick starts from.
         """
-        directory = self.base_dir / ".state"
+        directory = inside(self.base_dir, self.base_dir / ".state", f"sensor state {name!r}")
         directory.mkdir(parents=True, exist_ok=True)
         key = sha256_bytes(data)[:20]
         target = directory / f"{name}-{key}"
@@ -481,7 +515,8 @@ class ArtifactStore:
     def read_state(self, name: str, key: str) -> bytes | None:
         """The state stored under `key` by `write_state`, or None if it is gone."""
         try:
-            return (self.base_dir / ".state" / f"{name}-{key}").read_bytes()
+            directory = inside(self.base_dir, self.base_dir / ".state", f"sensor state {name!r}")
+            return (directory / f"{name}-{key}").read_bytes()
         except FileNotFoundError:
             return None
 
@@ -491,7 +526,7 @@ class ArtifactStore:
         directory = self.base_dir / codec.location
         for rel, data in codec.dump(obj).items():
             target = directory / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            inside(self.base_dir, target.parent, codec.location).mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -510,6 +545,7 @@ class ArtifactStore:
 
         def read_file(rel: str) -> bytes:
             path = directory / rel
+            inside(self.base_dir, path.parent, asset)
             if not path.is_file():
                 raise MissingArtifactError(f"{asset} has not been materialised: missing file {path}")
             return path.read_bytes()
