@@ -320,6 +320,8 @@ class ArtifactStore:
         if (problem := key_symbol_problem(symbol)) is not None:
             raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
         start, end = window_bounds(window_key)
+        if start.isoformat() != window_key:  # Dagster maps any date to a window: another's directory
+            raise ValueError(f"partition {partition_key!r}: {window_key!r} is not the first day of a window")
         path = self.base_dir / partition_dir_name(symbol, start, end)
         return inside(self.base_dir, path, f"partition {partition_key!r}")
 
