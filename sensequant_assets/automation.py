@@ -1,9 +1,9 @@
-"""Declarative automation: downstream assets follow their upstream in EVERY window.
+"""Declarative automation of the unpartitioned assets: the briefing, production and symbol pages.
 
-`AutomationCondition.eager()` only considers the latest time window, so a re-trained teacher of
-an older window would leave its student and evaluations stale. The conditions here are eager()
-without that restriction. The briefing waits until no upstream partition is in progress (runs or
-backfills), so a batch of evaluations produces one briefing, not one per partition.
+The briefing waits until no upstream partition is in progress (runs or backfills), so a batch of
+evaluations produces one briefing, not one per partition. The partitioned assets follow their
+upstream through the `follow_upstream` sensor (`follow.py`), whose ticks cost what changed:
+Dagster's automation sensor evaluates each condition over every partition on every tick.
 """
 
 from dagster import (
@@ -15,13 +15,6 @@ from dagster import (
 
 from sensequant_assets.settings import number
 
-EVERY_WINDOW_EAGER = (
-    (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()).since_last_handled()
-    & ~AutomationCondition.any_deps_missing()
-    & ~AutomationCondition.any_deps_in_progress()
-    & ~AutomationCondition.in_progress()
-).with_label("eager in every window")
-
 AFTER_BATCH_SETTLES = (
     AutomationCondition.any_deps_updated().since_last_handled()
     & ~AutomationCondition.any_deps_in_progress()
@@ -30,12 +23,12 @@ AFTER_BATCH_SETTLES = (
 
 automation_sensor = AutomationConditionSensorDefinition(
     "sensequant_automation",
-    target=AssetSelection.all(),
+    target=AssetSelection.assets("promotion_briefing", "production_models", "symbol_briefing"),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(number("SENSEQUANT_SENSOR_INTERVAL_SECONDS", int, 1)),
     run_tags={"sensequant/trigger": "automation"},
     description=(
-        "Keeps students, evaluations, the briefing and production in line with their upstream "
-        "assets in every window (not only the latest), whatever materialised the upstream."
+        "Refreshes the promotion briefing, production and the symbol pages once the evaluations "
+        "behind them have settled (the partitioned assets follow through `follow_upstream`)."
     ),
 )

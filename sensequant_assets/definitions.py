@@ -12,6 +12,7 @@ from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.symbol_briefing import symbol_briefing
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
+from sensequant_assets.follow import follow_upstream
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
@@ -36,7 +37,7 @@ def build_definitions() -> Definitions:
             symbol_briefing,
         ],
         jobs=[train_job, briefing_job, rollback_job, demote_job],
-        sensors=[symbol_universe, new_data, model_decay, automation_sensor],
+        sensors=[symbol_universe, new_data, model_decay, follow_upstream, automation_sensor],
         schedules=[train_latest_window],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),

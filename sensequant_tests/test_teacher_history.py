@@ -4,7 +4,8 @@ The features of window k need `HISTORY_DAYS` of bars before it (two earlier 6-mo
 tests pin down that the teacher reads them from those windows' `market_bars` partitions (falling back
 to the source for days no materialised partition holds), that the bars and so the features are exactly
 those of the previous code path (one source call over the whole history), and that Dagster's asset
-graph and automation see market_bars(S|k-1) -> teacher(S|k) for the same symbol only.
+graph sees market_bars(S|k-1) -> teacher(S|k) for the same symbol only (test_follow_upstream.py:
+the sensor that retrains the teachers follows that graph).
 
 The teachers here train on their window alone (`lookback_windows` 0, passed explicitly: the default
 is 2), so the warm-up is all they read before it; test_teacher_lookback.py covers the lookback.
@@ -19,10 +20,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import (
     AssetKey,
-    AssetMaterialization,
-    AssetSelection,
     Definitions,
-    evaluate_automation_conditions,
     in_process_executor,
 )
 
@@ -196,30 +194,3 @@ def test_a_window_whose_history_was_never_materialised_trains_as_before(tmp_path
     assert metadata["history"]["from_source"] == [["2023-06-11", "2023-12-31"]]
     event = result.asset_materializations_for_node("teacher")[0]
     assert event.metadata["history_from_source"].value == "2023-06-11..2023-12-31"
-
-
-def test_automation_retrains_exactly_the_teachers_whose_history_changed() -> None:
-    # Materialisations are reported, not computed: automation reads only the event log.
-    windows = ["2022-01-01", "2022-07-01", *WINDOWS, "2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"]
-    instance = instance_with("AAA", "BBB")
-    for symbol in ("AAA", "BBB"):
-        for asset in TEACHER:
-            for window in windows:
-                instance.report_runless_asset_event(
-                    AssetMaterialization(asset, partition=f"{symbol}|{window}")
-                )
-    selection = AssetSelection.assets("teacher_model", "teacher_labels")
-    first = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
-    quiet = evaluate_automation_conditions(
-        defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
-    )
-    assert quiet.total_requested == 0
-    instance.report_runless_asset_event(AssetMaterialization("market_bars", partition="AAA|2023-07-01"))
-    after = evaluate_automation_conditions(
-        defs=defs, instance=instance, asset_selection=selection, cursor=quiet.cursor
-    )
-    # Every teacher whose market_bars input holds the window (k..k+4: warm-up and the longest
-    # lookback), whatever lookback it was trained with; not 2026-01-01.
-    expected = {f"AAA|{w}" for w in ("2023-07-01", "2024-01-01", "2024-07-01", "2025-01-01", "2025-07-01")}
-    assert {str(k) for k in after.get_requested_partitions(AssetKey("teacher_model"))} == expected
-    assert {str(k) for k in after.get_requested_partitions(AssetKey("teacher_labels"))} == expected

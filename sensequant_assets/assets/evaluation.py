@@ -33,7 +33,6 @@ from sensequant_assets.assets.partition_context import (
 )
 from sensequant_assets.assets.student import CONFIG_ID_KEY, config_hash
 from sensequant_assets.assets.teacher import window_rows
-from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.evaluation import CALIBRATION_BINS
 from sensequant_assets.ml.walk_forward import evaluate_window
 from sensequant_assets.partitions import make_key, previous_window, symbol_window_partitions
@@ -91,7 +90,6 @@ class EvaluationConfig(Config):
     io_manager_key="artifacts_io_manager",
     output_required=False,
     backfill_policy=BACKFILL_POLICY,
-    automation_condition=EVERY_WINDOW_EAGER,
     code_version=EVALUATION_CODE_VERSION,
     group_name="evaluation",
     description=(

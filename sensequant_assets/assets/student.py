@@ -32,7 +32,6 @@ from sensequant_assets.assets.partition_context import (
     window_of,
 )
 from sensequant_assets.assets.teacher import TeacherConfig, teacher_configuration
-from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.student import StudentParams, train_student
 from sensequant_assets.ml.teacher import TooFewRowsError
 from sensequant_assets.partitions import symbol_window_partitions
@@ -102,7 +101,6 @@ def _teacher_part(teacher: TeacherArtifact) -> dict[str, Any]:
     io_manager_key="artifacts_io_manager",
     output_required=False,
     backfill_policy=BACKFILL_POLICY,
-    automation_condition=EVERY_WINDOW_EAGER,
     code_version=STUDENT_CODE_VERSION,
     group_name="training",
     description="Student trained on the teacher's soft labels; files under student/.",

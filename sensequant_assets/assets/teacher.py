@@ -56,7 +56,6 @@ from sensequant_assets.assets.partition_context import (
     emit,
     metadata_value,
 )
-from sensequant_assets.automation import EVERY_WINDOW_EAGER
 from sensequant_assets.ml.dataset import build_dataset, model_features
 from sensequant_assets.ml.features import FEATURE_COLUMNS, HISTORY_DAYS
 from sensequant_assets.ml.labels import LabelSpec
@@ -205,7 +204,6 @@ def bars_hash(bars: pd.DataFrame) -> str:
             is_required=False,
             io_manager_key="artifacts_io_manager",
             code_version=TEACHER_CODE_VERSION,
-            automation_condition=EVERY_WINDOW_EAGER,
             description="LightGBM teacher: model.pkl, metadata.json, feature_importance.csv.",
             kinds={"lightgbm"},
             owners=OWNERS,
@@ -214,7 +212,6 @@ def bars_hash(bars: pd.DataFrame) -> str:
             is_required=False,
             io_manager_key="artifacts_io_manager",
             code_version=TEACHER_CODE_VERSION,
-            automation_condition=EVERY_WINDOW_EAGER,
             description="labels.csv.gz: features, labels, forward returns and out-of-fold teacher_proba.",
             metadata=column_schema(LABELS_SCHEMA),
             kinds={"lightgbm", "pandas"},

@@ -1,0 +1,333 @@
+"""`follow_upstream`: the partitioned assets follow a changed input in every window, once, and only
+when nothing computing an input (or the asset itself) is in progress; its cursor stays small.
+
+Materialisations are reported into the event log, not computed: the sensor reads only events,
+runs and backfills.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterEventType,
+    DagsterRunStatus,
+    build_sensor_context,
+)
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.events import DagsterEvent, StepMaterializationData
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.test_utils import instance_for_test
+from dagster._core.utils import make_new_run_id
+
+from sensequant_assets.definitions import defs
+from sensequant_assets.follow import FOLLOWERS, follow_upstream
+from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME as SYMBOLS
+
+WINDOWS = [f"{y}-{m}" for y in range(2022, 2026) for m in ("01-01", "07-01")] + ["2026-01-01"]
+UPSTREAM = ("market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation")
+
+
+@pytest.fixture
+def instance(tmp_path: Path, monkeypatch):
+    """A SQLite instance (the in-memory one does not filter backfills by tag) and artifacts."""
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    with instance_for_test() as inst:
+        yield inst
+
+
+def _tick(instance, cursor):
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+        result = follow_upstream(context)
+    return result
+
+
+def _report(instance, asset: str, partition: str, run: DagsterRun | None = None) -> None:
+    """A materialisation in the event log, by `run` (stored first) or runless (e.g. the UI's report)."""
+    if run is None:
+        instance.report_runless_asset_event(AssetMaterialization(asset, partition=partition))
+        return
+    if instance.get_run_by_id(run.run_id) is None:
+        instance.add_run(run)
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name=run.job_name,
+        event_specific_data=StepMaterializationData(AssetMaterialization(asset, partition=partition)),
+    )
+    instance.report_dagster_event(event, run.run_id)
+
+
+def _trained(instance, *symbols: str) -> None:
+    for symbol in symbols:
+        for asset in UPSTREAM:
+            for window in WINDOWS:
+                _report(instance, asset, f"{symbol}|{window}")
+
+
+def _run(assets, status=DagsterRunStatus.STARTED, **tags: str) -> DagsterRun:
+    return DagsterRun(
+        job_name="__ASSET_JOB",
+        run_id=make_new_run_id(),
+        status=status,
+        asset_selection=frozenset(AssetKey(a) for a in assets),
+        tags=tags,
+    )
+
+
+def _requested(result) -> dict[str, set[str]]:
+    """partition -> assets, over the run requests of a tick."""
+    out: dict[str, set[str]] = {}
+    for request in result.run_requests:
+        if request.asset_graph_subset is not None:  # a backfill
+            for key in request.asset_graph_subset.iterate_asset_partitions():
+                out.setdefault(key.partition_key, set()).add(key.asset_key.to_user_string())
+        else:
+            assets = {k.to_user_string() for k in request.asset_selection}
+            out.setdefault(request.partition_key, set()).update(assets)
+    return out
+
+
+def _baseline(instance):
+    first = _tick(instance, None)
+    assert first.run_requests == [] and "following changes after event" in first.skip_reason.skip_message
+    quiet = _tick(instance, first.cursor)
+    assert quiet.run_requests == []
+    return quiet.cursor
+
+
+def test_new_bars_make_exactly_the_teachers_that_read_them_due(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA", "BBB"])
+    _trained(instance, "AAA", "BBB")
+    cursor = _baseline(instance)  # the history before the first tick is not replayed
+    _report(instance, "market_bars", "AAA|2023-07-01")
+    after = _tick(instance, cursor)
+    # Every teacher whose market_bars input holds the window (k..k+4: warm-up and the longest
+    # lookback), whatever lookback it was trained with; not 2026-01-01, nor BBB's.
+    expected = {f"AAA|{w}" for w in ("2023-07-01", "2024-01-01", "2024-07-01", "2025-01-01", "2025-07-01")}
+    assert _requested(after) == {p: {"teacher_model", "teacher_labels"} for p in expected}
+    assert all(r.run_key and r.tags["sensequant/trigger"] == "follow_upstream" for r in after.run_requests)
+    assert _tick(instance, after.cursor).run_requests == []  # requested once
+    assert len(after.cursor) < 64
+
+
+def test_a_retrained_teacher_is_followed_by_its_student_and_both_evaluations(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    _report(instance, "teacher_labels", "AAA|2024-01-01")
+    _report(instance, "teacher_model", "AAA|2024-01-01")
+    first = _tick(instance, cursor)
+    assert _requested(first) == {"AAA|2024-01-01": {"student_model", "student_evaluation"}}
+    _report(instance, "student_model", "AAA|2024-01-01")  # the student's run completes...
+    second = _tick(instance, first.cursor)
+    # ...so the next window's evaluation, which scores this student, follows (this window's
+    # evaluation scores the previous window's student: it was requested with the student).
+    assert _requested(second) == {"AAA|2024-07-01": {"student_evaluation"}}
+
+
+def test_what_the_changing_run_computes_itself_is_not_requested(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA", "BBB", "CCC"])
+    _trained(instance, "AAA", "BBB", "CCC")
+    cursor = _baseline(instance)
+    # A batched backfill run over window 2024-01-01 and symbols AAA..BBB, training the four assets.
+    batch = _run(
+        ("market_bars", "teacher_model", "teacher_labels", "student_model"),
+        status=DagsterRunStatus.SUCCESS,
+        **{
+            "dagster/asset_partition_range_start": "AAA|2024-01-01",
+            "dagster/asset_partition_range_end": "BBB|2024-01-01",
+        },
+    )
+    for asset in ("market_bars", "teacher_model", "teacher_labels", "student_model"):
+        for symbol in ("AAA", "BBB"):
+            _report(instance, asset, f"{symbol}|2024-01-01", batch)
+    result = _tick(instance, cursor)
+    wanted = {}
+    for symbol in ("AAA", "BBB"):
+        for window in ("2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"):  # later teachers
+            wanted[f"{symbol}|{window}"] = {"teacher_model", "teacher_labels"}
+        wanted[f"{symbol}|2024-01-01"] = {"student_evaluation"}  # not in the run's selection
+        wanted[f"{symbol}|2024-07-01"].add("student_evaluation")
+    assert set(_requested(result)) == set(wanted)  # 10 partitions: one backfill
+    [request] = result.run_requests
+    subset = request.asset_graph_subset
+    got = {(k.asset_key.to_user_string(), k.partition_key) for k in subset.iterate_asset_partitions()}
+    assert got == {(a, p) for p, assets in wanted.items() for a in assets}
+    assert not any(p.startswith("CCC") for _, p in got)
+
+
+def test_a_child_its_backfill_computed_before_the_change_is_due_again(instance) -> None:
+    """A backfill's runs overlap: window k's teacher may train before window k-1's bars land."""
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    training = ("market_bars", "teacher_model", "teacher_labels", "student_model")
+    keys = {AssetKeyPartitionKey(AssetKey(a), f"AAA|{w}") for a in training for w in WINDOWS}
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="train2",
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    early = _run(training[1:3], status=DagsterRunStatus.SUCCESS, **{"dagster/backfill": "train2"})
+    late = _run(training[:1], status=DagsterRunStatus.SUCCESS, **{"dagster/backfill": "train2"})
+    for asset in training[1:3]:
+        _report(instance, asset, "AAA|2024-07-01", early)
+    _report(instance, "market_bars", "AAA|2024-01-01", late)
+    done = backfill.asset_backfill_data.materialized_subset | AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(AssetKey(a), "AAA|2024-07-01") for a in training[1:3]},
+        defs.resolve_asset_graph(),
+    )
+    data = backfill.asset_backfill_data._replace(materialized_subset=done)
+    instance.add_backfill(
+        backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS).with_asset_backfill_data(
+            data, dynamic_partitions_store=instance, asset_graph=defs.resolve_asset_graph()
+        )
+    )
+    result = _tick(instance, cursor)
+    requested = _requested(result)
+    # 2024-07-01's teacher read the bars of 2024-01-01 before they changed; its student and
+    # evaluation follow once it is retrained. The later teachers were not materialised by the
+    # backfill yet, so they are left to it.
+    assert requested["AAA|2024-07-01"] == {"teacher_model", "teacher_labels", "student_evaluation"}
+    assert "AAA|2025-01-01" not in requested
+
+
+def test_inputs_in_progress_hold_the_request_until_they_finish(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    # A run is retraining the teacher of 2024-07-01 when the student of 2024-01-01 changes.
+    busy = _run(("teacher_model", "teacher_labels"), **{"dagster/partition": "AAA|2024-07-01"})
+    instance.add_run(busy)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    held = _tick(instance, cursor)
+    assert held.run_requests == []  # 2024-07-01's evaluation scores that student: it waits
+    again = _tick(instance, held.cursor)
+    assert again.run_requests == []
+    assert f"teacher_labels AAA|2024-07-01 in run {busy.run_id}" in again.skip_reason.skip_message
+    instance.report_run_failed(busy)  # it fails without materialising: the evaluation is still due
+    released = _tick(instance, again.cursor)
+    assert _requested(released) == {"AAA|2024-07-01": {"student_evaluation"}}
+
+
+def test_a_partition_computed_meanwhile_is_not_requested_again(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    busy = _run(("teacher_labels", "teacher_model"), **{"dagster/partition": "AAA|2024-07-01"})
+    instance.add_run(busy)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    held = _tick(instance, cursor)
+    assert "AAA|2024-07-01" not in _requested(held)
+    _report(instance, "student_evaluation", "AAA|2024-07-01")  # someone re-evaluates it meanwhile
+    instance.report_run_failed(busy)
+    after = _tick(instance, held.cursor)
+    assert after.run_requests == []
+
+
+def test_an_input_never_materialised_holds_nothing_back_and_says_so(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    for asset in UPSTREAM:
+        _report(instance, asset, "AAA|2024-01-01")  # one window trained, nothing after
+    cursor = _baseline(instance)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    result = _tick(instance, cursor)
+    # 2024-07-01's evaluation scores this student, but its labels do not exist yet: when they
+    # are materialised, that event makes the evaluation due.
+    assert result.run_requests == []
+    assert "needs teacher_labels AAA|2024-07-01" in result.skip_reason.skip_message
+    assert _tick(instance, result.cursor).run_requests == []
+
+
+def test_a_requested_backfill_holds_what_it_will_compute(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    keys = {AssetKeyPartitionKey(AssetKey(a), "AAA|2024-07-01") for a in ("teacher_model", "teacher_labels")}
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="train1",
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    held = _tick(instance, cursor)
+    assert "AAA|2024-07-01" not in _requested(held)
+    waiting = _tick(instance, held.cursor)
+    assert "backfill train1" in waiting.skip_reason.skip_message
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    assert _requested(_tick(instance, waiting.cursor)) == {"AAA|2024-07-01": {"student_evaluation"}}
+
+
+def test_a_tick_repeated_from_the_same_cursor_finds_its_backfill(instance) -> None:
+    symbols = [f"S{i:02d}" for i in range(12)]
+    instance.add_dynamic_partitions(SYMBOLS, symbols)
+    _trained(instance, *symbols)
+    cursor = _baseline(instance)
+    for symbol in symbols:
+        _report(instance, "student_model", f"{symbol}|2025-07-01")  # the next window's evaluation
+    first = _tick(instance, cursor)
+    [request] = first.run_requests
+    assert request.asset_graph_subset is not None
+    # The daemon submits the backfill, then dies before committing the cursor.
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="follow1",
+        backfill_timestamp=time.time(),
+        tags=request.tags,
+        dynamic_partitions_store=instance,
+        asset_graph_subset=request.asset_graph_subset,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    repeated = _tick(instance, cursor)
+    assert repeated.run_requests == []
+    assert "backfill follow1" in repeated.skip_reason.skip_message  # in progress
+    instance.update_backfill(backfill.with_status(BulkActionStatus.FAILED))
+    failed = _tick(instance, cursor)  # and after it failed: still not requested twice
+    assert failed.run_requests == []
+    assert "already requested as backfill follow1" in failed.skip_reason.skip_message
+
+
+def test_the_cursor_stays_small_whatever_waits(instance) -> None:
+    symbols = [f"S{i:03d}" for i in range(200)]
+    instance.add_dynamic_partitions(SYMBOLS, symbols)
+    cursor = _baseline(instance)
+    # A backfill will train every window of 200 symbols; their students are changing one by one.
+    keys = {
+        AssetKeyPartitionKey(AssetKey(a), f"{s}|{w}") for a in FOLLOWERS for s in symbols for w in WINDOWS
+    }
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="big",
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    for symbol in symbols:
+        _report(instance, "market_bars", f"{symbol}|2022-01-01")
+    result = _tick(instance, cursor)
+    assert result.run_requests == []
+    assert "waiting for inputs in progress" in result.skip_reason.skip_message
+    assert len(result.cursor) < 64  # the 1,000 waiting partitions live in the artifact store
