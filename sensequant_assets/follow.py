@@ -296,6 +296,9 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
             if not _computed_by(run, child, order, backfills):
                 pending[child] = max(pending.get(child, 0), event.storage_id)
 
+    if pending:  # a symbol removed from the partitions meanwhile has nothing left to follow
+        registered = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+        pending = {item: sid for item, sid in pending.items() if split_key(item[1])[0] in registered}
     in_flight = InFlight(instance) if pending else None
     waiting: dict[Item, str] = {}
     for item in pending:

@@ -331,3 +331,18 @@ def test_the_cursor_stays_small_whatever_waits(instance) -> None:
     assert result.run_requests == []
     assert "waiting for inputs in progress" in result.skip_reason.skip_message
     assert len(result.cursor) < 64  # the 1,000 waiting partitions live in the artifact store
+
+
+def test_a_removed_symbol_has_nothing_left_to_follow(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    busy = _run(("teacher_model", "teacher_labels"), **{"dagster/partition": "AAA|2024-07-01"})
+    instance.add_run(busy)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    held = _tick(instance, cursor)
+    assert held.run_requests == []  # the evaluation of 2024-07-01 waits for the busy run
+    instance.report_run_failed(busy)
+    instance.delete_dynamic_partition(SYMBOLS, "AAA")
+    after = _tick(instance, held.cursor)
+    assert after.run_requests == [] and after.cursor.endswith(":-")
