@@ -23,12 +23,12 @@ MAX_SYMBOL_LENGTH = 32
 
 # Characters with a specific meaning somewhere downstream; named explicitly in the message.
 _FORBIDDEN: dict[str, str] = {
-    "|": "'|' separates the dimensions of a multi-partition key",
-    ",": "',' separates symbols in lists and partition key ranges",
-    "[": "'[' is reserved in partition key selections",
-    "]": "']' is reserved in partition key selections",
-    "/": "'/' is a path separator",
-    "\\": "'\\' is a path separator",
+    "|": "separates the dimensions of a multi-partition key",
+    ",": "separates symbols in lists and partition key ranges",
+    "[": "is reserved in partition key selections",
+    "]": "is reserved in partition key selections",
+    "/": "is a path separator",
+    "\\": "is a path separator",
 }
 _ALLOWED = re.compile(r"[A-Z0-9&\-_.]+")
 
@@ -45,7 +45,7 @@ def _problem(symbol: str) -> str | None:
         return f"it is longer than {MAX_SYMBOL_LENGTH} characters ({len(symbol)})"
     for char, reason in _FORBIDDEN.items():
         if char in symbol:
-            return f"it contains {reason}"
+            return f"it contains {char!r}, which {reason}"
     if ".." in symbol:
         return "it contains '..' (parent-directory path component)"
     for char in symbol:
