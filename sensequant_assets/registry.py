@@ -23,6 +23,12 @@ directory and swapped in with renames; a journal (`.pending.json`) written befor
 lets the next call (or the failing call itself) undo a half-done swap, so `current/` is never
 half-written. Plain Python: no Dagster context is needed.
 
+Names and paths: every symbol argument is validated (and canonicalised) and every partition key
+must name a canonical symbol and a window's first day, whoever passes them; `production/`, the
+symbol's directory and its entries are never symbolic links, and the journal may only name entries
+of its own directory. A student and its teacher metadata are promoted only as one committed
+version of their partition held them.
+
 A briefing judges one configuration (teacher + student hyper-parameters and label definition, named
 by the `config_id` the student recorded); `newest_student_of_config` and `promote(config_id=...)`
 make sure production only ever receives a student of the configuration that was judged.
@@ -35,6 +41,7 @@ import fcntl
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,11 +55,12 @@ from sensequant_assets.io_manager import (
     ArtifactError,
     ArtifactStore,
     Codec,
+    inside,
     sha256_bytes,
     verified_bytes,
 )
-from sensequant_assets.partitions import split_key
-from sensequant_assets.sources.symbols import validate_symbol
+from sensequant_assets.partitions import split_key, window_bounds
+from sensequant_assets.sources.symbols import InvalidSymbolError, key_symbol_problem, validate_symbol
 
 __all__ = [
     "PROMOTE",
@@ -87,6 +95,8 @@ _JOURNAL = ".pending.json"
 _LOCK = ".lock"
 _STAGING_PREFIX = ".staging-"
 _TS_FORMAT = "%Y%m%dT%H%M%SZ"
+_WINDOW = re.compile(r"\d{4}-\d{2}-\d{2}")
+_READ_ATTEMPTS = 3  # reads of a partition's student and teacher that another commit may interleave
 
 # current/<name> <- partition/<rel>; the student files and the teacher metadata are read in two
 # verified passes so an error names the asset the bad file belongs to.
@@ -148,9 +158,50 @@ class StudentChoice:
 # --- paths and small helpers -----------------------------------------------------------------------
 
 
+def _key(partition_key: str, symbol: str | None = None) -> tuple[str, str]:
+    """(symbol, window) of a partition key whose symbol is canonical (and is `symbol`, if given)."""
+    try:
+        key_symbol, window = split_key(partition_key)
+        if window_bounds(window)[0].isoformat() != window:
+            raise ValueError(f"{window!r} is not the first day of a window")
+    except ValueError as exc:
+        raise RegistryError(
+            f"partition {partition_key!r} is not a partition key SYMBOL|YYYY-MM-DD of a window: {exc}"
+        ) from exc
+    if (problem := key_symbol_problem(key_symbol)) is not None:
+        raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
+    if symbol is not None and key_symbol != symbol:
+        raise PromotionRefused(f"partition {partition_key!r} belongs to {key_symbol}, not {symbol}")
+    return key_symbol, window
+
+
 def production_dir(base_dir: str | Path, symbol: str) -> Path:
-    """`<base_dir>/production/<SYMBOL>`, after validating the symbol (it becomes a path component)."""
-    return Path(base_dir) / PRODUCTION / validate_symbol(symbol)
+    """`<base_dir>/production/<SYMBOL>`, after validating the symbol (it becomes a path component).
+
+    A symbol argument is canonicalised, as the data sources do (`reliance` is RELIANCE's one
+    directory, never a second); a partition key names a directory of the store, so its symbol
+    must already be canonical (`_key`).
+
+    Neither that directory nor the entries the registry writes in it may be symbolic links
+    (UnsafePathError): a `production/` or `production/<SYMBOL>/` replaced by a link to another
+    directory would otherwise be written through.
+    """
+    base, symbol = Path(base_dir), validate_symbol(symbol)
+    root = base / PRODUCTION / symbol
+    for path in (root, *(root / name for name in (CURRENT, ARCHIVE, HISTORY, _LOCK, _JOURNAL))):
+        inside(base, path, f"production model of {symbol}")
+    return root
+
+
+def _entry(root: Path, name: Any, under: str = "") -> Path:
+    """`root / under / name` for a name the journal recorded, which must be a plain entry there."""
+    directory = root / under if under else root
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise RegistryError(
+            f"{root / _JOURNAL} names {name!r}, which is not an entry of {directory}; refusing to "
+            "follow it (inspect the journal, then remove it)"
+        )
+    return directory / name
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -263,9 +314,10 @@ def _window_of(record: PromotionRecord | None) -> str:
     if record is None:
         return "unknown"
     try:
-        return split_key(record.partition_key)[1]
+        window = split_key(record.partition_key)[1]
     except ValueError:
         return "unknown"
+    return window if _WINDOW.fullmatch(window) else "unknown"  # it becomes a directory name
 
 
 def _list_archives(root: Path) -> list[str]:
@@ -330,10 +382,12 @@ def _recover(root: Path) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             journal = None  # torn journal: written before any rename, so nothing was moved yet
         if journal is not None:
-            staging = root / journal["staging"] if journal.get("staging") else None
+            staging = _entry(root, journal["staging"]) if journal.get("staging") else None
             cur = root / CURRENT
-            archived = root / ARCHIVE / journal["archive_id"] if journal.get("archive_id") else None
-            restored = root / ARCHIVE / journal["restored_from"] if journal.get("restored_from") else None
+            archived = _entry(root, journal["archive_id"], ARCHIVE) if journal.get("archive_id") else None
+            restored = (
+                _entry(root, journal["restored_from"], ARCHIVE) if journal.get("restored_from") else None
+            )
             if journal["history"].get("action") == DEMOTE:
                 # One rename (current -> archive): done iff current is gone and the archive exists.
                 done = not cur.exists() and archived is not None and archived.exists()
@@ -419,11 +473,26 @@ def _verified(files: Mapping[str, str]) -> Codec:
 
 
 def _source_files(base_dir: Path, partition_key: str) -> dict[str, bytes]:
-    """The files `current/` will hold, read through the IO manager's verified reads."""
+    """The files `current/` will hold, read through the IO manager's verified reads, all from one
+    committed version of the partition.
+
+    The student and the teacher are read under separate locks (so an error names the asset), so
+    a commit in between (a re-materialised teacher) could pair the student of one version with
+    the teacher metadata of another. Afterwards the partition must still hold exactly the bytes
+    read, checked under one lock; if a commit intervened they are read again.
+    """
     store = ArtifactStore(base_dir)
-    student = store.read(partition_key, _verified(_STUDENT_FILES), "student_model")
-    teacher = store.read(partition_key, _verified(_TEACHER_FILES), "teacher_model")
-    return {**student, **teacher}
+    for _ in range(_READ_ATTEMPTS):
+        student = store.read(partition_key, _verified(_STUDENT_FILES), "student_model")
+        teacher = store.read(partition_key, _verified(_TEACHER_FILES), "teacher_model")
+        files = {**student, **teacher}
+        paths = {**_STUDENT_FILES, **_TEACHER_FILES}
+        if store.holds(partition_key, {paths[name]: sha256_bytes(data) for name, data in files.items()}):
+            return files
+    raise RegistryError(
+        f"partition {partition_key} changed while its student and teacher were read, "
+        f"{_READ_ATTEMPTS} times (another run is committing it); promote again once it has finished"
+    )
 
 
 def _config_id_in(metadata_json: bytes, partition_key: str) -> str | None:
@@ -441,9 +510,17 @@ def student_config_id(base_dir: str | Path, partition_key: str) -> str | None:
 
     Read through the IO manager's verified reads: a missing or corrupt file raises ArtifactError.
     """
+    _key(partition_key)
     files = {"metadata.json": _STUDENT_FILES["metadata.json"]}
     raw = ArtifactStore(Path(base_dir)).read(partition_key, _verified(files), "student_model")
     return _config_id_in(raw["metadata.json"], partition_key)
+
+
+def _symbol_of(partition_key: str) -> str | None:
+    try:
+        return split_key(partition_key)[0]
+    except ValueError:
+        return None  # not a key of any symbol
 
 
 def _window_key(partition_key: str) -> str:
@@ -460,7 +537,7 @@ def newest_student_of_config(
     `partition_key` is None when no partition matches.
     """
     symbol = validate_symbol(symbol)
-    mine = sorted((str(k) for k in partition_keys if split_key(k)[0] == symbol), key=_window_key)
+    mine = sorted((str(k) for k in partition_keys if _symbol_of(k) == symbol), key=_window_key)
     passed_over: list[tuple[str, str]] = []
     for key in reversed(mine):
         try:
@@ -499,9 +576,7 @@ def promote(
             f"refusing to promote {symbol} ({partition_key}): the briefing's decision is {decision!r}, "
             f"only {PROMOTE!r} is promoted"
         )
-    key_symbol, window = split_key(partition_key)
-    if validate_symbol(key_symbol) != symbol:
-        raise PromotionRefused(f"partition {partition_key!r} belongs to {key_symbol}, not {symbol}")
+    _, window = _key(partition_key, symbol)
     base = Path(base_dir)
     source_dir = ArtifactStore(base).partition_dir(partition_key)
     files = _source_files(base, partition_key)  # raises ArtifactError naming a missing/corrupt file
@@ -601,7 +676,7 @@ def rollback(
             raise RollbackError(
                 f"cannot roll back {symbol} to {to!r}: no such archive; available: {', '.join(available)}"
             )
-        target = root / ARCHIVE / target_id
+        target = inside(Path(base_dir), root / ARCHIVE / target_id, f"production model of {symbol}")
         try:
             _verify_dir(target)
             restored = _record_from(target)
@@ -652,6 +727,7 @@ def demote(
     Returns the history entry, whose `archived` id is the demotion's identity.
     """
     symbol = validate_symbol(symbol)
+    _key(expected, symbol)
     root = production_dir(base_dir, symbol)
     with _locked(root):
         _recover(root)
