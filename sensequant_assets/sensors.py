@@ -50,7 +50,12 @@ from sensequant_assets.partitions import (
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.settings import SettingsError, env, flag, number
 from sensequant_assets.sources.base import DataSourceError
-from sensequant_assets.sources.symbols import InvalidSymbolError, parse_symbols, validate_symbol
+from sensequant_assets.sources.symbols import (
+    InvalidSymbolError,
+    key_symbol_problem,
+    parse_symbols,
+    validate_symbol,
+)
 
 INTERVAL = int(number("SENSEQUANT_SENSOR_INTERVAL_SECONDS", int, 1))
 TRIGGER = "sensequant/trigger"
@@ -110,9 +115,11 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     this tick starts from a baseline instead.
 
     The set lives in the artifact store (`ArtifactStore.write_state`; the cursor only names it, as
-    Dagster copies a cursor into every tick row). Without one (the sensor's first tick, an instance
-    upgraded from the version whose cursor listed only the symbols it had registered itself, a state
-    gone missing), the symbols registered so far are taken as they are: history is backfilled for
+    Dagster copies a cursor into every tick row). Without a cursor the newest stored set is used:
+    Dagster commits a tick's cursor after registering its symbols, so a daemon killed in between
+    repeats the first tick without one. Without any (the sensor's first tick, an instance upgraded
+    from the version whose cursor listed only the symbols it had registered itself, a state gone
+    missing), the symbols registered so far are taken as they are: history is backfilled for
     symbols registered from then on, never for a whole existing index at once.
     """
     if cursor and cursor.startswith(_UNIVERSE_PREFIX):
@@ -122,6 +129,8 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     elif cursor:  # the earlier version's cursor: its pending symbols still need their backfill
         pending = set(json.loads(cursor).get("pending_backfill", []))
         return registered - pending, None
+    elif (data := _store().latest_state(UNIVERSE_STATE)) is not None:
+        return set(json.loads(data)), None
     note = (
         f"taking the {len(registered)} symbols registered before this tick as they are"
         if registered
@@ -254,10 +263,15 @@ def due_for_sweep(symbol: str, since: float | None, now: float, period: float = 
 
 def _load_state(cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
     """The state a cursor names: Dagster copies a cursor into every tick row, so it holds only the
-    key of the packed state the artifact store keeps (`ArtifactStore.write_state`). A state gone
+    key of the packed state the artifact store keeps (`ArtifactStore.write_state`). Without a
+    cursor, the newest stored state: a first tick whose cursor Dagster never committed (a daemon
+    killed right after it) must not record a correction made since as a baseline. A state gone
     missing (artifacts moved) starts over: every symbol's first look records a baseline."""
     if cursor and cursor.startswith(_STATE_PREFIX):
         data = _store().read_state(STATE_NAME, str(_cursor_parts(cursor)[0]))
+        return decode_cursor(data.decode()) if data else ({}, {})
+    if not cursor:
+        data = _store().latest_state(STATE_NAME)
         return decode_cursor(data.decode()) if data else ({}, {})
     return decode_cursor(cursor)  # a cursor of an older version holds its state itself
 
@@ -667,8 +681,12 @@ def model_decay(context: SensorEvaluationContext, market_data: MarketDataResourc
     except SettingsError as exc:
         return SensorResult(skip_reason=str(exc))
     base = env("SENSEQUANT_ARTIFACTS_DIR")
-    requests, healthy, notes = [], [], []
-    records = {symbol: registry.current(base, symbol) for symbol in _registered(context)}
+    requests, healthy = [], []
+    registered = _registered(context)
+    # A symbol the UI added that names no canonical directory (`../X`) has no production model.
+    bad = {s: problem for s in registered if (problem := key_symbol_problem(s)) is not None}
+    notes = [f"{s!r} skipped: {problem}" for s, problem in bad.items()]
+    records = {s: registry.current(base, s) for s in registered if s not in bad}
     windows = window_partitions.get_partition_keys()
     evaluations = newest_metadata(
         context.instance,

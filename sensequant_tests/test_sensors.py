@@ -628,3 +628,11 @@ def test_decay_retraining_waits_for_a_requested_backfill_without_runs_yet(
     instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
     [retrain] = _tick(model_decay, instance, market_data=market).run_requests  # it trained nothing
     assert retrain.partition_key == "TCS|2024-01-01"
+
+
+def test_decay_skips_a_symbol_added_in_another_spelling_and_judges_the_rest(instance, decayed: Path) -> None:
+    """The UI's "Add partition" checks nothing: `../X` or `tcs` must not fail every tick."""
+    instance.add_dynamic_partitions("symbols", ["../X", "tcs"])
+    result = _tick(model_decay, instance, market_data=MARKET)
+    [request] = result.run_requests  # TCS is still judged and demoted
+    assert request.run_config["ops"]["demote_model"]["config"]["symbol"] == "TCS"

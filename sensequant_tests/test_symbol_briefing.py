@@ -114,3 +114,24 @@ def test_each_symbol_has_a_page_with_its_decision_record_and_production(briefed)
 
 def test_a_symbols_link_survives_characters_urls_reserve() -> None:
     assert symbol_page_link("M&M") == "[M&M](/assets/symbol_briefing?view=partitions&partition=M%26M)"
+
+
+def test_a_symbol_added_in_another_spelling_gets_a_problem_not_a_failed_run(briefed) -> None:
+    artifacts, instance, _ = briefed
+    instance.add_dynamic_partitions("symbols", ["../X"])
+    try:
+        result = materialize(
+            ASSETS,
+            selection=["symbol_briefing"],
+            resources=resources(artifacts, **MARKET),
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": SYMBOL,
+                "dagster/asset_partition_range_end": "../X",
+            },
+        )
+    finally:
+        instance.delete_dynamic_partition("symbols", "../X")
+    assert result.success, failure_messages(result)
+    assert "../X" in _page(instance, "../X")["problem"]
+    assert _page(instance, SYMBOL)["decision"] == "PROMOTE"

@@ -27,6 +27,7 @@ from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.ml.briefing import render_symbol_markdown
 from sensequant_assets.partitions import symbol_partitions
 from sensequant_assets.registry import active_demotion, current
+from sensequant_assets.sources.symbols import key_symbol_problem
 
 ASSET_NAME = "symbol_briefing"
 
@@ -107,6 +108,10 @@ def symbol_briefing(
     by_symbol = {b["symbol"]: b for b in promotion_briefing.symbols}
     base_dir = artifacts_io_manager.base_dir
     for symbol in context.partition_keys:
+        if (problem := key_symbol_problem(symbol)) is not None:  # e.g. added in the UI as `../X`
+            context.log.warning(f"no page for {symbol!r}: {problem}")
+            context.add_asset_metadata({"problem": problem}, partition_key=symbol)
+            continue
         page = _page(by_symbol.get(symbol), symbol, promotion_briefing.generated_at, base_dir)
         context.add_asset_metadata(page, partition_key=symbol)
     count, when = len(context.partition_keys), promotion_briefing.generated_at
