@@ -497,18 +497,20 @@ class ArtifactStore:
         directory.mkdir(parents=True, exist_ok=True)
         key = sha256_bytes(data)[:20]
         target = directory / f"{name}-{key}"
-        if target.exists():
-            return key  # unchanged state (most ticks): nothing to write or prune
+        others = [p for p in directory.glob(f"{glob.escape(name)}-*") if p != target]
+        stamps = {p: p.stat().st_mtime_ns for p in others}
+        newest = max(stamps.values(), default=0)
+        stamp = max(time.time_ns(), newest + 1)  # strictly newest, whatever the clock's granularity
+        if target.exists():  # unchanged (most ticks), or back to an earlier state: nothing to write,
+            if target.stat().st_mtime_ns <= newest:  # but it must be the newest (`latest_state`)
+                os.utime(target, ns=(stamp, stamp))
+            return key
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-        others = [p for p in directory.glob(f"{glob.escape(name)}-*") if p != target]
-        stamps = {p: p.stat().st_mtime_ns for p in others}
-        newest = max(stamps.values(), default=0)
-        stamp = max(time.time_ns(), newest + 1)  # strictly newest, whatever the clock's granularity
         os.utime(target, ns=(stamp, stamp))
         for old in sorted(others, key=stamps.__getitem__)[: max(0, len(others) - keep + 1)]:
             old.unlink(missing_ok=True)
@@ -521,6 +523,24 @@ class ArtifactStore:
             return (directory / f"{name}-{key}").read_bytes()
         except FileNotFoundError:
             return None
+
+    def latest_state(self, name: str) -> bytes | None:
+        """The newest state `write_state` stored under `name`, or None if there is none.
+
+        Where a sensor resumes when Dagster hands it no cursor although it stored a state before:
+        Dagster commits a tick's cursor after the tick's effects (symbols registered), so a daemon
+        killed in between repeats the sensor's first tick without a cursor, which would otherwise
+        take what that tick did as the starting point (and lose, say, a new symbol's history).
+        """
+        directory = inside(self.base_dir, self.base_dir / ".state", f"sensor state {name!r}")
+        stamps = {}
+        for path in directory.glob(f"{glob.escape(name)}-*"):
+            with contextlib.suppress(FileNotFoundError):  # pruned by a concurrent write
+                stamps[path] = path.stat().st_mtime_ns
+        for path in sorted(stamps, key=stamps.__getitem__, reverse=True):
+            with contextlib.suppress(FileNotFoundError):
+                return path.read_bytes()
+        return None
 
     def write_fixed(self, codec: Codec, obj: Any) -> Path:
         """Write an unpartitioned asset's files under `codec.location`, each replaced atomically."""
