@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import Definitions, in_process_executor
 
 from sensequant_assets.assets.bars import longest_gap
@@ -89,6 +90,83 @@ def test_malformed_csv_fails_naming_file_and_rule(tmp_path: Path) -> None:
     messages = "\n".join(failure_messages(result))
     assert "TCS.csv" in messages and "volume" in messages.lower()
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("TCS_*"))
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def _conflicting_day(path: Path, monkeypatch) -> None:
+    lines = path.read_text().splitlines()
+    fields = lines[20].split(",")
+    fields[-1] = "2000.0"  # the same day again, with another volume
+    lines.append(",".join(fields))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _mixed_zones(path: Path, monkeypatch) -> None:
+    lines = path.read_text().splitlines()
+    lines[30] = lines[30].replace("00:00:00+05:30", "00:00:00Z", 1)
+    path.write_text("\n".join(lines) + "\n")
+
+
+BAD_DATA = {
+    "an HTML error page": (
+        lambda path, _: path.write_text("<html><body>502 Bad Gateway</body></html>\n"),
+        "TCS.csv: not a CSV file: an HTML or XML page",
+    ),
+    "two different bars for one day": (
+        _conflicting_day,
+        "row 262 (timestamp 2022-07-28 00:00:00+05:30): rule violated: one bar per day",
+    ),
+    "two time zones": (
+        _mixed_zones,
+        "row 30 (timestamp '2022-08-11 00:00:00Z'): rule violated: one time zone",
+    ),
+    "a file above SENSEQUANT_MAX_FILE_MB": (
+        lambda _, monkeypatch: monkeypatch.setenv("SENSEQUANT_MAX_FILE_MB", "0.001"),
+        "MB, more than SENSEQUANT_MAX_FILE_MB=0.001",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_a_refusal_names_symbol_window_file_row_and_rule_and_changes_no_artifact(
+    tmp_path: Path, monkeypatch, case: str
+) -> None:
+    """A partition trained from good data, then its source file goes bad: the run fails with a
+    message naming symbol, window, file, row (where there is one) and rule, and the partition's
+    directory is byte for byte what it was."""
+    data = tmp_path / "csv"
+    path = _write_csv(data, "TCS", "2022-07-01", "2023-06-30")
+    result = run(
+        tmp_path / "models",
+        "TCS|2023-01-01",
+        selection=["market_bars"],
+        data_source="csv",
+        data_dir=str(data),
+    )
+    assert result.success, failure_messages(result)
+    directory = tmp_path / "models" / "TCS_2023-01-01_to_2023-06-30"
+    before = _snapshot(tmp_path / "models")
+    assert (directory / "bars.parquet").is_file()
+    spoil, expected = BAD_DATA[case]
+    spoil(path, monkeypatch)
+    result = run(
+        tmp_path / "models",
+        "TCS|2023-01-01",
+        selection=["market_bars"],
+        data_source="csv",
+        data_dir=str(data),
+    )
+    assert not result.success
+    [message] = failure_messages(result)
+    assert f"TCS: {path}" in message and expected in message
+    assert "[window 2023-01-01..2023-06-30]" in message
+    assert "rule" in message
+    assert _snapshot(tmp_path / "models") == before
 
 
 def test_csv_source_trains_a_window_with_history(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from sensequant_assets.sources import (
     UnknownSymbolError,
     validate_bars,
 )
-from sensequant_assets.sources.base import unexplained_jumps
+from sensequant_assets.sources.base import repairs_of, unexplained_jumps
 
 D = dt.date
 HEADER = "timestamp,open,high,low,close,volume"
@@ -180,11 +180,13 @@ def test_daily_files_with_crlf_bom_blank_lines_and_no_final_newline(tmp_path: Pa
         b"\xef\xbb\xbf" + HEADER.encode() + b"\r\n2024-01-01,10,11,9,10,1\r\n"
     )
     (day_dir / "2024-01-02.csv").write_bytes(
-        HEADER.encode() + b"\n\n2024-01-02,10,11,9,10,2\n  \n2024-01-02,10,11,9,10,3"
+        HEADER.encode() + b"\n\n2024-01-02,10,11,9,10,2\n  \n2024-01-02,10,11,9,10,2"
     )
     (day_dir / "2024-01-03.csv").write_bytes(HEADER.encode() + b"\n2024-01-03,10,11,9,10,4\n")
     got = CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 3))
-    assert list(got["volume"]) == [1, 3, 4]
+    assert list(got["volume"]) == [1, 2, 4]
+    [note] = repairs_of(got)
+    assert "2024-01-02.csv, row 2 (timestamp 2024-01-02 00:00:00+05:30): exact duplicate of row 1" in note
     # Row numbers still point into the right file after blank lines were skipped.
     (day_dir / "2024-01-02.csv").write_bytes(
         HEADER.encode() + b"\n\n2024-01-02,10,11,9,10,2\n  \n2024-01-02,10,11,9,10,-3"
@@ -225,20 +227,47 @@ def test_daily_files_sharing_a_bad_header_are_refused(tmp_path: Path) -> None:
 # -- timestamps ----------------------------------------------------------------------------
 
 
-def test_naive_timestamps_are_ist_and_aware_ones_are_converted(tmp_path: Path) -> None:
-    write_csv(
-        tmp_path / "INFY.csv",
-        [
-            "2024-01-01 00:00:00,100,101,99,100.5,1000",  # naive -> IST
-            "2024-01-01T19:00:00Z,100,101,99,100.5,1100",  # UTC evening = Jan 2 in IST
-            "2024-01-03,100,101,99,100.5,1200",  # date only, naive
-            "2024-01-04 00:00:00+05:30,100,101,99,100.5,1300",
-            "2024-01-04 21:00:00-05:00,100,101,99,100.5,1400",  # New York evening = Jan 5 IST
-        ],
-    )
+@pytest.mark.parametrize(
+    ("stamps", "days"),
+    [
+        (["2024-01-01 00:00:00", "2024-01-03", "2024-01-04T00:00:00"], [1, 3, 4]),  # naive: IST
+        (["2024-01-01 00:00:00+05:30", "2024-01-03", "2024-01-04 09:15+0530"], [1, 3, 4]),  # IST too
+        (["2024-01-01T00:00:00Z", "2024-01-01T19:00:00Z", "2024-01-04T10:00:00Z"], [1, 2, 4]),
+        (["2024-01-01 00:00:00-05:00", "2024-01-04 21:00:00-05:00"], [1, 5]),  # New York evening
+    ],
+)
+def test_timestamps_in_one_zone_are_converted_to_ist_dates(
+    tmp_path: Path, stamps: list[str], days: list[int]
+) -> None:
+    """Naive timestamps are IST; aware ones are converted, so a bar belongs to its IST date (UTC
+    19:00 on the 1st is the 2nd in India)."""
+    write_csv(tmp_path / "INFY.csv", [f"{s},100,101,99,100.5,1000" for s in stamps])
     got = CsvDirSource(tmp_path).bars("INFY", D(2024, 1, 1), D(2024, 1, 31))
-    assert list(got.index) == [pd.Timestamp(f"2024-01-0{d}", tz=IST) for d in range(1, 6)]
-    assert list(got["volume"]) == [1000, 1100, 1200, 1300, 1400]
+    assert list(got.index) == [pd.Timestamp(f"2024-01-0{d}", tz=IST) for d in days]
+    assert repairs_of(got) == []
+
+
+@pytest.mark.parametrize("layout", ["single", "daily"])
+def test_mixed_time_zones_are_refused_naming_both_rows(tmp_path: Path, layout: str) -> None:
+    """Timestamps in two zones (naive with UTC, or +05:30 with -05:00) come from two vendors or a
+    bad export: converting them would silently move some daily bars to the next or previous day.
+    Refused, naming the first row in another zone than the first row, and both zones."""
+    lines = ["2024-01-01 00:00:00+05:30,100,101,99,100.5,1", "2024-01-02T00:00:00Z,100,101,99,100.5,2"]
+    if layout == "single":
+        bad = write_csv(tmp_path / "INFY.csv", lines)
+        other = "row 1"
+    else:
+        day_dir = tmp_path / "INFY" / "1day"
+        other = f"{write_csv(day_dir / '2024-01-01.csv', lines[:1])}, row 1"
+        bad = write_csv(day_dir / "2024-01-02.csv", lines[1:])
+    with pytest.raises(DataSourceError) as info:
+        CsvDirSource(tmp_path).bars("INFY", D(2024, 1, 1), D(2024, 1, 31))
+    message = str(info.value)
+    assert message.startswith(f"INFY: {bad}, row {2 if layout == 'single' else 1} ")
+    assert "rule violated: one time zone for all timestamps" in message
+    assert f"this row is +00:00, {other} is +05:30" in message
+    assert message.endswith("[window 2024-01-01..2024-01-31]")
+    assert info.value.window == (D(2024, 1, 1), D(2024, 1, 31))
 
 
 def test_range_uses_ist_calendar_date(tmp_path: Path) -> None:
@@ -249,29 +278,65 @@ def test_range_uses_ist_calendar_date(tmp_path: Path) -> None:
     assert len(source.bars("INFY", D(2024, 2, 1), D(2024, 2, 1))) == 1
 
 
-def test_unsorted_and_duplicated_rows_are_fixed_keeping_the_last(tmp_path: Path) -> None:
-    write_csv(
+def test_unsorted_rows_and_exact_duplicates_are_repaired_with_a_warning(tmp_path: Path, caplog) -> None:
+    """Sorting and dropping an exact copy lose nothing, so they are repairs, not refusals; each is
+    logged as a warning and listed on the result (`repairs_of`) naming file, first row, rule and
+    count, for the asset to show in the UI."""
+    path = write_csv(
         tmp_path / "TCS.csv",
         [
             "2024-01-03,10,11,9,10,3",
             "2024-01-01,10,11,9,10,1",
             "2024-01-02,10,11,9,10,2",
             "2024-01-01,10,11,9,10,1",  # exact duplicate
-            "2024-01-02,10,12,9,11,22",  # conflicting duplicate: the later row wins
+            "2024-01-02,10.0,11,9,10,2.0",  # the same numbers written otherwise
         ],
     )
-    got = CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 3))
+    with caplog.at_level("WARNING", logger="sensequant_assets.sources"):
+        got = CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 3))
     assert list(got.index.day) == [1, 2, 3]
-    assert list(got["volume"]) == [1, 22, 3]
-    assert got.loc["2024-01-02", "close"].item() == 11
+    assert list(got["volume"]) == [1, 2, 3]
+    duplicates, unsorted = repairs_of(got)
+    assert duplicates == (
+        f"TCS: {path}, row 4 (timestamp 2024-01-01 00:00:00+05:30): exact duplicate of row 2, dropped "
+        "(rule: one bar per day) [2 duplicate rows in total]"
+    )
+    assert unsorted.startswith(f"TCS: {path}, row 2 (timestamp 2024-01-01 00:00:00+05:30): earlier than")
+    assert "(rule: rows in time order) [4 rows out of order in total]" in unsorted
+    assert [r.getMessage() for r in caplog.records] == [f"repaired: {duplicates}", f"repaired: {unsorted}"]
+    write_csv(tmp_path / "INFY.csv", ["2024-01-01,10,11,9,10,1", "2024-01-02,10,11,9,10,2"])
+    assert repairs_of(CsvDirSource(tmp_path).bars("INFY", D(2024, 1, 1), D(2024, 1, 2))) == []
 
 
-def test_duplicate_day_across_daily_files_keeps_the_later_file(tmp_path: Path) -> None:
+def test_conflicting_rows_for_one_day_are_refused_naming_both(tmp_path: Path) -> None:
+    """Two different bars for one day (a re-download appended, or intraday bars in a daily file):
+    which is right cannot be guessed, so the data is refused, naming both rows and their values."""
+    path = write_csv(
+        tmp_path / "TCS.csv",
+        ["2024-01-01,10,11,9,10,1", "2024-01-02,10,11,9,10,2", "2024-01-02 15:30,10,12,9,11,22"],
+    )
+    with pytest.raises(DataSourceError) as info:
+        CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 3))
+    assert str(info.value) == (
+        f"TCS: {path}, row 3 (timestamp 2024-01-02 00:00:00+05:30): rule violated: one bar per day: rows "
+        "for the same day must be identical (keep the right one or, for intraday bars, aggregate them to "
+        "one daily bar); open=10, high=12, low=9, close=11, volume=22; differs from row 2: open=10, "
+        "high=11, low=9, close=10, volume=2 [window 2024-01-01..2024-01-03]"
+    )
+    assert info.value.rule.startswith("one bar per day") and info.value.row == 3
+
+
+def test_a_day_repeated_across_daily_files_is_dropped_if_equal_and_refused_if_not(tmp_path: Path) -> None:
     day_dir = tmp_path / "TCS" / "1day"
-    write_csv(day_dir / "2024-01-01.csv", ["2024-01-01 00:00:00+05:30,10,11,9,10,1"])
-    write_csv(day_dir / "2024-01-02.csv", ["2024-01-01 00:00:00+05:30,10,11,9,10,2"])
+    first = write_csv(day_dir / "2024-01-01.csv", ["2024-01-01 00:00:00+05:30,10,11,9,10,1"])
+    second = write_csv(day_dir / "2024-01-02.csv", ["2024-01-01 00:00:00+05:30,10,11,9,10,1"])
     got = CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 2))
-    assert list(got["volume"]) == [2]
+    assert list(got["volume"]) == [1]
+    assert repairs_of(got)[0].startswith(f"TCS: {second}, row 1 (timestamp 2024-01-01 00:00:00+05:30): exact")
+    assert f"exact duplicate of {first}, row 1, dropped" in repairs_of(got)[0]
+    write_csv(second, ["2024-01-01 00:00:00+05:30,10,11,9,10,2"])
+    with pytest.raises(DataSourceError, match=rf"{second}, row 1 .*differs from {first}, row 1: .*volume=1"):
+        CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 2))
 
 
 # -- malformed data ------------------------------------------------------------------------
@@ -293,6 +358,16 @@ GOOD = "2024-01-01,100,101,99,100.5,1000"
         (HEADER, "2024-01-02,100,101,100.2,100.5,1000", "low <= min(open, close)"),
         (HEADER, "2024-01-02,0,0,0,0,1000", "low > 0"),
         (HEADER, "2024-01-02,100,101,99,100.5,-5", "volume >= 0"),
+        (HEADER, "2024-01-02,100,101,99,NaN,1000", "close must not be missing"),
+        (HEADER, "2024-01-02,100,101,99,nan,1000", "close must not be missing"),
+        (HEADER, "2024-01-02,-100,-99,-101,-100,1000", "low > 0"),
+        (HEADER, "2024-01-02,100,99,101,100,1000", "high >= low"),
+        (HEADER, "2024-01-02,100,101,99,98.5,1000", "low <= min(open, close)"),  # close below low
+        (HEADER, "2024-01-02,100,101,99,101.5,1000", "high >= max(open, close)"),  # close above high
+        (HEADER, "20240102,100,101,99,100.5,1000", "timestamp must be present and ISO 8601"),
+        (HEADER, "2024-1-2,100,101,99,100.5,1000", "timestamp must be present and ISO 8601"),
+        (HEADER, "2024,100,101,99,100.5,1000", "timestamp must be present and ISO 8601"),
+        (HEADER, "3024-01-02,100,101,99,100.5,1000", "years 1678-2261"),
     ],
 )
 @pytest.mark.parametrize("layout", ["single", "daily"])
@@ -317,6 +392,7 @@ def test_malformed_data_names_file_row_and_rule(
     assert str(bad_file) in message
     assert rule in message
     assert "RELIANCE" in message
+    assert message.endswith("[window 2024-01-01..2024-01-31]")
     if rule != "missing column":
         assert where in message
     assert not isinstance(info.value, UnknownSymbolError)
@@ -352,6 +428,119 @@ def test_surplus_fields_are_not_silently_shifted(tmp_path: Path) -> None:
     write_csv(tmp_path / "TCS.csv", ["2024-01-01,10,11,9,10,1,7", "2024-01-02,10,11,9,10,1,7"])
     with pytest.raises(DataSourceError, match=r"TCS\.csv: data rows have more fields"):
         CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+
+
+NOT_CSV = {
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 4, "binary data"),
+    "html": (b"\n<!DOCTYPE html>\n<html><body><h1>502 Bad Gateway</h1></body></html>\n", "HTML"),
+    "json": (b'{"status": "error", "message": "rate limit exceeded"}', "JSON"),
+    "parquet": (b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02" + b"x" * 20, "a parquet file"),
+    "gzip": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"y" * 20, "gzip"),
+    "xlsx": (b"PK\x03\x04\x14\x00\x06\x00" + b"z" * 20, "Excel"),
+    "latin-1": (f"{HEADER}\n2024-01-02,100,101,99,100.5,1000 \u20ac\n".encode("cp1252"), "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_CSV))
+@pytest.mark.parametrize("layout", ["single", "daily"])
+def test_a_file_that_is_not_csv_is_refused_saying_what_it_looks_like(
+    tmp_path: Path, kind: str, layout: str
+) -> None:
+    """A downloader that saved an error page, a compressed or Excel file under a .csv name: refused
+    by what it is, before pandas makes a one-column frame of it."""
+    content, what = NOT_CSV[kind]
+    if layout == "single":
+        path = tmp_path / "TCS.csv"
+    else:
+        write_csv(tmp_path / "TCS" / "1day" / "2024-01-01.csv", [GOOD])
+        path = tmp_path / "TCS" / "1day" / "2024-01-02.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(DataSourceError) as info:
+        CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+    message = str(info.value)
+    assert message.startswith(f"TCS: {path}: not a CSV file: ")
+    assert what in message and "(rule: CSV text, UTF-8, with a header line" in message
+    assert info.value.rule == "CSV text"
+
+
+def test_a_file_above_the_size_limit_is_refused_without_being_read(tmp_path: Path, monkeypatch) -> None:
+    """SENSEQUANT_MAX_FILE_MB (default 100) caps what is read into memory: a tick dump or a wrong
+    file is refused from its size alone, naming the file, its size and the setting."""
+    lines = [f"2024-01-{d:02d},100,101,99,100.5,1000" for d in range(1, 29)]
+    path = write_csv(tmp_path / "TCS.csv", lines)
+    reference_bars("INFY", D(2024, 1, 1), D(2024, 1, 31)).to_parquet(tmp_path / "INFY.parquet")
+    day = write_csv(tmp_path / "HDFCBANK" / "1day" / "2024-01-01.csv", lines[:1] * 40)
+    source = CsvDirSource(tmp_path)
+    assert len(source.bars("TCS", D(2024, 1, 1), D(2024, 1, 31))) == 28  # the default allows it
+    monkeypatch.setenv("SENSEQUANT_MAX_FILE_MB", "0.0005")  # 524 bytes
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{self} read")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(pd, "read_parquet", refuse)
+    for symbol, big in (("TCS", path), ("INFY", tmp_path / "INFY.parquet"), ("HDFCBANK", day)):
+        with pytest.raises(DataSourceError) as info:
+            source.bars(symbol, D(2024, 1, 1), D(2024, 1, 31))
+        size = big.stat().st_size / 2**20
+        assert str(info.value).startswith(
+            f"{symbol}: {big}: file is {size:.1f} MB, more than SENSEQUANT_MAX_FILE_MB=0.0005 (rule: data "
+            "files at most SENSEQUANT_MAX_FILE_MB)"
+        )
+        assert info.value.rule == "file size limit"
+    with pytest.raises(DataSourceError, match="SENSEQUANT_MAX_FILE_MB"):
+        source.window_fingerprints("TCS", [(D(2024, 1, 1), D(2024, 1, 31))])
+    monkeypatch.undo()
+    monkeypatch.setenv("SENSEQUANT_MAX_FILE_MB", "0")  # no limit
+    assert len(source.bars("TCS", D(2024, 1, 1), D(2024, 1, 31))) == 28
+    monkeypatch.setenv("SENSEQUANT_MAX_FILE_MB", "lots")
+    with pytest.raises(SettingsError, match="SENSEQUANT_MAX_FILE_MB='lots' is not a float"):
+        source.bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+    with pytest.raises(SettingsError, match="SENSEQUANT_MAX_FILE_MB='lots'"):  # not "bad data"
+        source.window_fingerprints("TCS", [(D(2024, 1, 1), D(2024, 1, 31))])
+
+
+def test_columns_in_another_order_case_or_padding_are_canonicalised(tmp_path: Path) -> None:
+    """Column names are matched after stripping blanks and folding case, in any order, in both
+    layouts (daily files may differ from each other); extra columns are dropped."""
+    write_csv(
+        tmp_path / "TCS.csv",
+        ["1000,100.5,2024-01-02,99,7,101,100"],
+        header="Volume, CLOSE ,Timestamp,low,OI,High,open",
+    )
+    day_dir = tmp_path / "INFY" / "1day"
+    write_csv(day_dir / "2024-01-01.csv", ["2024-01-01,100,101,99,100.5,1"])
+    write_csv(
+        day_dir / "2024-01-02.csv",
+        ["100.5,2,2024-01-02,100,99,101"],
+        header="CLOSE,VOLUME,TIMESTAMP,Open,Low,High",
+    )
+    source = CsvDirSource(tmp_path)
+    got = source.bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+    assert_bar_schema(got)
+    assert got.iloc[0].to_dict() == {"open": 100, "high": 101, "low": 99, "close": 100.5, "volume": 1000}
+    got = source.bars("INFY", D(2024, 1, 1), D(2024, 1, 31))
+    assert list(got["volume"]) == [1, 2] and list(got["close"]) == [100.5, 100.5]
+    assert repairs_of(got) == []
+
+
+@pytest.mark.parametrize("header", ["timestamp,open,high,low,close,Close,volume", f"{HEADER},close"])
+@pytest.mark.parametrize("layout", ["single", "daily"])
+def test_a_column_named_twice_is_refused_naming_the_file(tmp_path: Path, header: str, layout: str) -> None:
+    """`close` twice (in any case): which is the close? pandas would silently rename the second
+    `close.1` and drop it."""
+    line = "2024-01-02,100,101,99,100.5,100.5,1000"
+    if layout == "single":
+        path = write_csv(tmp_path / "TCS.csv", [line], header=header)
+    else:
+        write_csv(tmp_path / "TCS" / "1day" / "2024-01-01.csv", [GOOD])
+        path = write_csv(tmp_path / "TCS" / "1day" / "2024-01-02.csv", [line], header=header)
+    with pytest.raises(DataSourceError) as info:
+        CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+    assert str(info.value).startswith(
+        f"TCS: {path}: the header names ['close'] more than once (rule: unique column names"
+    )
 
 
 def test_corrupt_parquet_is_an_error_naming_the_file(tmp_path: Path) -> None:

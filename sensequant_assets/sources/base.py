@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +19,7 @@ import pandas as pd
 __all__ = [
     "BAR_COLUMNS",
     "IST",
+    "REPAIRS_ATTR",
     "SOURCE_FILE_COL",
     "SOURCE_ROW_COL",
     "BarSource",
@@ -29,6 +31,7 @@ __all__ = [
     "empty_bars",
     "filter_dates",
     "last_weekday",
+    "repairs_of",
     "validate_bars",
     "window_is_covered",
 ]
@@ -43,12 +46,21 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", *BAR_COLUMNS)
 SOURCE_FILE_COL = "_source_file"
 SOURCE_ROW_COL = "_source_row"
 
-# An explicit UTC offset or 'Z' at the end of a timestamp string marks it as tz-aware.
-_TZ_SUFFIX = r"(?:Z|[+-]\d{2}:?\d{2})$"
+# Where validate_bars lists the repairs it made (sorting, dropping exact duplicates), one line
+# each, on the frame it returns (pandas keeps `attrs` through slicing and copies); see repairs_of.
+REPAIRS_ATTR = "sensequant_repairs"
+_log = logging.getLogger("sensequant_assets.sources")
+
+# Timestamp strings: an ISO 8601 calendar date, optionally a time, optionally a UTC offset ('Z'
+# or +HH:MM) after the time. Forms pandas would also take ("2024", "2024-01", "20240101",
+# "2024-1-1") are refused: each is a guess at the day a bar belongs to.
+_ISO_STAMP = r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$"
+_IST_MINUTES = 330  # IST is UTC+05:30; naive timestamps are taken as IST
+_FIRST_YEAR, _LAST_YEAR = 1678, 2261  # what a nanosecond timestamp holds
 
 
 class DataSourceError(ValueError):
-    """Bad or unusable market data. The message names symbol, file, row and rule where known."""
+    """Bad or unusable market data. The message names symbol, window, file, row and rule where known."""
 
     def __init__(
         self,
@@ -64,6 +76,7 @@ class DataSourceError(ValueError):
         self.origin = origin
         self.row = row
         self.rule = rule
+        self.window: tuple[dt.date, dt.date] | None = None  # the dates asked for, set by a source
 
 
 class UnknownSymbolError(DataSourceError):
@@ -194,31 +207,69 @@ def filter_dates(bars: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFra
     return bars.loc[(index >= lo) & (index < hi)]
 
 
-def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
-    """Parse to an IST DatetimeIndex (ns); unparseable entries become NaT.
+def _within_range(stamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Which parsed stamps (any unit) lie in the years a nanosecond timestamp can hold."""
+    years = np.asarray(pd.DatetimeIndex(stamps).year, dtype="float64")
+    return (years >= _FIRST_YEAR) & (years <= _LAST_YEAR)
 
-    Naive values are taken as IST, aware ones converted to IST. Strings must be ISO 8601: guessing
-    other formats (is 01/02 January or February?) would silently corrupt data.
+
+def _parse_timestamps(values: pd.Series) -> tuple[pd.DatetimeIndex, np.ndarray | None]:
+    """Parse to an IST DatetimeIndex (ns), unparseable entries NaT, and each row's UTC offset.
+
+    Naive values are taken as IST, aware ones converted to IST. Strings must be ISO 8601 as in
+    `_ISO_STAMP`: guessing other formats (is 01/02 January or February? is "2024" a day?) would
+    silently corrupt data. The offsets (minutes east of UTC, naive counted as IST's +330, NaN where
+    unparseable) are returned for the one-time-zone rule; None when the column has a declared zone
+    (a tz-aware dtype), which is one zone by construction.
     """
     n = len(values)
+    nat = np.full(n, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return pd.DatetimeIndex(values).tz_convert(IST).as_unit("ns")
+        ok = _within_range(values)
+        utc = pd.DatetimeIndex(values).tz_convert("UTC").tz_localize(None)
+        out = nat.copy()
+        out[ok] = utc[ok].as_unit("ns").to_numpy()
+        return pd.DatetimeIndex(out).tz_localize("UTC").tz_convert(IST), None
     if pd.api.types.is_datetime64_dtype(values.dtype):
-        return pd.DatetimeIndex(values).tz_localize(IST).as_unit("ns")
+        ok = _within_range(values)
+        out = nat.copy()
+        out[ok] = pd.DatetimeIndex(values)[ok].as_unit("ns").to_numpy()
+        offsets = np.where(ok, float(_IST_MINUTES), np.nan)
+        return pd.DatetimeIndex(out).tz_localize(IST), offsets
+    offsets = np.full(n, np.nan)
     if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
         # Bare numbers are ambiguous (epoch seconds? ms? ns?): refuse them rather than guess.
-        return pd.DatetimeIndex(np.full(n, np.datetime64("NaT", "ns"))).tz_localize(IST)
+        return pd.DatetimeIndex(nat).tz_localize(IST), offsets
     text = values.astype("string").str.strip()
-    aware = text.str.contains(_TZ_SUFFIX, regex=True, na=False).to_numpy(dtype=bool)
-    out = np.full(n, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")  # UTC wall times
+    parts = text.str.extract(_ISO_STAMP)
+    iso = parts[0].notna().to_numpy(dtype=bool)
+    zone = parts[2].fillna("")
+    aware = iso & (zone != "").to_numpy(dtype=bool)
+    naive = iso & ~aware
+    out = nat.copy()  # UTC wall times
     if aware.any():
         parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
-        out[aware] = parsed.dt.tz_localize(None).dt.as_unit("ns").to_numpy()
-    if (~aware).any():
-        parsed = pd.to_datetime(text[~aware], format="ISO8601", errors="coerce")
-        local = pd.DatetimeIndex(parsed).as_unit("ns").tz_localize(IST).tz_convert("UTC")
-        out[~aware] = local.tz_localize(None).to_numpy()
-    return pd.DatetimeIndex(out).tz_localize("UTC").tz_convert(IST)
+        ok = parsed.notna().to_numpy(dtype=bool) & _within_range(parsed)
+        utc = pd.DatetimeIndex(parsed[ok]).tz_localize(None).as_unit("ns").to_numpy()
+        out[np.flatnonzero(aware)[ok]] = utc
+        suffix = zone[aware].str.replace("Z", "+0000").str.replace(":", "")  # e.g. -0500
+        hours = suffix.str[1:3].astype("float64").to_numpy()
+        mins = suffix.str[3:5].astype("float64").to_numpy()
+        sign = np.where(suffix.str[0].to_numpy(dtype=object) == "-", -1.0, 1.0)
+        offsets[np.flatnonzero(aware)[ok]] = (sign * (hours * 60 + mins))[ok]
+    if naive.any():
+        parsed = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+        ok = parsed.notna().to_numpy(dtype=bool) & _within_range(parsed)
+        local = pd.DatetimeIndex(parsed[ok]).as_unit("ns").tz_localize(IST).tz_convert("UTC")
+        out[np.flatnonzero(naive)[ok]] = local.tz_localize(None).to_numpy()
+        offsets[np.flatnonzero(naive)[ok]] = _IST_MINUTES
+    return pd.DatetimeIndex(out).tz_localize("UTC").tz_convert(IST), offsets
+
+
+def _zone_name(minutes: float) -> str:
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(int(abs(minutes)), 60)
+    return f"{sign}{hours:02d}:{mins:02d}"
 
 
 def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,10 +287,24 @@ def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return nums, missing, nonnumeric
 
 
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def short(text: object, limit: int = 60) -> str:
+    """`text` cut to `limit` characters for a message (a 200 KB "header" is not quoted whole)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _fmt(value: Any) -> str:
+    """A cell as shown in a message: floats short, strings quoted, anything cut short."""
     if isinstance(value, float | np.floating):
         return f"{float(value):g}"
-    return repr(value) if isinstance(value, str) else str(value)
+    return short(repr(value) if isinstance(value, str) else value)
 
 
 def unexplained_jumps(close: np.ndarray, max_move: float) -> np.ndarray:
@@ -286,22 +351,28 @@ def validate_bars(
     """Validate raw bars and return them in the canonical schema.
 
     `df` holds a `timestamp` column (or a DatetimeIndex / an index named `timestamp`) and the
-    `BAR_COLUMNS`; extra columns are dropped and column names are matched case-insensitively.
-    Loaders may add `SOURCE_FILE_COL` / `SOURCE_ROW_COL` so errors name the file and its data row
-    (1-based, header not counted); otherwise `origin` and the position in `df` are named.
+    `BAR_COLUMNS`, in any order; column names are matched after stripping blanks and folding case
+    (`Close `, `CLOSE` and `close` are one column, so two of them are refused) and extra columns
+    are dropped. Loaders may add `SOURCE_FILE_COL` / `SOURCE_ROW_COL` so errors name the file and
+    its data row (1-based, header not counted); otherwise `origin` and the position in `df` are
+    named.
 
-    Rules (first failing rule wins, its first offending row in input order is reported, with the
-    count of offending rows): required columns present; timestamp present and ISO 8601
-    parseable; values numeric, present and finite; volume >= 0; low > 0;
-    high >= max(open, close); low <= min(open, close); then, in time order, no close-to-close
-    move beyond `max_daily_move` (default `SENSEQUANT_MAX_DAILY_MOVE`, 0.4: x1.4 or /1.4; see
-    `unexplained_jumps`), which is refused rather than repaired: adjusting for a corporate action
-    needs its ratio, which only the data vendor knows.
+    Refusals (DataSourceError; first failing rule wins, its first offending row in input order is
+    reported, with the count of offending rows): required columns present, once; timestamp
+    present, ISO 8601 (`_ISO_STAMP`) and within years 1678-2261; one time zone for all timestamps
+    (naive ones count as IST: a mix such as naive with `Z`, or `+05:30` with `-05:00`, would
+    shift some daily bars by a day); values numeric, present and finite; volume >= 0; low > 0;
+    high >= low; high >= max(open, close); low <= min(open, close); one bar per day (with
+    `daily`; per timestamp otherwise): rows sharing a date must be identical; then, in time order,
+    no close-to-close move beyond `max_daily_move` (default `SENSEQUANT_MAX_DAILY_MOVE`, 0.4: x1.4
+    or /1.4; see `unexplained_jumps`), refused rather than repaired: adjusting for a corporate
+    action needs its ratio, which only the data vendor knows.
 
-    Repairs (not errors): rows are sorted by timestamp; with `daily`, timestamps are normalised to
-    midnight IST of their IST calendar date; rows sharing a timestamp are collapsed to the LAST one
-    in input order -- for exact duplicates that is lossless, for conflicting ones it means a later
-    row (e.g. a re-downloaded day) silently replaces an earlier one.
+    Repairs (with a warning): rows out of time order are sorted; exact duplicate rows are dropped.
+    Each repair is logged (logger `sensequant_assets.sources`) and listed, one line per rule
+    naming symbol, file, first row and count, in the result's `attrs[REPAIRS_ATTR]` for the caller
+    to show. With `daily`, timestamps are normalised to midnight IST of their IST calendar date
+    (not a repair: the time of a daily bar carries no information).
     """
     frame = df
     has_column = "timestamp" in {str(c).strip().lower() for c in frame.columns}
@@ -313,7 +384,7 @@ def validate_bars(
 
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing_cols:
-        found = [c for c in frame.columns if c not in (SOURCE_FILE_COL, SOURCE_ROW_COL)]
+        found = [short(c) for c in frame.columns if c not in (SOURCE_FILE_COL, SOURCE_ROW_COL)][:20]
         files = sorted(set(frame[SOURCE_FILE_COL].astype(str))) if SOURCE_FILE_COL in frame else []
         where = f"{where_origin} ({', '.join(files[:3])})" if files else where_origin
         raise DataSourceError(
@@ -338,37 +409,57 @@ def validate_bars(
         frame[SOURCE_ROW_COL].to_numpy(dtype="int64") if SOURCE_ROW_COL in frame else np.arange(1, n + 1)
     )
 
+    def place(pos: int) -> str:
+        """'SYMBOL: file, row N' of an input position."""
+        where = str(file_col[pos]) if file_col is not None else origin
+        return f"{symbol + ': ' if symbol else ''}{where}, row {int(row_col[pos])}"
+
+    def near(pos: int, seen_from: int) -> str:
+        """'row N', or 'file, row N' when `pos` is in another file than `seen_from`."""
+        if file_col is not None and file_col[pos] != file_col[seen_from]:
+            return f"{file_col[pos]}, row {int(row_col[pos])}"
+        return f"row {int(row_col[pos])}"
+
     def fail(
         mask: np.ndarray,
         rule: str,
         shown: dict[str, np.ndarray],
         ts_text: str | None = None,
+        note: str = "",
     ) -> None:
         pos = int(np.flatnonzero(mask)[0])
         count = int(mask.sum())
         where = str(file_col[pos]) if file_col is not None else origin
-        if symbol:
-            where = f"{symbol}: {where}"
         stamp = ts_text if ts_text is not None else str(timestamps[pos])
         detail = "; " + ", ".join(f"{k}={_fmt(a[pos])}" for k, a in shown.items()) if shown else ""
         more = f" [{count} offending rows in total]" if count > 1 else ""
         raise DataSourceError(
-            f"{where}, row {int(row_col[pos])} (timestamp {stamp}): rule violated: {rule}{detail}{more}",
+            f"{place(pos)} (timestamp {stamp}): rule violated: {rule}{detail}{note}{more}",
             symbol=symbol,
-            origin=where,
+            origin=f"{symbol}: {where}" if symbol else where,
             row=int(row_col[pos]),
             rule=rule,
         )
 
-    timestamps = _parse_timestamps(frame["timestamp"])
+    timestamps, offsets = _parse_timestamps(frame["timestamp"])
     bad_ts = np.asarray(timestamps.isna(), dtype=bool)
     if bad_ts.any():
         raw = frame["timestamp"].iloc[int(np.flatnonzero(bad_ts)[0])]
         fail(
             bad_ts,
-            "timestamp must be present and ISO 8601 (e.g. 2024-01-01 00:00:00+05:30)",
+            "timestamp must be present and ISO 8601 (e.g. 2024-01-01 00:00:00+05:30; years 1678-2261)",
             {},
-            ts_text="<missing>" if pd.isna(raw) else _fmt(raw),
+            ts_text="<missing>" if _is_missing(raw) else _fmt(raw),
+        )
+    if offsets is not None and n and (offsets != offsets[0]).any():
+        other = offsets != offsets[0]
+        at = int(np.flatnonzero(other)[0])
+        fail(
+            other,
+            "one time zone for all timestamps (naive ones are IST, +05:30): convert them to one zone",
+            {},
+            ts_text=_fmt(frame["timestamp"].iloc[at]),
+            note=f"; this row is {_zone_name(offsets[at])}, {near(0, at)} is {_zone_name(offsets[0])}",
         )
     if daily:
         timestamps = timestamps.normalize()
@@ -390,6 +481,7 @@ def validate_bars(
     checks: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = [
         (v < 0, "volume >= 0", {"volume": v}),
         (lo <= 0, "low > 0", {"low": lo}),
+        (h < lo, "high >= low", {"high": h, "low": lo}),
         (h < np.maximum(o, c), "high >= max(open, close)", {"high": h, "open": o, "close": c}),
         (lo > np.minimum(o, c), "low <= min(open, close)", {"low": lo, "open": o, "close": c}),
     ]
@@ -397,18 +489,58 @@ def validate_bars(
         if mask.any():
             fail(mask, rule, shown)
 
-    order = np.argsort(timestamps.asi8, kind="stable")  # stable: input order kept among ties
+    repairs: list[str] = []
+    stamps = timestamps.asi8
+    order = np.argsort(stamps, kind="stable")  # stable: input order kept among ties
     index = timestamps[order]
-    keep = ~index.duplicated(keep="last")
+    values = np.column_stack([columns[k] for k in BAR_COLUMNS])[order]
+    same_time = np.zeros(n, dtype=bool)
+    same_time[1:] = stamps[order][1:] == stamps[order][:-1]
+    same_values = np.zeros(n, dtype=bool)
+    same_values[1:] = (values[1:] == values[:-1]).all(axis=1)
+    if (same_time & ~same_values).any():
+        conflict = np.zeros(n, dtype=bool)
+        conflict[order[same_time & ~same_values]] = True
+        first = int(np.flatnonzero(conflict)[0])
+        earlier = order[int(np.flatnonzero(order == first)[0]) - 1]  # the row it differs from
+        unit = "day" if daily else "timestamp"
+        fail(
+            conflict,
+            f"one bar per {unit}: rows for the same {unit} must be identical (keep the right one"
+            + (" or, for intraday bars, aggregate them to one daily bar" if daily else "")
+            + ")",
+            {k: columns[k] for k in BAR_COLUMNS},
+            note=f"; differs from {near(earlier, first)}: "
+            + ", ".join(f"{k}={_fmt(columns[k][earlier])}" for k in BAR_COLUMNS),
+        )
+    if same_time.any():  # only exact copies are left: dropping them loses nothing
+        dropped = order[same_time]
+        first = int(dropped.min())
+        twin = order[int(np.flatnonzero(order == first)[0]) - 1]
+        unit = "day" if daily else "timestamp"
+        repairs.append(
+            f"{place(first)} (timestamp {timestamps[first]}): exact duplicate of {near(twin, first)}, "
+            f"dropped (rule: one bar per {unit}) [{len(dropped)} duplicate rows in total]"
+        )
+    kept = order[~same_time]  # positions in the input of the rows kept, in time order
+    index = index[~same_time]
+    backwards = np.zeros(n, dtype=bool)
+    backwards[1:] = stamps[1:] < np.maximum.accumulate(stamps)[:-1]  # before a row above it
+    if backwards.any():
+        at = int(np.flatnonzero(backwards)[0])
+        repairs.append(
+            f"{place(at)} (timestamp {timestamps[at]}): earlier than a row above it, sorted by time "
+            f"(rule: rows in time order) [{int(backwards.sum())} rows out of order in total]"
+        )
+
     if max_daily_move is None:
         from sensequant_assets.settings import number
 
         max_daily_move = float(number("SENSEQUANT_MAX_DAILY_MOVE", float, 0.0))
-    kept = order[keep]  # positions in the input of the rows kept, in time order
     jumps = unexplained_jumps(c[kept], max_daily_move)
     if jumps.any() and symbol:
         allowed = allowed_moves()
-        days = index[keep].strftime("%Y-%m-%d")
+        days = index.strftime("%Y-%m-%d")
         jumps &= ~np.array([(symbol.upper(), day) in allowed for day in days], dtype=bool)
     if jumps.any():
         at = np.zeros(n, dtype=bool)
@@ -425,7 +557,15 @@ def validate_bars(
             {"close": c, "previous_close": previous},
         )
     out = pd.DataFrame(
-        {k: columns[k][order][keep] for k in BAR_COLUMNS},
-        index=pd.DatetimeIndex(index[keep], name="timestamp"),
+        {k: columns[k][kept] for k in BAR_COLUMNS},
+        index=pd.DatetimeIndex(index, name="timestamp"),
     )
+    for note in repairs:
+        _log.warning("repaired: %s", note)
+    out.attrs[REPAIRS_ATTR] = repairs
     return out
+
+
+def repairs_of(bars: pd.DataFrame) -> list[str]:
+    """The repairs `validate_bars` made to produce `bars` (empty when none, or not validated)."""
+    return list(bars.attrs.get(REPAIRS_ATTR, []))

@@ -22,6 +22,7 @@ Change detection (`data_token`, `window_fingerprints`), for a sensor polling man
 from __future__ import annotations
 
 import bisect
+import csv
 import datetime as dt
 import hashlib
 import io
@@ -35,6 +36,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from sensequant_assets.settings import DEFAULTS, SettingsError, number
 
 from .base import (
     BAR_COLUMNS,
@@ -50,6 +53,7 @@ from .base import (
     digest,
     empty_bars,
     filter_dates,
+    short,
     validate_bars,
     window_is_covered,
 )
@@ -69,6 +73,111 @@ def _empty_file_error(path: Path, symbol: str) -> DataSourceError:
         origin=str(path),
         rule="non-empty file",
     )
+
+
+# The largest data file read, in MB (a CSV of 30 years of daily bars is about 0.5 MB; 0 turns
+# the limit off). The default lives here, beside the one reader of the setting.
+DEFAULTS.setdefault("SENSEQUANT_MAX_FILE_MB", "100")
+
+
+def max_file_bytes() -> float:
+    """SENSEQUANT_MAX_FILE_MB in bytes (inf when 0: no limit); read at each call."""
+    mb = float(number("SENSEQUANT_MAX_FILE_MB", float, 0.0))
+    return mb * 2**20 if mb > 0 else float("inf")
+
+
+def _check_size(path: Path, symbol: str, size: int, limit: float) -> None:
+    """Refuse a file above the size limit before it is read (a 5 GB tick dump saved as a day file)."""
+    if size > limit:
+        raise DataSourceError(
+            f"{symbol}: {path}: file is {size / 2**20:.1f} MB, more than SENSEQUANT_MAX_FILE_MB="
+            f"{limit / 2**20:g} (rule: data files at most SENSEQUANT_MAX_FILE_MB); daily bars need far "
+            "less: is it intraday or tick data? Raise the limit if it really is daily bars",
+            symbol=symbol,
+            origin=str(path),
+            rule="file size limit",
+        )
+
+
+def _read_limited(path: Path, symbol: str, limit: float) -> bytes:
+    """The file's bytes, after a stat that refuses it above `limit` without reading it."""
+    try:
+        _check_size(path, symbol, path.stat().st_size, limit)
+        return path.read_bytes()
+    except OSError as exc:
+        raise _os_error(path, symbol, exc) from None
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _not_csv(data: bytes) -> str | None:
+    """What `data` looks like when it is plainly not CSV text (None when it may be CSV).
+
+    Catches what lands in a data directory in place of a CSV: a binary file, an HTML error page
+    or a JSON error body saved by a downloader, a parquet, gzip or zip (Excel) file named .csv,
+    text in another encoding than UTF-8.
+    """
+    head = data[:4096].removeprefix(_BOM).lstrip()
+    for magic, what in (
+        (b"PAR1", "a parquet file (name it .parquet)"),
+        (b"\x1f\x8b", "gzip-compressed data (decompress it)"),
+        (b"PK\x03\x04", "a zip archive (an Excel workbook? export it as CSV)"),
+        (b"<", "an HTML or XML page (an error page saved as .csv?)"),
+        (b"{", "JSON (an error response saved as .csv?)"),
+        (b"[", "JSON (an error response saved as .csv?)"),
+    ):
+        if head.startswith(magic):
+            return what
+    if b"\x00" in data[:4096]:
+        return "binary data (NUL bytes)"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})"
+    return None
+
+
+def _refuse_non_csv(data: bytes, path: Path, symbol: str) -> None:
+    if (what := _not_csv(data)) is not None:
+        raise DataSourceError(
+            f"{symbol}: {path}: not a CSV file: {what} (rule: CSV text, UTF-8, with a header line "
+            f"{','.join(REQUIRED_COLUMNS)})",
+            symbol=symbol,
+            origin=str(path),
+            rule="CSV text",
+        )
+
+
+_LINE = re.compile(rb"[^\r\n]+")
+
+
+def _header_names(data: bytes) -> list[str]:
+    """The names on the first non-blank line, as written (before pandas renames duplicates)."""
+    for match in _LINE.finditer(data.removeprefix(_BOM)):  # lazily: only up to the header is decoded
+        line = match.group().decode("utf-8", "replace")
+        if line.strip():
+            try:
+                return next(csv.reader([line], skipinitialspace=True), [])
+            except csv.Error:  # e.g. a field above the csv module's 128 KiB limit: pandas judges it
+                return line.split(",")
+    return []
+
+
+def _canonical_columns(names: list[str], path: Path, symbol: str) -> list[str]:
+    """Names stripped and lower-cased (`Close `, `CLOSE` -> `close`); two columns that become one
+    name are refused, naming the file (pandas would rename the second `close.1` and drop it)."""
+    canon = [str(c).strip().lower() for c in names]
+    dups = sorted({c for c in canon if canon.count(c) > 1})
+    if dups:
+        raise DataSourceError(
+            f"{symbol}: {path}: the header names {dups} more than once (rule: unique column names, "
+            f"case and blanks ignored); header: {[short(c) for c in names][:20]}",
+            symbol=symbol,
+            origin=str(path),
+            rule="unique column names",
+        )
+    return canon
 
 
 _BLANK_LINES = re.compile(rb"(?m)^[ \t]*\n")
@@ -105,11 +214,11 @@ def _parse_joined(
     if b'"' in header or b"\r" in header:
         return None
     try:
-        names = [c.strip() for c in header.decode("utf-8").split(",")]
+        names = [c.strip().lower() for c in header.decode("utf-8").split(",")]
     except UnicodeDecodeError:
         return None
     if len(set(names)) != len(names):
-        return None
+        return None  # the per-file path names the file
     _check_columns(pd.DataFrame(columns=names), paths[0], symbol)  # one header for all files
     joined = b"".join(bodies)
     if not joined:
@@ -125,11 +234,15 @@ def _parse_joined(
 
 def _read_day_files(paths: list[Path], symbol: str) -> pd.DataFrame:
     """Rows of all day files, tagged with their file and data row so errors can name them."""
-    parsed = _parse_joined([p.read_bytes() for p in paths], paths, symbol)
-    if parsed is None:  # slow but exact: one read per file
+    limit = max_file_bytes()
+    contents = [_read_limited(p, symbol, limit) for p in paths]
+    for data, path in zip(contents, paths, strict=True):
+        _refuse_non_csv(data, path, symbol)
+    parsed = _parse_joined(contents, paths, symbol)
+    if parsed is None:  # slow but exact: one parse per file
         frames = []
-        for path in paths:
-            frame = _read_csv(path, symbol)
+        for data, path in zip(contents, paths, strict=True):
+            frame = _parse_csv(data, path, symbol)
             _check_columns(frame, path, symbol)
             frames.append(frame)
         counts = [len(f) for f in frames]
@@ -144,12 +257,24 @@ def _read_day_files(paths: list[Path], symbol: str) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, symbol: str) -> pd.DataFrame:
-    """Read one CSV as-is (validation happens later, vectorised, on the whole frame)."""
+    """Read one CSV (size-limited, refused when plainly not CSV) with canonical column names."""
+    data = _read_limited(path, symbol, max_file_bytes())
+    _refuse_non_csv(data, path, symbol)
+    return _parse_csv(data, path, symbol)
+
+
+def _parse_csv(data: bytes, path: Path, symbol: str) -> pd.DataFrame:
+    """Parse one CSV's bytes as-is (validation happens later, vectorised, on the whole frame);
+    column names are stripped and lower-cased, so files whose headers differ only in order, case
+    or blanks line up when concatenated."""
+    if not data.strip():
+        raise _empty_file_error(path, symbol)
+    _canonical_columns(_header_names(data), path, symbol)  # duplicates, before pandas renames them
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        frame = pd.read_csv(io.BytesIO(data.removeprefix(_BOM)), skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise _empty_file_error(path, symbol) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataSourceError(
             f"{symbol}: {path}: not a readable CSV (rule: well-formed CSV): {exc}",
             symbol=symbol,
@@ -160,16 +285,21 @@ def _read_csv(path: Path, symbol: str) -> pd.DataFrame:
         # pandas silently turns surplus leading fields into an index, shifting every value.
         raise DataSourceError(
             f"{symbol}: {path}: data rows have more fields than the header "
-            f"(rule: well-formed CSV); header: {list(frame.columns)}",
+            f"(rule: well-formed CSV); header: {[short(c) for c in frame.columns][:20]}",
             symbol=symbol,
             origin=str(path),
             rule="well-formed CSV",
         )
+    frame.columns = _canonical_columns([str(c) for c in frame.columns], path, symbol)
     return frame
 
 
 def _read_parquet(path: Path, symbol: str) -> pd.DataFrame:
     """Read one parquet file; the timestamp may be a column or the index (validate_bars copes)."""
+    try:
+        _check_size(path, symbol, path.stat().st_size, max_file_bytes())
+    except OSError as exc:
+        raise _os_error(path, symbol, exc) from None
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -188,7 +318,7 @@ def _check_columns(frame: pd.DataFrame, path: Path, symbol: str) -> None:
     if missing:
         raise DataSourceError(
             f"{symbol}: {path}: missing column(s) {missing} (rule: required columns "
-            f"{','.join(REQUIRED_COLUMNS)}); found {list(frame.columns)}",
+            f"{','.join(REQUIRED_COLUMNS)}); found {[short(c) for c in frame.columns][:20]}",
             symbol=symbol,
             origin=str(path),
             rule="required columns",
@@ -302,18 +432,27 @@ class CsvDirSource:
     # -- loading ---------------------------------------------------------------------------
 
     def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Validated bars with start <= IST date <= end; see BarSource for the schema."""
+        """Validated bars with start <= IST date <= end; see BarSource for the schema.
+
+        A DataSourceError names the window asked for (`[window START..END]`) besides symbol,
+        file, row and rule; repairs are listed in the result's `attrs` (see `repairs_of`).
+        """
         sym = validate_symbol(symbol)
         first, last = as_date(start), as_date(end)
-        location = self._locate(sym)
-        if first > last:
-            return empty_bars()
-        if location.is_dir():
-            return self._daily_bars(sym, location, first, last)
-        read = _read_parquet if location.suffix == ".parquet" else _read_csv
-        raw = read(location, sym)
-        bars = validate_bars(raw, origin=str(location), symbol=sym)
-        return filter_dates(bars, first, last).copy()
+        try:
+            location = self._locate(sym)
+            if first > last:
+                return empty_bars()
+            if location.is_dir():
+                return self._daily_bars(sym, location, first, last)
+            read = _read_parquet if location.suffix == ".parquet" else _read_csv
+            raw = read(location, sym)
+            bars = validate_bars(raw, origin=str(location), symbol=sym)
+            return filter_dates(bars, first, last).copy()
+        except DataSourceError as exc:
+            exc.window = (first, last)
+            exc.args = (f"{exc} [window {first}..{last}]", *exc.args[1:])
+            raise
 
     def _daily_bars(self, symbol: str, day_dir: Path, first: dt.date, last: dt.date) -> pd.DataFrame:
         """Read only the day files whose name date is in range (decided from names alone)."""
@@ -444,7 +583,7 @@ class CsvDirSource:
         read = _read_parquet if path.suffix == ".parquet" else _read_csv
         try:
             bars = validate_bars(read(path, symbol), origin=str(path), symbol=symbol)
-        except DataSourceError:
+        except (DataSourceError, SettingsError):  # a bad setting is named as such, not as bad data
             raise
         except OSError as exc:
             raise _os_error(path, symbol, exc) from None
