@@ -36,6 +36,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_LATEST_WINDOW_CRON": "",
     "SENSEQUANT_MAX_DAILY_MOVE": "0.4",
     "SENSEQUANT_MAX_GAP_DAYS": "10",
+    "SENSEQUANT_MAX_FILE_MB": "100",  # a data file larger than this is refused unread (0: no limit)
     "SENSEQUANT_ALLOWED_MOVES": "",
 }
 

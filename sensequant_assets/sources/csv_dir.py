@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sensequant_assets.settings import DEFAULTS, SettingsError, number
+from sensequant_assets.settings import SettingsError, number
 
 from .base import (
     BAR_COLUMNS,
@@ -75,13 +75,9 @@ def _empty_file_error(path: Path, symbol: str) -> DataSourceError:
     )
 
 
-# The largest data file read, in MB (a CSV of 30 years of daily bars is about 0.5 MB; 0 turns
-# the limit off). The default lives here, beside the one reader of the setting.
-DEFAULTS.setdefault("SENSEQUANT_MAX_FILE_MB", "100")
-
-
 def max_file_bytes() -> float:
-    """SENSEQUANT_MAX_FILE_MB in bytes (inf when 0: no limit); read at each call."""
+    """SENSEQUANT_MAX_FILE_MB in bytes (inf when 0: no limit); read at each call. A CSV of 30
+    years of daily bars is about 0.5 MB, so the default 100 only stops what is not daily bars."""
     mb = float(number("SENSEQUANT_MAX_FILE_MB", float, 0.0))
     return mb * 2**20 if mb > 0 else float("inf")
 
