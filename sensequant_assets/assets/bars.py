@@ -7,6 +7,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from sensequant_assets.assets.catalog import BARS_SCHEMA, OWNERS, column_schema
+from sensequant_assets.assets.checks import bar_checks
 from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
@@ -34,6 +35,9 @@ def longest_gap(bars: pd.DataFrame) -> tuple[int, str]:
     return int(missing[at]), f"{first}..{last}"
 
 
+BAR_CHECKS = bar_checks(longest_gap, MAX_GAP_DAYS)
+
+
 def _metadata(bars: pd.DataFrame) -> dict:
     gap, where = longest_gap(bars)
     return {
@@ -57,6 +61,7 @@ def _metadata(bars: pd.DataFrame) -> dict:
     metadata=column_schema(BARS_SCHEMA),
     kinds={"pandas", "parquet"},
     owners=OWNERS,
+    check_specs=BAR_CHECKS.specs,
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
     values, skipped = {}, {}
@@ -77,4 +82,7 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
                 f"{pw.label}: {gap} weekdays without bars ({where}), more than "
                 f"SENSEQUANT_MAX_GAP_DAYS={MAX_GAP_DAYS}: indicators and {pw.label}'s labels span the gap"
             )
-    yield from emit(context, "result", values, skipped, _metadata, ["market_bars"])
+    checks = BAR_CHECKS.evaluate(context, values)
+    skipped.update(checks.refused)  # a blocking check failed: not written, downstream skips it
+    yield from emit(context, "result", checks.keep(values), skipped, _metadata, ["market_bars"])
+    yield from checks.events(context)

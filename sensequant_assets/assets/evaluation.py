@@ -22,6 +22,7 @@ from dagster import (
 
 from sensequant_assets.artifacts import EvaluationArtifact, StudentArtifact
 from sensequant_assets.assets.catalog import OWNERS
+from sensequant_assets.assets.checks import EVALUATION_CHECKS
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
@@ -98,6 +99,7 @@ class EvaluationConfig(Config):
     ),
     kinds={"scikit-learn", "pandas", "matplotlib"},
     owners=OWNERS,
+    check_specs=EVALUATION_CHECKS.specs,
 )
 def student_evaluation(
     context: AssetExecutionContext,
@@ -125,7 +127,13 @@ def student_evaluation(
             )
         else:
             values[pw.key] = evaluate(pw, student, rows, config.cost_bps)
-    yield from emit(context, "result", values, skipped, _metadata, ["student_evaluation"], per_partition=True)
+    checks = EVALUATION_CHECKS.evaluate(
+        context, values, lambda pw: window_rows(labels[pw.key], pw.start, pw.end)
+    )
+    skipped.update(checks.refused)  # a blocking check failed: not written, the briefing never sees it
+    kept = checks.keep(values)
+    yield from emit(context, "result", kept, skipped, _metadata, ["student_evaluation"], per_partition=True)
+    yield from checks.events(context)
 
 
 def evaluate(

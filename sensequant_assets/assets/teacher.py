@@ -47,6 +47,7 @@ from pydantic import Field, field_validator
 from sensequant_assets import __version__
 from sensequant_assets.artifacts import TeacherArtifact
 from sensequant_assets.assets.catalog import LABELS_SCHEMA, OWNERS, column_schema, top_features_table
+from sensequant_assets.assets.checks import TEACHER_CHECKS
 from sensequant_assets.assets.partition_context import (
     BACKFILL_POLICY,
     BATCH_INPUT,
@@ -222,6 +223,7 @@ def bars_hash(bars: pd.DataFrame) -> str:
     partitions_def=symbol_window_partitions,
     backfill_policy=BACKFILL_POLICY,
     group_name="training",
+    check_specs=TEACHER_CHECKS.specs,
 )
 def teacher(
     context: AssetExecutionContext,
@@ -247,10 +249,14 @@ def teacher(
     )
     models = {key: replace(model, labels=frame) for key, (model, frame) in trained.items()}
     labels = {key: frame for key, (_, frame) in trained.items()}
+    checks = TEACHER_CHECKS.evaluate(context, labels, lambda pw: config.min_child_samples)
+    skipped.update(checks.refused)  # a blocking check failed: neither output written, downstream skips it
+    models, labels = checks.keep(models), checks.keep(labels)
     _log_history_sources(context, models)
     outputs = ("teacher_model", "teacher_labels")
     yield from emit(context, "teacher_model", models, skipped, _model_metadata, outputs)
     yield from emit(context, "teacher_labels", labels, skipped, _labels_metadata, ())
+    yield from checks.events(context)
 
 
 def bars_before(
