@@ -97,12 +97,14 @@ def partitions_backfill(
     return RunRequest.for_asset_graph_subset(subset, tags={TRIGGER: trigger, REASON: reason, **(tags or {})})
 
 
-def history_backfill(context: SensorEvaluationContext, symbols: Iterable[str]) -> RunRequest:
+def history_backfill(
+    context: SensorEvaluationContext, symbols: Iterable[str], tags: dict[str, str] | None = None
+) -> RunRequest:
     """One backfill of every window of the partitioned assets for `symbols`."""
     symbols = list(symbols)
     partitions = [make_key(s, w) for s in symbols for w in window_partitions.get_partition_keys()]
     return partitions_backfill(
-        context, partitions, "symbol_universe", f"history of new symbols {', '.join(symbols)}"
+        context, partitions, "symbol_universe", f"history of new symbols {', '.join(symbols)}", tags
     )
 
 
@@ -123,7 +125,7 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     symbols registered from then on, never for a whole existing index at once.
     """
     if cursor and cursor.startswith(_UNIVERSE_PREFIX):
-        data = _store().read_state(UNIVERSE_STATE, cursor[len(_UNIVERSE_PREFIX) :])
+        data = _store().read_state(UNIVERSE_STATE, str(_cursor_parts(cursor, _UNIVERSE_PREFIX)[0]))
         if data is not None:
             return set(json.loads(data)), None
     elif cursor:  # the earlier version's cursor: its pending symbols still need their backfill
@@ -139,9 +141,13 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     return set(registered), note
 
 
-def _save_handled(handled: set[str]) -> str:
+def _save_handled(handled: set[str], previous: str | None) -> str:
+    """The cursor naming this set, with a generation that grows whenever the set changes (see
+    `_save_state`), so that a repeated tick and a later one asking for the same symbols differ."""
     data = json.dumps(sorted(handled), separators=(",", ":")).encode()
-    return _UNIVERSE_PREFIX + _store().write_state(UNIVERSE_STATE, data)
+    key = _store().write_state(UNIVERSE_STATE, data)
+    old_key, generation = _cursor_parts(previous, _UNIVERSE_PREFIX)
+    return f"{_UNIVERSE_PREFIX}{key}#{generation + (key != old_key)}"
 
 
 def _invalid(symbol: str) -> str | None:
@@ -194,13 +200,27 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
     unhandled = [s for s in registered if s not in handled]  # in registration order
     invalid = {s: why for s in unhandled if (why := _invalid(s)) is not None}
     ready = [s for s in unhandled if s not in invalid]
-    requests = [history_backfill(context, ready)] if ready and backfill else []
+    requests, already = [], None
+    if ready and backfill:
+        # A backfill request has no run key: a tick repeated from the same cursor (a daemon killed
+        # before Dagster committed the tick that asked) finds that backfill instead of asking again.
+        digest = hashlib.sha256("\n".join(ready).encode()).hexdigest()[:16]
+        request_key = f"symbol_universe:{_cursor_parts(context.cursor, _UNIVERSE_PREFIX)[1]}:{digest}"
+        found = context.instance.get_backfills(
+            filters=BulkActionsFilter(tags={REQUEST: request_key}), limit=1
+        )
+        if found:
+            already = found[0].backfill_id
+        else:
+            requests = [history_backfill(context, ready, {REQUEST: request_key})]
     messages = [baseline] if baseline else []
     if new:
         messages.append(f"registering {', '.join(new)} from {origin}")
     if ready:
         verb = (
-            "requested the history backfill of"
+            f"already requested as backfill {already}: the history backfill of"
+            if already
+            else "requested the history backfill of"
             if backfill
             else "SENSEQUANT_BACKFILL_NEW_SYMBOLS=0: no history for"
         )
@@ -211,7 +231,7 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
         context.log.info(message)
     # A symbol removed from the partitions drops out, so one registered again is backfilled again.
     try:
-        cursor = _save_handled((handled & known) | set(unhandled))
+        cursor = _save_handled((handled & known) | set(unhandled), context.cursor)
     except OSError as exc:  # without the state saved, a backfill now would be requested again
         return _state_unavailable(context, adds, exc)
     return SensorResult(
@@ -286,11 +306,11 @@ def _save_state(
     return f"{_STATE_PREFIX}{key}#{generation + (key != old_key)}"
 
 
-def _cursor_parts(cursor: str | None) -> tuple[str | None, int]:
+def _cursor_parts(cursor: str | None, prefix: str = _STATE_PREFIX) -> tuple[str | None, int]:
     """(state key, generation) of a cursor; generation 0 for a cursor without one."""
-    if not cursor or not cursor.startswith(_STATE_PREFIX):
+    if not cursor or not cursor.startswith(prefix):
         return None, 0
-    key, _, generation = cursor[len(_STATE_PREFIX) :].partition("#")
+    key, _, generation = cursor[len(prefix) :].partition("#")
     return key, int(generation or 0)
 
 
