@@ -1,8 +1,9 @@
 """Asset checks: one result per check and partition, in runs of one partition and in batches.
 
 The pipeline tests materialise the real graph on an ephemeral instance (teachers on their window
-alone, for speed) and read the results back the way the UI does: the execution records and the
-per-partition status (`get_asset_check_state`, which the UI's partition bar of a check shows). A
+alone, for speed) and read the results back the way the UI does: the per-partition status
+(`get_asset_check_state`, behind the partition bar of a check) and, once, the webserver's GraphQL
+query for the asset's Checks tab against the code location as `make run` loads it. A
 failure is injected where the data enters the step (the source, the teacher's fit, the evaluation's
 scoring), since the sources' own validation refuses such bars before any asset sees them.
 """
@@ -28,7 +29,9 @@ from dagster import (
 )
 from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from sensequant_assets import definitions as definitions_module
 from sensequant_assets.artifacts import EvaluationArtifact
 from sensequant_assets.assets import checks as checks_module
 from sensequant_assets.assets import evaluation as evaluation_module
@@ -287,6 +290,64 @@ def test_a_batch_records_one_result_per_partition_and_check(tmp_path: Path) -> N
     assert covered.metadata["first_prediction"].value.startswith("2024-01")
     assert covered.target_materialization_data is not None
     assert covered.target_materialization_data.run_id == result.run_id
+
+
+CHECK_STATUSES = """
+query($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    assetChecksOrError { ... on AssetChecks { checks {
+      name blocking
+      partitionStatuses { ... on AssetCheckMultiPartitionStatuses { primaryDimensionName ranges {
+        primaryDimStartKey primaryDimEndKey
+        secondaryDim { ... on AssetCheckDefaultPartitionStatuses {
+          succeededPartitions failedPartitions skippedPartitions
+        } }
+      } } }
+    } } }
+  }
+}"""
+
+
+def test_the_ui_shows_each_checks_status_per_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webserver's query for an asset's Checks tab, against the code location as `make run` loads it."""
+    _corrupt_source(monkeypatch, "2023-07-01", _high_below_close)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+        assert _batch(tmp_path / "models", instance=instance).success
+        location = str(Path(definitions_module.__file__))
+        with define_out_of_process_context(location, "defs", instance) as workspace, workspace as context:
+            keys = [{"path": [asset]} for asset in ("market_bars", "teacher_labels", "student_evaluation")]
+            result = execute_dagster_graphql(context, CHECK_STATUSES, {"keys": keys})
+    assert not result.errors, result.errors
+    shown = {}
+    windows = ("2023-01-01", "2023-07-01", "2024-01-01")
+    for node in result.data["assetNodes"]:
+        [check] = node["assetChecksOrError"]["checks"]
+        assert check["blocking"]
+        statuses = check["partitionStatuses"]
+        assert statuses["primaryDimensionName"] == "window"
+        for r in statuses["ranges"]:
+            for window in (w for w in windows if r["primaryDimStartKey"] <= w <= r["primaryDimEndKey"]):
+                for status in ("succeeded", "failed", "skipped"):
+                    for symbol in r["secondaryDim"][f"{status}Partitions"]:
+                        shown[(check["name"], f"{symbol}|{window}")] = status
+    assert shown == {
+        (BARS, W1): "succeeded",
+        (BARS, W2): "failed",
+        (BARS, W3): "succeeded",
+        (LABELS, W1): "succeeded",
+        (LABELS, W2): "skipped",
+        (LABELS, W3): "succeeded",
+        (COVER, W1): "skipped",
+        (COVER, W2): "skipped",
+        (COVER, W3): "skipped",
+    }
 
 
 def test_bad_bars_alone_fail_the_run_and_nothing_downstream_runs(
