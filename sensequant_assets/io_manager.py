@@ -64,6 +64,10 @@ class MissingArtifactError(ArtifactError):
     """The artifact was never written (not materialised, or skipped), as opposed to corrupt."""
 
 
+class SupersededError(ArtifactError):
+    """A commit found the files its value was derived from replaced by another run's; nothing written."""
+
+
 class UnsafePathError(ArtifactError):
     """A path of the store would lead outside it, or through a symbolic link inside it."""
 
@@ -429,12 +433,15 @@ class ArtifactStore:
         *,
         together: Sequence[tuple[Codec, Any]] = (),
         written: dict[str, str] | None = None,
+        requires: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one asset's files for one partition, atomically; return the partition directory.
 
         `together`: other assets' (codec, value) committed in the same swap (a multi-asset's
         outputs that must never be mixed with another run's). `written` receives the checksums
-        of every file this commit wrote.
+        of every file this commit wrote. `requires`: checksums of files the value was derived
+        from; if the partition no longer holds them when the commit takes its lock (another run
+        committed its own since), nothing is written and SupersededError is raised.
         """
         final = self.partition_dir(partition_key)
         codecs = [(codec, obj), *together]
@@ -444,6 +451,15 @@ class ArtifactStore:
         self._sweep_legacy()
         with self._locked(final.name):
             self._recover(final)
+            if requires:
+                try:
+                    current = self._checksums(final)
+                except ArtifactError:  # unreadable: nothing to compare (the input read was verified)
+                    current = dict(requires)
+                if any(current.get(rel) != digest for rel, digest in requires.items()):
+                    raise SupersededError(
+                        f"{final}: {', '.join(sorted(requires))} replaced by another commit"
+                    )
             staging = self._staging(final)
             staging.mkdir()
             try:
@@ -761,10 +777,16 @@ class PartitionDirIOManager(ConfigurableIOManager):
             shown = ", ".join(superseded[:20]) + (
                 f" and {len(superseded) - 20} more" if len(superseded) > 20 else ""
             )
+            what = (
+                "after this run's student learned from this run's teacher; the student was not written "
+                "beside that run's teacher"
+                if asset == "student_model"
+                else "after this run committed its pair; those directories hold that run's model and "
+                "labels, consistent with each other"
+            )
             context.log.warning(
-                f"teacher_labels: another run committed its own teacher and labels for {shown} after "
-                "this run committed its pair; those directories hold that run's model and labels, "
-                "consistent with each other (re-materialise them if this run's configuration should win)"
+                f"{asset}: another run committed its own teacher and labels for {shown} {what} "
+                "(re-materialise them if this run's configuration should win)"
             )
             context.add_output_metadata({"partitions_superseded": len(superseded)})
 
@@ -786,7 +808,8 @@ class PartitionDirIOManager(ConfigurableIOManager):
         """Write one partition's output. A teacher is committed with its labels in one swap; the
         labels' own output then only checks that the pair is still there. A run that committed its
         pair since leaves its own model and labels, never half of each: such a partition is noted
-        in `superseded`, not failed (the rest of the batch is this run's and consistent)."""
+        in `superseded`, not failed (the rest of the batch is this run's and consistent). So is a
+        student whose teacher (the model sha256 in its metadata) is no longer the partition's."""
         if asset == "teacher_model" and getattr(value, "labels", None) is not None:
             sums: dict[str, str] = {}
             labels_codec = codec_for("teacher_labels")
@@ -797,6 +820,16 @@ class PartitionDirIOManager(ConfigurableIOManager):
             if not self.store.holds(key, _PAIRED[step][key]):
                 superseded.append(key)
             return self.store.partition_dir(key)
+        teacher = (
+            (getattr(value, "metadata", None) or {}).get("teacher") if asset == "student_model" else None
+        )
+        if isinstance(teacher, dict) and teacher.get("model_sha256"):
+            # A student belongs beside the teacher it learned from, never beside another run's.
+            try:
+                return self.store.write(key, codec, value, requires={"model.pkl": teacher["model_sha256"]})
+            except SupersededError:
+                superseded.append(key)
+                return self.store.partition_dir(key)
         return self.store.write(key, codec, value)
 
     def load_input(self, context: InputContext) -> Any:
