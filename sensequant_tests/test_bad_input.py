@@ -253,3 +253,29 @@ def test_the_longest_gap_counts_weekdays_after_a_saturday_session_too() -> None:
     assert longest_gap(pd.DataFrame({"close": [1.0, 2.0]}, index=index)) == (9, "2024-01-08..2024-01-18")
     index = pd.DatetimeIndex(["2024-01-05", "2024-01-08"], tz="Asia/Kolkata", name="timestamp")
     assert longest_gap(pd.DataFrame({"close": [1.0, 2.0]}, index=index)) == (0, "")  # a weekend
+
+
+def test_repaired_rows_are_warned_in_the_run_and_listed_in_the_metadata(tmp_path: Path) -> None:
+    """Unsorted rows are repaired by the source (sorted, with a warning): the run's log and the
+    partition's metadata say so, so the repair is visible in the UI, not only in a Python logger."""
+    daily, data = tmp_path / "daily", tmp_path / "bars"
+    write_daily(daily, "TCS", date(2022, 6, 1), date(2023, 6, 30))
+    frames = [pd.read_csv(f) for f in sorted((daily / "TCS" / "1day").glob("*.csv"))]
+    rows = pd.concat(frames, ignore_index=True)
+    rows.iloc[[10, 11]] = rows.iloc[[11, 10]].to_numpy()  # two days out of order
+    data.mkdir()
+    rows.to_csv(data / "TCS.csv", index=False)
+    instance = instance_with("TCS")
+    result = run(
+        tmp_path / "models",
+        "TCS|2023-01-01",
+        instance=instance,
+        selection=["market_bars"],
+        data_source="csv",
+        data_dir=str(data),
+    )
+    assert result.success
+    [event] = result.asset_materializations_for_node("market_bars")
+    assert "sorted" in event.metadata["repairs"].value
+    logged = [e.message or "" for e in instance.all_logs(result.run_id)]
+    assert any("TCS_2023-01-01" in m and "repaired:" in m and "TCS.csv" in m for m in logged)

@@ -12,6 +12,7 @@ from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, pa
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.settings import number
+from sensequant_assets.sources.base import repairs_of
 from sensequant_assets.sources.symbols import key_symbol_problem
 
 # Read once, when the code loads: a bad value stops the code location with its name, rather than
@@ -47,6 +48,8 @@ def _metadata(bars: pd.DataFrame) -> dict:
         "last_close": MetadataValue.float(float(bars["close"].iloc[-1])),
         "longest_gap_weekdays": gap,
         **({"longest_gap": where} if where else {}),
+        # What the source's validation repaired (unsorted rows, a day repeated with the same values).
+        **({"repairs": MetadataValue.text("; ".join(repairs))} if (repairs := repairs_of(bars)) else {}),
     }
 
 
@@ -76,6 +79,8 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
             skipped[pw.key] = f"{pw.label}: the data source has no bars in this window"
             continue
         values[pw.key] = bars
+        for note in repairs_of(bars):
+            context.log.warning(f"{pw.label}: repaired: {note}")
         gap, where = longest_gap(bars)
         if gap > MAX_GAP_DAYS:  # kept (a suspension is real), but the features and labels span it
             context.log.warning(
