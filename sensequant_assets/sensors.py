@@ -376,8 +376,9 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
         "fingerprints from its file listing at least once a minute; no file read unless something "
         "changed) and, when a symbol's bars complete a window or change an existing one, "
         "requests a run of exactly that partition's bars, teacher, student and evaluation (ten "
-        "or more partitions in one tick: one backfill); the next window's evaluation follows by "
-        "automation. The first look at a symbol records a baseline (its history is the universe "
+        "or more partitions in one tick: one backfill); the later windows' teachers and the next "
+        "window's evaluation follow through follow_upstream. The first look at a symbol records "
+        "a baseline (its history is the universe "
         "sensor's backfill)."
     ),
 )

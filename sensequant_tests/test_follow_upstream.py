@@ -7,6 +7,7 @@ runs and backfills.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,11 +28,13 @@ from dagster._core.test_utils import instance_for_test
 from dagster._core.utils import make_new_run_id
 
 from sensequant_assets.definitions import defs
-from sensequant_assets.follow import FOLLOWERS, follow_upstream
+from sensequant_assets.follow import FOLLOWERS, TEACHER, follow_upstream
 from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME as SYMBOLS
+from sensequant_assets.sensors import RANGE_END, RANGE_START
 
 WINDOWS = [f"{y}-{m}" for y in range(2022, 2026) for m in ("01-01", "07-01")] + ["2026-01-01"]
 UPSTREAM = ("market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation")
+TRAINING = UPSTREAM[:4]
 
 
 @pytest.fixture
@@ -153,7 +156,8 @@ def test_what_the_changing_run_computes_itself_is_not_requested(instance) -> Non
         for window in ("2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"):  # later teachers
             wanted[f"{symbol}|{window}"] = {"teacher_model", "teacher_labels"}
         wanted[f"{symbol}|2024-01-01"] = {"student_evaluation"}  # not in the run's selection
-        wanted[f"{symbol}|2024-07-01"].add("student_evaluation")
+    # 2024-07-01's evaluation scores the new student but waits for its teacher, due too: it
+    # follows that teacher's change instead of running twice.
     assert set(_requested(result)) == set(wanted)  # 10 partitions: one backfill
     [request] = result.run_requests
     subset = request.asset_graph_subset
@@ -162,45 +166,31 @@ def test_what_the_changing_run_computes_itself_is_not_requested(instance) -> Non
     assert not any(p.startswith("CCC") for _, p in got)
 
 
-def test_a_child_its_backfill_computed_before_the_change_is_due_again(instance) -> None:
-    """A backfill's runs overlap: window k's teacher may train before window k-1's bars land."""
+def test_a_child_computed_before_the_change_is_due_again(instance) -> None:
+    """A backfill's runs overlap: window k+1's teacher may train before window k's bars land (or
+    after its run started, having read the old bars). It is answered only by a materialisation
+    from a run that started after the change, or from the run that made it."""
     instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
     _trained(instance, "AAA")
     cursor = _baseline(instance)
-    training = ("market_bars", "teacher_model", "teacher_labels", "student_model")
-    keys = {AssetKeyPartitionKey(AssetKey(a), f"AAA|{w}") for a in training for w in WINDOWS}
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id="train2",
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    early = _run(training[1:3], status=DagsterRunStatus.SUCCESS, **{"dagster/backfill": "train2"})
-    late = _run(training[:1], status=DagsterRunStatus.SUCCESS, **{"dagster/backfill": "train2"})
-    for asset in training[1:3]:
-        _report(instance, asset, "AAA|2024-07-01", early)
-    _report(instance, "market_bars", "AAA|2024-01-01", late)
-    done = backfill.asset_backfill_data.materialized_subset | AssetGraphSubset.from_asset_partition_set(
-        {AssetKeyPartitionKey(AssetKey(a), "AAA|2024-07-01") for a in training[1:3]},
-        defs.resolve_asset_graph(),
-    )
-    data = backfill.asset_backfill_data._replace(materialized_subset=done)
-    instance.add_backfill(
-        backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS).with_asset_backfill_data(
-            data, dynamic_partitions_store=instance, asset_graph=defs.resolve_asset_graph()
-        )
-    )
+    early = _run(("teacher_model", "teacher_labels"), status=DagsterRunStatus.STARTED)
+    instance.add_run(early)  # created (started) before the bars change
+    bars = _run(("market_bars",), status=DagsterRunStatus.SUCCESS)
+    _report(instance, "market_bars", "AAA|2024-01-01", bars)
+    for asset in ("teacher_model", "teacher_labels"):
+        _report(instance, asset, "AAA|2024-07-01", early)  # it read the old bars
+    instance.report_run_failed(early)  # finished (its status only ends its being in flight)
+    late = _run(("teacher_model", "teacher_labels"), status=DagsterRunStatus.SUCCESS)
+    for window in ("2024-01-01", "2025-01-01", "2025-07-01"):
+        for asset in ("teacher_model", "teacher_labels"):
+            _report(instance, asset, f"AAA|{window}", late)  # read the new bars
     result = _tick(instance, cursor)
     requested = _requested(result)
-    # 2024-07-01's teacher read the bars of 2024-01-01 before they changed; its student and
-    # evaluation follow once it is retrained. The later teachers were not materialised by the
-    # backfill yet, so they are left to it.
-    assert requested["AAA|2024-07-01"] == {"teacher_model", "teacher_labels", "student_evaluation"}
-    assert "AAA|2025-01-01" not in requested
+    assert requested["AAA|2024-07-01"] == {"teacher_model", "teacher_labels"}
+    # The teachers trained after the change are answered; so is nothing else in its window.
+    assert not {"AAA|2024-01-01", "AAA|2025-01-01", "AAA|2025-07-01"} & {
+        p for p, assets in requested.items() if "teacher_model" in assets
+    }
 
 
 def test_inputs_in_progress_hold_the_request_until_they_finish(instance) -> None:
@@ -329,7 +319,7 @@ def test_the_cursor_stays_small_whatever_waits(instance) -> None:
         _report(instance, "market_bars", f"{symbol}|2022-01-01")
     result = _tick(instance, cursor)
     assert result.run_requests == []
-    assert "waiting for inputs in progress" in result.skip_reason.skip_message
+    assert "waiting for what is in progress" in result.skip_reason.skip_message
     assert len(result.cursor) < 64  # the 1,000 waiting partitions live in the artifact store
 
 
@@ -346,3 +336,104 @@ def test_a_removed_symbol_has_nothing_left_to_follow(instance) -> None:
     instance.delete_dynamic_partition(SYMBOLS, "AAA")
     after = _tick(instance, held.cursor)
     assert after.run_requests == [] and after.cursor.endswith(":-")
+
+
+def test_a_batched_run_that_read_every_change_is_not_followed_twice(instance) -> None:
+    """At scale a backfill's run of window k starts after window k-1's bars landed, then writes
+    window k's bars and teachers: its teachers read both changes, so nothing is requested."""
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA", "BBB"])
+    _trained(instance, "AAA", "BBB")
+    cursor = _baseline(instance)
+    ranged = {RANGE_START: "AAA|{w}", RANGE_END: "BBB|{w}"}
+    earlier = _run(
+        TRAINING, status=DagsterRunStatus.SUCCESS, **{k: v.format(w="2023-07-01") for k, v in ranged.items()}
+    )
+    for asset in TRAINING:
+        for symbol in ("AAA", "BBB"):
+            _report(instance, asset, f"{symbol}|2023-07-01", earlier)
+    later = _run(
+        TRAINING, status=DagsterRunStatus.SUCCESS, **{k: v.format(w="2024-01-01") for k, v in ranged.items()}
+    )
+    for asset in TRAINING:
+        for symbol in ("AAA", "BBB"):
+            _report(instance, asset, f"{symbol}|2024-01-01", later)
+    requested = _requested(_tick(instance, cursor))
+    assert not any(p.endswith(("2023-07-01", "2024-01-01")) and TEACHER in a for p, a in requested.items())
+    assert requested["AAA|2024-07-01"] == {"teacher_model", "teacher_labels"}  # bars it never read
+
+
+def test_a_run_that_failed_before_the_child_leaves_it_due(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    run = _run(TRAINING, **{"dagster/partition": "AAA|2024-01-01"})  # started
+    _report(instance, "market_bars", "AAA|2024-01-01", run)
+    first = _tick(instance, cursor)
+    assert "AAA|2024-01-01" not in _requested(first)  # its own run computes it
+    instance.report_run_failed(run)  # ...but fails before the teacher step
+    assert TEACHER in _requested(_tick(instance, first.cursor))["AAA|2024-01-01"]
+
+
+def test_a_train_job_run_holds_what_it_computes(instance) -> None:
+    """Runs of a job (the schedule's, model_decay's) record no asset selection: the job's assets."""
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    run = instance.create_run_for_job(
+        job_def=defs.resolve_job_def("train_job"), tags={"dagster/partition": "AAA|2025-07-01"}
+    )
+    assert run.asset_selection is None
+    instance.report_dagster_event(
+        DagsterEvent(DagsterEventType.RUN_START.value, job_name="train_job"), run.run_id
+    )
+    _report(instance, "market_bars", "AAA|2025-07-01", instance.get_run_by_id(run.run_id))
+    held = _tick(instance, cursor)
+    assert held.run_requests == []  # 2025-07-01's teacher is the run's; 2026-01-01's reads its bars
+    assert "2 waiting for what is in progress" in held.skip_reason.skip_message
+    assert f"in run {run.run_id}" in held.skip_reason.skip_message
+    instance.report_run_failed(instance.get_run_by_id(run.run_id))
+    after = _requested(_tick(instance, held.cursor))
+    assert after["AAA|2025-07-01"] == after["AAA|2026-01-01"] == {"teacher_model", "teacher_labels"}
+
+
+@pytest.mark.parametrize("key", [None, "AAA|junk", "AAA", "2024-01-01|AAA"])
+def test_an_event_of_no_partition_of_this_graph_is_named_and_skipped(instance, key) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    instance.report_runless_asset_event(AssetMaterialization("market_bars", partition=key))
+    _report(instance, "market_bars", "AAA|2025-07-01")
+    result = _tick(instance, cursor)  # the sensor goes on: the good event is followed
+    assert _requested(result)["AAA|2026-01-01"] == {"teacher_model", "teacher_labels"}
+
+
+def test_an_evaluation_that_failed_before_its_student_landed_follows_the_student(instance) -> None:
+    """In one backfill window k+1's evaluation may run (and fail) before window k's student exists."""
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    cursor = _baseline(instance)
+    k1 = _run((*TRAINING, "student_evaluation"), status=DagsterRunStatus.FAILURE)
+    for asset in TRAINING:
+        _report(instance, asset, "AAA|2024-07-01", k1)  # its evaluation failed: no student before it
+    k0 = _run((*TRAINING, "student_evaluation"), status=DagsterRunStatus.SUCCESS)
+    for asset in TRAINING:
+        _report(instance, asset, "AAA|2024-01-01", k0)
+    first = _tick(instance, cursor)
+    # (its teacher, which read window k's bars as warm-up, is not followed: the windows before
+    # them were never materialised, as for a symbol backfilled from a later window)
+    assert _requested(first)["AAA|2024-07-01"] == {"student_evaluation"}
+
+
+def test_a_lost_waiting_state_is_rebuilt_from_the_events(instance) -> None:
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    _trained(instance, "AAA")
+    cursor = _baseline(instance)
+    busy = _run(("teacher_model", "teacher_labels"), **{"dagster/partition": "AAA|2024-07-01"})
+    instance.add_run(busy)
+    _report(instance, "student_model", "AAA|2024-01-01")
+    held = _tick(instance, cursor)
+    assert held.run_requests == [] and not held.cursor.endswith(":-")
+    for state in (Path(os.environ["SENSEQUANT_ARTIFACTS_DIR"]) / ".state").glob("follow_upstream-*"):
+        state.write_bytes(b"garbage")  # a corrupt (or missing) state file
+    instance.report_run_failed(busy)
+    rebuilt = _tick(instance, held.cursor)
+    assert _requested(rebuilt) == {"AAA|2024-07-01": {"student_evaluation"}}

@@ -2,13 +2,13 @@
 
 The teacher's features need `HISTORY_DAYS` of bars before its window (indicator warm-up), which lie
 in the earlier windows of the same symbol. They come from those windows' `market_bars` partitions,
-declared as part of the `market_bars` input (`WINDOW_LOOKBACK_AND_HISTORY`), so Dagster's lineage and
-automation see that new bars of window k-1 touch the teachers of windows k and k+1 (two windows of
-history) of that symbol, and those of k+2 and k+3, which a lookback may read. The part of the history
-that no materialised partition holds (before the first window, or a window never materialised or
-skipped for lack of bars) is read from the data source for exactly those days, as before, and the
-teacher's metadata says which days came from where: the first window, and a symbol backfilled from a
-later window, train as they always did.
+declared as part of the `market_bars` input (`WINDOW_LOOKBACK_AND_HISTORY`), so Dagster's lineage
+and the `follow_upstream` sensor see that new bars of window k-1 touch the teachers of windows k and
+k+1 (two windows of history) of that symbol, and those of k+2 and k+3, which a lookback may read.
+The part of the history that no materialised partition holds (before the first window, or a window
+never materialised or skipped for lack of bars) is read from the data source for exactly those days,
+as before, and the teacher's metadata says which days came from where: the first window, and a
+symbol backfilled from a later window, train as they always did.
 
 With `TeacherConfig.lookback_windows` = N (by default 2, `DEFAULT_LOOKBACK_WINDOWS`) the teacher
 learns from more than its window: its training rows run from the start of window k-N to the end of
@@ -81,7 +81,7 @@ HISTORY_WINDOWS = max_history_windows(HISTORY_DAYS)
 # The most earlier windows a teacher may learn from (`TeacherConfig.lookback_windows`). A partition
 # mapping is fixed when the definitions load, while the lookback is a run's config, so the mapping
 # declares this many for every teacher, whatever its lookback: each one more makes bars of window k
-# an upstream of one more later teacher (automation retrains it when they change). Keep it small.
+# an upstream of one more later teacher (follow_upstream retrains it when they change). Keep it small.
 MAX_LOOKBACK_WINDOWS = 2
 # Earlier windows whose bars a teacher may read: lookback windows, then the warm-up of the earliest.
 TRAINING_BARS_WINDOWS = MAX_LOOKBACK_WINDOWS + HISTORY_WINDOWS
