@@ -126,36 +126,39 @@ def _save(after: int, waiting: dict[Item, Due]) -> str:
 _MAPPED: dict[tuple[str, str, bool, str], list[tuple[str, str]]] = {}
 
 
-def _mapped(context: SensorEvaluationContext, asset: str, partition: str, parents: bool) -> list[Item]:
-    symbol, window = split_key(partition)
-    windows = window_partitions.get_partition_keys()
-    key = (asset, window, parents, windows[-1] if windows else "")
-    if key not in _MAPPED:
-        graph = context.repository_def.asset_graph
-        with partition_loading_context(dynamic_partitions_store=context.instance):
-            if parents:
-                found = graph.get_parents_partitions(AssetKey(asset), partition).parent_partitions
-            else:
-                found = graph.get_children_partitions(AssetKey(asset), partition)
-        pairs = []
-        for other in found:
-            name = other.asset_key.to_user_string()
-            if other.partition_key is None or name not in (*UPSTREAMS, *FOLLOWERS):
-                continue
-            other_symbol, other_window = split_key(other.partition_key)
-            if other_symbol != symbol:
-                raise ValueError(f"{name} maps symbol {symbol} to {other_symbol}: not followed")
-            pairs.append((name, other_window))
-        _MAPPED[key] = pairs
-    return [(name, f"{symbol}|{w}") for name, w in _MAPPED[key]]
+class Lineage:
+    """Children and parents of partitions, from the asset graph (see `_MAPPED`)."""
 
+    def __init__(self, context: SensorEvaluationContext, windows: Sequence[str]) -> None:
+        self.context, self.newest = context, windows[-1] if windows else ""
 
-def _children(context: SensorEvaluationContext, asset: str, partition: str) -> set[Item]:
-    return {(_fold(a), p) for a, p in _mapped(context, asset, partition, False) if a in FOLLOWERS}
+    def _mapped(self, asset: str, partition: str, parents: bool) -> list[Item]:
+        symbol, window = split_key(partition)
+        key = (asset, window, parents, self.newest)
+        if key not in _MAPPED:
+            graph = self.context.repository_def.asset_graph
+            with partition_loading_context(dynamic_partitions_store=self.context.instance):
+                if parents:
+                    found = graph.get_parents_partitions(AssetKey(asset), partition).parent_partitions
+                else:
+                    found = graph.get_children_partitions(AssetKey(asset), partition)
+            pairs = []
+            for other in found:
+                name = other.asset_key.to_user_string()
+                if other.partition_key is None or name not in (*UPSTREAMS, *FOLLOWERS):
+                    continue
+                other_symbol, other_window = split_key(other.partition_key)
+                if other_symbol != symbol:
+                    raise ValueError(f"{name} maps symbol {symbol} to {other_symbol}: not followed")
+                pairs.append((name, other_window))
+            _MAPPED[key] = pairs
+        return [(name, f"{symbol}|{w}") for name, w in _MAPPED[key]]
 
+    def children(self, asset: str, partition: str) -> set[Item]:
+        return {(_fold(a), p) for a, p in self._mapped(asset, partition, False) if a in FOLLOWERS}
 
-def _parents(context: SensorEvaluationContext, item: Item) -> list[Item]:
-    return _mapped(context, item[0], item[1], True)
+    def parents(self, item: Item) -> list[Item]:
+        return self._mapped(item[0], item[1], True)
 
 
 # --- what is in progress ---------------------------------------------------------------------
@@ -187,13 +190,12 @@ class InFlight:
     """Every (asset, partition) an unfinished run or a requested backfill will compute, indexed once
     per tick: one query for the runs, one for the symbols' order, one for the backfills."""
 
-    def __init__(self, context: SensorEvaluationContext) -> None:
+    def __init__(self, context: SensorEvaluationContext, windows: Sequence[str]) -> None:
         instance = context.instance
         self.busy: dict[Item, str] = {}
         runs = instance.get_runs(RunsFilter(statuses=ACTIVE))
         ranged = any(RANGE_START in r.tags for r in runs)
         order = list(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)) if ranged else []
-        windows = window_partitions.get_partition_keys()
         for run in runs:
             assets = run.asset_selection or _job_assets(context, run.job_name)
             for partition in _run_partitions(run.tags, order, windows) if assets else []:
@@ -371,12 +373,14 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
         notes.append(f"the waiting state {state_key} was unreadable: changes re-read from event {oldest}")
         pending, after = {}, (oldest or after + 1) - 1
     events, read_to = _new_events(instance, after)
+    windows = window_partitions.get_partition_keys()  # once a tick: it walks a calendar
+    lineage = Lineage(context, windows)
 
     bad: dict[Item, str] = {}
     for event in events:
         asset, partition = event.asset_key.to_user_string(), event.partition_key
         try:
-            children = _children(context, asset, str(partition)) if partition else set()
+            children = lineage.children(asset, str(partition)) if partition else set()
         except Exception as exc:  # a malformed key reported by hand must not stop the sensor
             bad[(asset, str(partition))] = str(exc)
             continue
@@ -389,11 +393,11 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
     if pending:  # a symbol removed from the partitions meanwhile has nothing left to follow
         registered = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
         pending = {item: due for item, due in pending.items() if split_key(item[1])[0] in registered}
-    in_flight = InFlight(context) if pending else None
+    in_flight = InFlight(context, windows) if pending else None
     waiting: dict[Item, str] = {}
     parents: dict[Item, list[Item]] = {}
     for item in pending:
-        parents[item] = _parents(context, item)
+        parents[item] = lineage.parents(item)
         for thing in (item, *parents[item]):
             if (who := in_flight.who(*thing)) is not None:
                 waiting[item] = f"{'itself' if thing == item else f'{thing[0]} {thing[1]}'} in {who}"
