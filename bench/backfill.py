@@ -31,7 +31,9 @@ automation sensor included) is stopped through GraphQL, so that only the backfil
 the sensor or backfill that started it.
 
 `--with-evaluation` adds `student_evaluation` (every window but the first): in the loop after the
-training, in the servers as a second backfill once the training backfill is done (in one backfill
+training; in the servers, with `--keep-sensors`, requested by the `follow_upstream` sensor as the
+students land (as deployed; timed from the training's launch to the last evaluation), otherwise as
+a second backfill once the training backfill is done (in one backfill
 of all five assets Dagster runs each window's evaluation beside, not after, the run training the
 student it scores, and marks the first window's evaluations failed). It is timed apart from the
 training; the ratios stay those of the four training assets.
@@ -1776,8 +1778,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"assets {', '.join(selected_assets(args.with_evaluation))}"
         + (
             f" (student_evaluation of the {len(universe.evaluated_keys)} partitions after the first window, "
-            "as a second backfill once the training one is done, and after the training in the loop; "
-            "timed apart)"
+            + (
+                "requested by the follow_upstream sensor as the students land"
+                if args.keep_sensors
+                else "as a second backfill once the training one is done"
+            )
+            + ", and after the training in the loop; timed apart)"
             if args.with_evaluation
             else " (no student_evaluation: --with-evaluation adds it)"
         )
