@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
 # Environment defaults of the deployment (`make run`, the tests' and the benchmark's servers). With a batch
 # size, Dagster hands the event storage a batched output's materialisations and a new run's planned events
-# as one batch, which CachedEngineSqliteEventLogStorage writes in one transaction per file.
-DEPLOYMENT_ENV = {"DAGSTER_EVENT_BATCH_SIZE": "1000"}
+# as one batch, which CachedEngineSqliteEventLogStorage writes in one transaction per file. Without the
+# retry flag, a backfill the daemon evaluates while the code location is not loaded (its code server killed
+# or restarting) is failed for good ("existed at storage-time, but no longer does"); with it, the backfill
+# waits for the location (seen with bench/crash.py, tested in test_crash.py).
+DEPLOYMENT_ENV = {"DAGSTER_EVENT_BATCH_SIZE": "1000", "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR": "1"}
 HOME_PLACEHOLDER = "@DAGSTER_HOME@"  # stands for the instance's own directory in INSTANCE_YAML
 
 
