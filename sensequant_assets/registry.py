@@ -46,7 +46,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +158,17 @@ class StudentChoice:
 # --- paths and small helpers -----------------------------------------------------------------------
 
 
-def _key(partition_key: str, symbol: str | None = None) -> tuple[str, str]:
-    """(symbol, window) of a partition key whose symbol is canonical (and is `symbol`, if given)."""
+def _key(partition_key: str, symbol: str | None = None, *, aligned: bool = True) -> tuple[str, str]:
+    """(symbol, window) of a partition key whose symbol is canonical (and is `symbol`, if given).
+
+    `aligned`: the window must be the first day of a window under the current settings (a key
+    that names a directory); a key recorded earlier (under another SENSEQUANT_WINDOW_MONTHS) need
+    only be a date, as when a production model is demoted."""
     try:
         key_symbol, window = split_key(partition_key)
-        if window_bounds(window)[0].isoformat() != window:
+        if aligned and window_bounds(window)[0].isoformat() != window:
             raise ValueError(f"{window!r} is not the first day of a window")
+        date.fromisoformat(window)
     except ValueError as exc:
         raise RegistryError(
             f"partition {partition_key!r} is not a partition key SYMBOL|YYYY-MM-DD of a window: {exc}"
@@ -727,7 +732,7 @@ def demote(
     Returns the history entry, whose `archived` id is the demotion's identity.
     """
     symbol = validate_symbol(symbol)
-    _key(expected, symbol)
+    _key(expected, symbol, aligned=False)  # what `current/` holds is the real check
     root = production_dir(base_dir, symbol)
     with _locked(root):
         _recover(root)

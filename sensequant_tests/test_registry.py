@@ -513,6 +513,17 @@ def test_a_stale_verdict_demotes_nothing(base: Path) -> None:
     assert _tree(_prod(base)) == before
 
 
+def test_a_verdict_on_a_model_of_other_window_settings_is_judged_not_refused(base: Path) -> None:
+    """A model promoted under another SENSEQUANT_WINDOW_MONTHS (3: windows start in April) keeps
+    its key; the decay sensor's demotion names it and must reach the comparison with `current/`,
+    not fail on every attempt while the decayed model keeps serving."""
+    registry.promote(base, "RELIANCE", "RELIANCE|2023-07-01", "PROMOTE", GATES, now=T1)
+    assert registry.demote(base, "RELIANCE", expected="RELIANCE|2024-04-01", reason="x", now=T2) is None
+    with pytest.raises(RegistryError, match="not a partition key"):
+        registry.demote(base, "RELIANCE", expected="RELIANCE|junk", reason="x", now=T2)
+    assert registry.current(base, "RELIANCE").partition_key == "RELIANCE|2023-07-01"
+
+
 @pytest.mark.parametrize("die_after_rename", [False, True])
 def test_a_demotion_killed_midway_is_all_or_nothing(
     base: Path, monkeypatch: pytest.MonkeyPatch, die_after_rename: bool
