@@ -773,6 +773,13 @@ class PartitionDirIOManager(ConfigurableIOManager):
             context.add_output_metadata({"path": MetadataValue.path(str(paths[0]))})
         else:
             context.add_output_metadata({"partitions_written": len(paths)})
+        if superseded and len(keys) == 1 and asset == "student_model":
+            # Alone, the run must not be recorded as having materialised a student it did not write.
+            raise SupersededError(
+                f"{asset} {keys[0]}: another run committed its own teacher after this run's student "
+                f"learned from this run's teacher; the student was not written beside that run's "
+                f"teacher (re-materialise {keys[0]} if this run's configuration should win)"
+            )
         if superseded:
             shown = ", ".join(superseded[:20]) + (
                 f" and {len(superseded) - 20} more" if len(superseded) > 20 else ""

@@ -500,3 +500,33 @@ def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
     # A labels output without a teacher committed in its step (another flow) is written as before.
     handle("C", "teacher_labels", labels["A"])
     assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [0]
+
+
+def test_a_superseded_student_of_a_run_alone_fails_instead_of_being_recorded(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Another run re-committed the teacher while this one trained its student: the student is not
+    written, and a run of that partition alone fails rather than record a materialisation of it."""
+    from dagster import AssetKey
+
+    from sensequant_assets import io_manager as iom
+    from sensequant_tests.pipeline_helpers import instance_with, run
+
+    original = iom.ArtifactStore.write
+
+    def write(self, key, codec, obj, **kw):
+        if kw.get("requires"):  # the teacher changed under the student's commit
+            raise iom.SupersededError("simulated")
+        return original(self, key, codec, obj, **kw)
+
+    monkeypatch.setattr(iom.ArtifactStore, "write", write)
+    instance = instance_with("RELIANCE")
+    selection = ["market_bars", "teacher_model", "teacher_labels", "student_model"]
+    result = run(tmp_path, "RELIANCE|2023-07-01", instance=instance, selection=selection)
+    assert not result.success
+    assert instance.get_latest_materialization_event(AssetKey("student_model")) is None
+    assert not (tmp_path / "RELIANCE_2023-07-01_to_2023-12-31" / "student").exists()
+    failure = [
+        e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure
+    ]
+    assert "re-materialise RELIANCE|2023-07-01" in str(failure[0].dagster_event.step_failure_data.error)
