@@ -234,6 +234,11 @@ def test_daily_files_sharing_a_bad_header_are_refused(tmp_path: Path) -> None:
         (["2024-01-01 00:00:00+05:30", "2024-01-03", "2024-01-04 09:15+0530"], [1, 3, 4]),  # IST too
         (["2024-01-01T00:00:00Z", "2024-01-01T19:00:00Z", "2024-01-04T10:00:00Z"], [1, 2, 4]),
         (["2024-01-01 00:00:00-05:00", "2024-01-04 21:00:00-05:00"], [1, 5]),  # New York evening
+        # a space before the offset; offsets as +HH:MM, +HHMM or +HH (PostgreSQL writes UTC as +00)
+        (["2024-01-01 00:00:00 +05:30", "2024-01-03 00:00 +0530", "2024-01-04T09:15:00+05:30"], [1, 3, 4]),
+        (["2024-01-01 09:00:00+09", "2024-01-03 09:00 +0900", "2024-01-05T02:00:00 +09:00"], [1, 3, 4]),
+        (["2024-01-01 18:30:00+00", "2024-01-02 18:30:00 +00", "2024-01-03 18:30:00.5 Z"], [2, 3, 4]),
+        (["2024-01-01 00:00:00-05", "2024-01-04 21:00:00 -0500"], [1, 5]),
     ],
 )
 def test_timestamps_in_one_zone_are_converted_to_ist_dates(
@@ -268,6 +273,42 @@ def test_mixed_time_zones_are_refused_naming_both_rows(tmp_path: Path, layout: s
     assert f"this row is +00:00, {other} is +05:30" in message
     assert message.endswith("[window 2024-01-01..2024-01-31]")
     assert info.value.window == (D(2024, 1, 1), D(2024, 1, 31))
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-01-02 00:00:00  +05:30",  # two spaces
+        "2024-01-02 00:00:00+5:30",  # a one-digit hour
+        "2024-01-02 00:00:00+530",
+        "2024-01-02 00:00:00+05:3",
+        "2024-01-02 00:00:00+05:30:00",
+        "2024-01-02 00:00:00 05:30",  # no sign
+        "2024-01-02 +05:30",  # an offset without a time
+        "2024-01-02 00:00:00 UTC",
+        "2024-01-02 00:00:00 IST",  # India, Israel or Ireland?
+        "2024-01-02 00:00:00 z",
+        "2024-01-02 00:00:00+24:00",
+    ],
+)
+def test_loose_or_ambiguous_offsets_are_refused(stamp: str) -> None:
+    frame = pd.DataFrame(
+        {"timestamp": [stamp], "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0], "volume": [1.0]}
+    )
+    with pytest.raises(DataSourceError, match="timestamp must be present and ISO 8601"):
+        validate_bars(frame, origin="memory")
+
+
+def test_an_offset_of_whole_hours_is_not_read_as_ist() -> None:
+    """`+05` is +05:00: with `+05:30` rows it is a second zone, refused like any other mix."""
+    frame = pd.DataFrame(
+        {
+            "timestamp": ["2024-01-01 00:00:00+05:30", "2024-01-02 00:00:00 +05"],
+            **{c: [1.0, 1.0] for c in BAR_COLUMNS},
+        }
+    )
+    with pytest.raises(DataSourceError, match=r"this row is \+05:00, row 1 is \+05:30"):
+        validate_bars(frame, origin="memory")
 
 
 def test_range_uses_ist_calendar_date(tmp_path: Path) -> None:
@@ -541,6 +582,38 @@ def test_a_column_named_twice_is_refused_naming_the_file(tmp_path: Path, header:
     assert str(info.value).startswith(
         f"TCS: {path}: the header names ['close'] more than once (rule: unique column names"
     )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"{HEADER},,",  # Excel / LibreOffice: blank cells after the last column
+        f"{HEADER},,,",
+        f"{HEADER}, , ",
+        f"{HEADER},Remarks,remarks",  # extra columns that differ only in case
+        f"{HEADER},oi,OI,,",
+    ],
+)
+@pytest.mark.parametrize("layout", ["single", "daily"])
+def test_blank_or_repeated_extra_columns_are_dropped_not_refused(
+    tmp_path: Path, header: str, layout: str
+) -> None:
+    """Only the required columns must be unique: a blank header cell or an extra column named twice
+    is dropped like any extra column (nothing is lost or guessed)."""
+    extra = header.count(",") - HEADER.count(",")
+    lines = [f"2024-01-0{d},100,101,99,100.5,{d}" + ",x" * extra for d in (1, 2, 3)]
+    if layout == "single":
+        write_csv(tmp_path / "TCS.csv", lines, header=header)
+    else:
+        for day, line in zip((1, 2, 3), lines, strict=True):
+            write_csv(tmp_path / "TCS" / "1day" / f"2024-01-0{day}.csv", [line], header=header)
+    got = CsvDirSource(tmp_path).bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+    assert_bar_schema(got)
+    assert list(got["volume"]) == [1, 2, 3]
+    frame = pd.read_csv(tmp_path / "TCS.csv") if layout == "single" else None
+    if frame is not None:  # a frame (or parquet) with such columns, given to validate_bars directly
+        frame.columns = [*HEADER.split(","), *(["remarks", "Remarks "] * extra)][: len(frame.columns)]
+        assert list(validate_bars(frame, origin="memory")["volume"]) == [1, 2, 3]
 
 
 def test_corrupt_parquet_is_an_error_naming_the_file(tmp_path: Path) -> None:

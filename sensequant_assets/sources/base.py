@@ -51,10 +51,14 @@ SOURCE_ROW_COL = "_source_row"
 REPAIRS_ATTR = "sensequant_repairs"
 _log = logging.getLogger("sensequant_assets.sources")
 
-# Timestamp strings: an ISO 8601 calendar date, optionally a time, optionally a UTC offset ('Z'
-# or +HH:MM) after the time. Forms pandas would also take ("2024", "2024-01", "20240101",
-# "2024-1-1") are refused: each is a guess at the day a bar belongs to.
-_ISO_STAMP = r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$"
+# Timestamp strings: an ISO 8601 calendar date, optionally a time, optionally a UTC offset after
+# the time, possibly after one space: 'Z', +HH:MM, +HHMM or +HH (PostgreSQL writes UTC as '+00',
+# some exports '2024-01-02 00:00:00 +05:30'). Forms pandas would also take ("2024", "2024-01",
+# "20240101", "2024-1-1") are refused: each is a guess at the day a bar belongs to; so are zone
+# names ('IST' is India, Israel or Ireland) and offsets without a sign or with one-digit hours.
+_ISO_STAMP = (
+    r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?) ?(Z|[+-]\d{2}(?::?\d{2})?)?)?$"
+)
 _IST_MINUTES = 330  # IST is UTC+05:30; naive timestamps are taken as IST
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261  # what a nanosecond timestamp holds
 
@@ -248,14 +252,17 @@ def _parse_timestamps(values: pd.Series) -> tuple[pd.DatetimeIndex, np.ndarray |
     naive = iso & ~aware
     out = nat.copy()  # UTC wall times
     if aware.any():
-        parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
-        ok = parsed.notna().to_numpy(dtype=bool) & _within_range(parsed)
-        utc = pd.DatetimeIndex(parsed[ok]).tz_localize(None).as_unit("ns").to_numpy()
-        out[np.flatnonzero(aware)[ok]] = utc
-        suffix = zone[aware].str.replace("Z", "+0000").str.replace(":", "")  # e.g. -0500
+        # Every offset as +HHMM (Z, +05:30, +0530, +05 -> +0000, +0530, +0530, +0500), then the
+        # stamp rewritten as <date>T<time>+HH:MM, the one form pandas is asked to parse.
+        suffix = zone[aware].str.replace("Z", "+0000").str.replace(":", "").str.pad(5, "right", "0")
         hours = suffix.str[1:3].astype("float64").to_numpy()
         mins = suffix.str[3:5].astype("float64").to_numpy()
         sign = np.where(suffix.str[0].to_numpy(dtype=object) == "-", -1.0, 1.0)
+        stamp = parts[0][aware] + "T" + parts[1][aware] + suffix.str[:3] + ":" + suffix.str[3:5]
+        parsed = pd.to_datetime(stamp, format="ISO8601", utc=True, errors="coerce")
+        ok = parsed.notna().to_numpy(dtype=bool) & _within_range(parsed) & (hours < 24) & (mins < 60)
+        utc = pd.DatetimeIndex(parsed[ok]).tz_localize(None).as_unit("ns").to_numpy()
+        out[np.flatnonzero(aware)[ok]] = utc
         offsets[np.flatnonzero(aware)[ok]] = (sign * (hours * 60 + mins))[ok]
     if naive.any():
         parsed = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
@@ -394,14 +401,17 @@ def validate_bars(
             origin=origin,
             rule="required columns",
         )
-    if frame.columns.duplicated().any():
-        dups = sorted(set(frame.columns[frame.columns.duplicated()]))
+    required = frame.columns.isin(REQUIRED_COLUMNS)
+    if frame.columns[required].duplicated().any():
+        dups = sorted(set(frame.columns[required][frame.columns[required].duplicated()]))
         raise DataSourceError(
             f"{where_origin}: duplicate column(s) {dups} (rule: unique column names)",
             symbol=symbol,
             origin=origin,
             rule="unique column names",
         )
+    # Extra columns go before any use: their names may repeat (`Remarks`, `remarks`, blank ones).
+    frame = frame.loc[:, required | frame.columns.isin([SOURCE_FILE_COL, SOURCE_ROW_COL])]
 
     n = len(frame)
     file_col = frame[SOURCE_FILE_COL].to_numpy() if SOURCE_FILE_COL in frame else None

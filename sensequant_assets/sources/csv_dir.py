@@ -162,9 +162,11 @@ def _header_names(data: bytes) -> list[str]:
 
 def _canonical_columns(names: list[str], path: Path, symbol: str) -> list[str]:
     """Names stripped and lower-cased (`Close `, `CLOSE` -> `close`); two columns that become one
-    name are refused, naming the file (pandas would rename the second `close.1` and drop it)."""
+    required name are refused, naming the file (pandas would rename the second `close.1` and drop
+    it). Extra columns are dropped later, so their names may repeat: the blank cells an Excel or
+    LibreOffice export leaves after the last column (`...,volume,,`), or `Remarks,remarks`."""
     canon = [str(c).strip().lower() for c in names]
-    dups = sorted({c for c in canon if canon.count(c) > 1})
+    dups = sorted({c for c in canon if c in REQUIRED_COLUMNS and canon.count(c) > 1})
     if dups:
         raise DataSourceError(
             f"{symbol}: {path}: the header names {dups} more than once (rule: unique column names, "
@@ -213,9 +215,11 @@ def _parse_joined(
         names = [c.strip().lower() for c in header.decode("utf-8").split(",")]
     except UnicodeDecodeError:
         return None
-    if len(set(names)) != len(names):
+    if any(names.count(c) > 1 for c in REQUIRED_COLUMNS):
         return None  # the per-file path names the file
     _check_columns(pd.DataFrame(columns=names), paths[0], symbol)  # one header for all files
+    # Extra columns (dropped by validate_bars) get unique names: blank or repeated ones are allowed.
+    names = [c if c in REQUIRED_COLUMNS else f"_extra{i}" for i, c in enumerate(names)]
     joined = b"".join(bodies)
     if not joined:
         return pd.DataFrame(columns=names), counts
@@ -286,8 +290,11 @@ def _parse_csv(data: bytes, path: Path, symbol: str) -> pd.DataFrame:
             origin=str(path),
             rule="well-formed CSV",
         )
-    frame.columns = _canonical_columns([str(c) for c in frame.columns], path, symbol)
-    return frame
+    canon = _canonical_columns([str(c) for c in frame.columns], path, symbol)
+    frame.columns = canon
+    # An extra name repeated after canonicalising (`Remarks,remarks`) would break concatenation;
+    # extra columns are dropped by validate_bars anyway, so the later copies go now.
+    return frame.loc[:, ~pd.Index(canon).duplicated()]
 
 
 def _read_parquet(path: Path, symbol: str) -> pd.DataFrame:
