@@ -256,26 +256,41 @@ def test_the_longest_gap_counts_weekdays_after_a_saturday_session_too() -> None:
 
 
 def test_repaired_rows_are_warned_in_the_run_and_listed_in_the_metadata(tmp_path: Path) -> None:
-    """Unsorted rows are repaired by the source (sorted, with a warning): the run's log and the
-    partition's metadata say so, so the repair is visible in the UI, not only in a Python logger."""
+    """Unsorted rows and a day written twice are repaired by the source (sorted, the copy dropped,
+    with a warning): the run's log and the partition's metadata say so, so the repair is visible in
+    the UI, not only in a Python logger. A single file is validated whole for every window, but each
+    window reports only the repairs of its own rows. The notes (which name the source file by its
+    absolute path) are not stored in bars.parquet, so nothing downstream reads them back."""
     daily, data = tmp_path / "daily", tmp_path / "bars"
-    write_daily(daily, "TCS", date(2022, 6, 1), date(2023, 6, 30))
+    write_daily(daily, "TCS", date(2022, 7, 1), date(2023, 6, 30))
     frames = [pd.read_csv(f) for f in sorted((daily / "TCS" / "1day").glob("*.csv"))]
     rows = pd.concat(frames, ignore_index=True)
-    rows.iloc[[10, 11]] = rows.iloc[[11, 10]].to_numpy()  # two days out of order
+    second_half = int((rows["timestamp"] < "2023").sum())
+    at = second_half + 20  # two days of the 2023-01-01 window out of order
+    rows.iloc[[at, at + 1]] = rows.iloc[[at + 1, at]].to_numpy()
+    rows = pd.concat([rows.iloc[:6], rows.iloc[[5]], rows.iloc[6:]], ignore_index=True)  # a July day twice
     data.mkdir()
     rows.to_csv(data / "TCS.csv", index=False)
     instance = instance_with("TCS")
-    result = run(
-        tmp_path / "models",
-        "TCS|2023-01-01",
-        instance=instance,
-        selection=["market_bars"],
-        data_source="csv",
-        data_dir=str(data),
-    )
-    assert result.success
-    [event] = result.asset_materializations_for_node("market_bars")
-    assert "sorted" in event.metadata["repairs"].value
-    logged = [e.message or "" for e in instance.all_logs(result.run_id)]
-    assert any("TCS_2023-01-01" in m and "repaired:" in m and "TCS.csv" in m for m in logged)
+    shown = {}
+    for window in ("2022-07-01", "2023-01-01"):
+        result = run(
+            tmp_path / "models",
+            f"TCS|{window}",
+            instance=instance,
+            selection=["market_bars"],
+            data_source="csv",
+            data_dir=str(data),
+        )
+        assert result.success
+        [event] = result.asset_materializations_for_node("market_bars")
+        shown[window] = event.metadata["repairs"].value
+        logged = [
+            e.message or "" for e in instance.all_logs(result.run_id) if "repaired:" in (e.message or "")
+        ]
+        assert logged and all(f"TCS_{window}" in m and "TCS.csv" in m for m in logged)
+        [stored] = (tmp_path / "models").glob(f"TCS_{window}_to_*/bars.parquet")
+        assert str(data) not in stored.read_bytes().decode("latin-1")  # no note, no source path
+        assert pd.read_parquet(stored).attrs == {}
+    assert "exact duplicate" in shown["2022-07-01"] and "sorted" not in shown["2022-07-01"]
+    assert "sorted" in shown["2023-01-01"] and "duplicate" not in shown["2023-01-01"]

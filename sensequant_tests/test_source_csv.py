@@ -340,13 +340,52 @@ def test_unsorted_rows_and_exact_duplicates_are_repaired_with_a_warning(tmp_path
     duplicates, unsorted = repairs_of(got)
     assert duplicates == (
         f"TCS: {path}, row 4 (timestamp 2024-01-01 00:00:00+05:30): exact duplicate of row 2, dropped "
-        "(rule: one bar per day) [2 duplicate rows in total]"
+        "(rule: one bar per day) [2 duplicate rows in the window 2024-01-01..2024-01-03]"
     )
     assert unsorted.startswith(f"TCS: {path}, row 2 (timestamp 2024-01-01 00:00:00+05:30): earlier than")
-    assert "(rule: rows in time order) [4 rows out of order in total]" in unsorted
+    assert "(rule: rows in time order) [4 rows out of order in the window 2024-01-01..2024-01-03]" in unsorted
     assert [r.getMessage() for r in caplog.records] == [f"repaired: {duplicates}", f"repaired: {unsorted}"]
     write_csv(tmp_path / "INFY.csv", ["2024-01-01,10,11,9,10,1", "2024-01-02,10,11,9,10,2"])
     assert repairs_of(CsvDirSource(tmp_path).bars("INFY", D(2024, 1, 1), D(2024, 1, 2))) == []
+
+
+def test_each_window_reports_only_the_repairs_of_its_own_rows(tmp_path: Path, caplog) -> None:
+    """A single file is validated whole for any window (a bad row anywhere refuses it), but a
+    repair of rows outside the window is not reported for it: each window names and counts its own."""
+    path = write_csv(
+        tmp_path / "TCS.csv",
+        [
+            "2024-01-01,10,11,9,10,1",
+            "2024-01-01,10,11,9,10,1",  # January: a copy
+            "2024-02-02,10,11,9,10,3",
+            "2024-02-01,10,11,9,10,2",  # February: out of order
+            "2024-02-02,10,11,9,10,3",  # and a copy
+            "2024-03-01,10,11,9,10,4",
+        ],
+    )
+    source = CsvDirSource(tmp_path)
+    with caplog.at_level("WARNING", logger="sensequant_assets.sources"):
+        january = repairs_of(source.bars("TCS", D(2024, 1, 1), D(2024, 1, 31)))
+        february = repairs_of(source.bars("TCS", D(2024, 2, 1), D(2024, 2, 29)))
+        march = repairs_of(source.bars("TCS", D(2024, 3, 1), D(2024, 3, 31)))
+    assert january == [
+        f"TCS: {path}, row 2 (timestamp 2024-01-01 00:00:00+05:30): exact duplicate of row 1, dropped "
+        "(rule: one bar per day) [1 duplicate rows in the window 2024-01-01..2024-01-31]"
+    ]
+    assert february == [
+        f"TCS: {path}, row 5 (timestamp 2024-02-02 00:00:00+05:30): exact duplicate of row 3, dropped "
+        "(rule: one bar per day) [1 duplicate rows in the window 2024-02-01..2024-02-29]",
+        f"TCS: {path}, row 4 (timestamp 2024-02-01 00:00:00+05:30): earlier than a row above it, sorted "
+        "by time (rule: rows in time order) [1 rows out of order in the window 2024-02-01..2024-02-29]",
+    ]
+    assert march == []
+    assert len(caplog.records) == 3  # logged once each, by the window they concern
+    # Without a window (validate_bars alone) every repair of the file is reported, counted in total.
+    whole = validate_bars(pd.read_csv(path), origin=str(path), symbol="TCS")
+    assert [note.rsplit("[", 1)[1] for note in repairs_of(whole)] == [
+        "2 duplicate rows in total]",
+        "1 rows out of order in total]",
+    ]
 
 
 def test_conflicting_rows_for_one_day_are_refused_naming_both(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def longest_gap(bars: pd.DataFrame) -> tuple[int, str]:
 BAR_CHECKS = bar_checks(longest_gap, MAX_GAP_DAYS)
 
 
-def _metadata(bars: pd.DataFrame) -> dict:
+def _metadata(bars: pd.DataFrame, repairs: list[str]) -> dict:
     gap, where = longest_gap(bars)
     return {
         "rows": len(bars),
@@ -49,7 +49,7 @@ def _metadata(bars: pd.DataFrame) -> dict:
         "longest_gap_weekdays": gap,
         **({"longest_gap": where} if where else {}),
         # What the source's validation repaired (unsorted rows, a day repeated with the same values).
-        **({"repairs": MetadataValue.text("; ".join(repairs))} if (repairs := repairs_of(bars)) else {}),
+        **({"repairs": MetadataValue.text("; ".join(repairs))} if repairs else {}),
     }
 
 
@@ -67,7 +67,7 @@ def _metadata(bars: pd.DataFrame) -> dict:
     check_specs=BAR_CHECKS.specs,
 )
 def market_bars(context: AssetExecutionContext, market_data: MarketDataResource) -> Iterator:
-    values, skipped = {}, {}
+    values, skipped, repairs = {}, {}, {}
     for pw in partition_windows(context):
         if (problem := key_symbol_problem(pw.symbol)) is not None:
             if len(context.partition_keys) == 1:  # asked for this partition alone: fail, saying why
@@ -78,9 +78,14 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
         if bars.empty:
             skipped[pw.key] = f"{pw.label}: the data source has no bars in this window"
             continue
-        values[pw.key] = bars
-        for note in repairs_of(bars):
+        repairs[pw.key] = repairs_of(bars)
+        for note in repairs[pw.key]:
             context.log.warning(f"{pw.label}: repaired: {note}")
+        # The notes (absolute source paths included) are shown here, never stored: pandas writes a
+        # frame's `attrs` into the parquet file, and every reader of bars.parquet would get them back.
+        bars = bars.copy(deep=False)
+        bars.attrs = {}
+        values[pw.key] = bars
         gap, where = longest_gap(bars)
         if gap > MAX_GAP_DAYS:  # kept (a suspension is real), but the features and labels span it
             context.log.warning(
@@ -89,5 +94,10 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
             )
     checks = BAR_CHECKS.evaluate(context, values)
     skipped.update(checks.refused)  # a blocking check failed: not written, downstream skips it
-    yield from emit(context, "result", checks.keep(values), skipped, _metadata, ["market_bars"])
+    notes = {id(bars): repairs[key] for key, bars in values.items()}
+
+    def metadata(bars: pd.DataFrame) -> dict:  # emit hands the frame alone: its notes by identity
+        return _metadata(bars, notes.get(id(bars), []))
+
+    yield from emit(context, "result", checks.keep(values), skipped, metadata, ["market_bars"])
     yield from checks.events(context)

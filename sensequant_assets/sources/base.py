@@ -354,6 +354,7 @@ def validate_bars(
     symbol: str | None = None,
     daily: bool = True,
     max_daily_move: float | None = None,
+    window: Window | None = None,
 ) -> pd.DataFrame:
     """Validate raw bars and return them in the canonical schema.
 
@@ -378,8 +379,11 @@ def validate_bars(
     Repairs (with a warning): rows out of time order are sorted; exact duplicate rows are dropped.
     Each repair is logged (logger `sensequant_assets.sources`) and listed, one line per rule
     naming symbol, file, first row and count, in the result's `attrs[REPAIRS_ATTR]` for the caller
-    to show. With `daily`, timestamps are normalised to midnight IST of their IST calendar date
-    (not a repair: the time of a daily bar carries no information).
+    to show. With `window` (first, last day) only the repairs of rows dated inside it are logged and
+    listed, naming the first such row and counting those rows: a source that validates a whole file
+    for one window's bars (every rule above still applies to every row) does not report the other
+    windows' repairs in each of them. With `daily`, timestamps are normalised to midnight IST of
+    their IST calendar date (not a repair: the time of a daily bar carries no information).
     """
     frame = df
     has_column = "timestamp" in {str(c).strip().lower() for c in frame.columns}
@@ -501,6 +505,13 @@ def validate_bars(
 
     repairs: list[str] = []
     stamps = timestamps.asi8
+    if window is None:
+        reported, scope = np.ones(n, dtype=bool), "in total"
+    else:
+        first_day, last_day = (as_date(d) for d in window)
+        lo_ns = pd.Timestamp(first_day).tz_localize(IST).value
+        hi_ns = (pd.Timestamp(last_day).tz_localize(IST) + pd.Timedelta(days=1)).value
+        reported, scope = (stamps >= lo_ns) & (stamps < hi_ns), f"in the window {first_day}..{last_day}"
     order = np.argsort(stamps, kind="stable")  # stable: input order kept among ties
     index = timestamps[order]
     values = np.column_stack([columns[k] for k in BAR_COLUMNS])[order]
@@ -523,24 +534,26 @@ def validate_bars(
             note=f"; differs from {near(earlier, first)}: "
             + ", ".join(f"{k}={_fmt(columns[k][earlier])}" for k in BAR_COLUMNS),
         )
-    if same_time.any():  # only exact copies are left: dropping them loses nothing
-        dropped = order[same_time]
+    dropped = order[same_time]  # only exact copies are left: dropping them loses nothing
+    dropped = dropped[reported[dropped]]
+    if len(dropped):
         first = int(dropped.min())
         twin = order[int(np.flatnonzero(order == first)[0]) - 1]
         unit = "day" if daily else "timestamp"
         repairs.append(
             f"{place(first)} (timestamp {timestamps[first]}): exact duplicate of {near(twin, first)}, "
-            f"dropped (rule: one bar per {unit}) [{len(dropped)} duplicate rows in total]"
+            f"dropped (rule: one bar per {unit}) [{len(dropped)} duplicate rows {scope}]"
         )
     kept = order[~same_time]  # positions in the input of the rows kept, in time order
     index = index[~same_time]
     backwards = np.zeros(n, dtype=bool)
     backwards[1:] = stamps[1:] < np.maximum.accumulate(stamps)[:-1]  # before a row above it
+    backwards &= reported
     if backwards.any():
         at = int(np.flatnonzero(backwards)[0])
         repairs.append(
             f"{place(at)} (timestamp {timestamps[at]}): earlier than a row above it, sorted by time "
-            f"(rule: rows in time order) [{int(backwards.sum())} rows out of order in total]"
+            f"(rule: rows in time order) [{int(backwards.sum())} rows out of order {scope}]"
         )
 
     if max_daily_move is None:

@@ -438,7 +438,8 @@ class CsvDirSource:
         """Validated bars with start <= IST date <= end; see BarSource for the schema.
 
         A DataSourceError names the window asked for (`[window START..END]`) besides symbol,
-        file, row and rule; repairs are listed in the result's `attrs` (see `repairs_of`).
+        file, row and rule; the repairs of the window's rows are listed in the result's `attrs`
+        (see `repairs_of`), not those of other rows of a file validated whole.
         """
         sym = validate_symbol(symbol)
         first, last = as_date(start), as_date(end)
@@ -450,7 +451,7 @@ class CsvDirSource:
                 return self._daily_bars(sym, location, first, last)
             read = _read_parquet if location.suffix == ".parquet" else _read_csv
             raw = read(location, sym)
-            bars = validate_bars(raw, origin=str(location), symbol=sym)
+            bars = validate_bars(raw, origin=str(location), symbol=sym, window=(first, last))
             return filter_dates(bars, first, last).copy()
         except DataSourceError as exc:
             exc.window = (first, last)
@@ -480,7 +481,7 @@ class CsvDirSource:
                     rule="file name is a date",
                 ) from None
         raw = _read_day_files(selected, symbol)
-        bars = validate_bars(raw, origin=str(day_dir), symbol=symbol)
+        bars = validate_bars(raw, origin=str(day_dir), symbol=symbol, window=(first, last))
         # A file holding a bar of another day is tolerated, but never leaks out of the range.
         return filter_dates(bars, first, last).copy()
 
