@@ -26,6 +26,7 @@ from dagster import (
     DagsterInstance,
     Definitions,
     in_process_executor,
+    materialize,
 )
 from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
@@ -370,6 +371,56 @@ def test_bad_bars_alone_fail_the_run_and_nothing_downstream_runs(
     assert not (tmp_path / DIR2).exists()  # nothing written
     assert result.get_asset_materialization_events() == []  # no teacher, student or evaluation
     assert _status(instance, _key("market_bars", BARS)) == {W2: FAILED}
+
+
+def test_a_refusal_of_a_partition_materialised_before_shows_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition with a good materialisation, refused by a later run of it alone: its check shows
+    FAILED (not blank, as when the result named no materialisation and the UI took it as outdated).
+    The result is shown against the materialisation the partition keeps, which it names."""
+    instance = instance_with("RELIANCE")
+    good = run(tmp_path, W2, instance=instance, selection=["market_bars"])
+    assert good.success and _status(instance, _key("market_bars", BARS)) == {W2: OK}
+    with monkeypatch.context() as patch:
+        _corrupt_source(patch, "2023-07-01", _high_below_close)
+        refused = run(tmp_path, W2, instance=instance, selection=["market_bars"])
+    assert not refused.success
+    assert "blocking asset check" in failure_messages(refused)[0]
+    failed = _evaluations(refused)[(BARS, W2)]
+    assert not failed.passed and failed.target_materialization_data.run_id == good.run_id
+    assert f"keeps its earlier materialisation (run {good.run_id[:8]})" in failed.description
+    assert _status(instance, _key("market_bars", BARS)) == {W2: FAILED}
+    assert run(tmp_path, W2, instance=instance, selection=["market_bars"]).success  # fixed: passes again
+    assert _status(instance, _key("market_bars", BARS)) == {W2: OK}
+
+
+def test_a_batch_refusing_every_partition_shows_each_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that writes nothing has no materialisation to name either: each refused partition's
+    result is shown against its earlier materialisation, so the UI shows FAILED, not blank."""
+
+    def bars_batch():
+        return materialize(
+            [market_bars],
+            resources=resources(tmp_path),
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": W1, "dagster/asset_partition_range_end": W3},
+            raise_on_error=False,
+        )
+
+    instance = instance_with("RELIANCE")
+    assert bars_batch().success
+    assert _status(instance, _key("market_bars", BARS)) == {W1: OK, W2: OK, W3: OK}
+    original = SyntheticSource.bars
+    monkeypatch.setattr(
+        SyntheticSource, "bars", lambda self, *args: _high_below_close(original(self, *args).copy())
+    )
+    result = bars_batch()
+    assert result.success and result.get_asset_materialization_events() == []  # nothing written
+    assert all(not e.passed and not e.blocking for e in _evaluations(result).values())
+    assert _status(instance, _key("market_bars", BARS)) == {W1: FAILED, W2: FAILED, W3: FAILED}
 
 
 def test_bad_bars_in_a_batch_skip_that_partition_and_the_others_go_on(

@@ -21,10 +21,14 @@ How results map to partitions (Dagster 1.13.28, read in its source):
   a range would be recorded without a partition (and the planned rows would end "skipped"). The
   suite yields one `AssetCheckEvaluation` per partition and check instead, in every run, naming the
   partition and this run's materialisation of it (the UI's partition status compares that with the
-  partition's latest materialisation); the storage matches it to the planned row of that partition.
-  A partition refused in a run of one partition has no new materialisation, so its failed result
-  names none: the Checks tab shows it as the latest execution, and the partition's status shows it
-  unless an older materialisation (not what was checked) is there.
+  partition's latest materialisation, and leaves the status blank when they differ); the storage
+  matches it to the planned row of that partition. A partition refused in a run of one partition,
+  or in a batch that wrote nothing, has no materialisation of this run: its result names the
+  partition's latest materialisation, the one it keeps (as Dagster's own `AssetCheckResult` does in
+  a run of one partition), so the partition shows FAILED rather than blank, and the description
+  says that the partition keeps that earlier materialisation. (A batch that writes any partition
+  has Dagster record a materialisation of every partition of its range, the refused ones too: those
+  are named.)
 - `AssetCheckEvaluation` is exported by `dagster` but not documented as public: `test_asset_checks.py`
   fails loudly if its fields change. Without its `partition` (`PER_PARTITION_RESULTS`) the suite falls
   back to `AssetCheckResult`: per partition in a run of one partition, one per check in a ranged run,
@@ -61,6 +65,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
     Output,
     PreviewWarning,
 )
@@ -225,19 +230,27 @@ class CheckRun:
     def _per_partition(self, context: AssetExecutionContext) -> Iterator:
         keys = sorted(map(str, context.partition_keys))
         batch = len(keys) > 1
-        targets = this_runs_materialisations(context, self.suite.key, keys)
+        judged = sorted({key for verdicts in self.verdicts.values() for key in verdicts})
+        targets = target_materialisations(context, self.suite.key, judged)
         for check in self.checks:
             yield check_output(self.suite.asset, check.name)
             for key, verdict in sorted(self.verdicts[check.name].items()):
                 pw = window_of(key)
+                target = targets.get(key)
+                description = describe(pw, check, verdict, batch=batch)
+                if target is not None and target.run_id != context.run_id:
+                    description += (
+                        f" The partition keeps its earlier materialisation (run {target.run_id[:8]}), "
+                        "which this result is shown against."
+                    )
                 yield AssetCheckEvaluation(
                     asset_key=self.suite.key,
                     check_name=check.name,
                     passed=verdict.passed,
                     metadata=result_metadata(pw, verdict),
-                    target_materialization_data=targets.get(key),
+                    target_materialization_data=target,
                     severity=verdict.severity,
-                    description=describe(pw, check, verdict, batch=batch),
+                    description=description,
                     blocking=check.blocking and not batch,
                     partition=key,
                 )
@@ -281,20 +294,33 @@ def check_output(asset: str, check: str) -> Output:
     return Output(None, output_name=name)
 
 
-def this_runs_materialisations(
+def target_materialisations(
     context: AssetExecutionContext, asset_key: AssetKey, keys: Sequence[str]
 ) -> dict[str, Any]:
-    """partition key -> this run's materialisation of it (one query), which the UI's partition status
-    compares with the partition's latest materialisation: a result without it counts as outdated."""
-    if _Target is None:
+    """partition key -> the materialisation its result is shown against. The UI's partition status
+    compares it with the partition's latest materialisation and shows nothing when they differ (a
+    result naming none counts as outdated once the partition has one). This run's materialisation
+    of the partition (one query); for a partition this run did not write (refused), its latest one,
+    from an earlier run, which it keeps (two queries, only when there are such partitions)."""
+    if _Target is None or not keys:
         return {}
-    records = context.instance.fetch_materializations(
+    instance = context.instance
+    records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(keys)), limit=len(keys)
     ).records
+    targets = {str(r.partition_key): r for r in records if r.run_id == context.run_id}
+    if missing := set(keys) - set(targets):
+        latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+            asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions=missing
+        )
+        if latest:
+            earlier = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())), limit=len(latest)
+            ).records
+            targets.update({str(r.partition_key): r for r in earlier})
     return {
-        str(r.partition_key): _Target(storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp)
-        for r in records
-        if r.run_id == context.run_id
+        key: _Target(storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp)
+        for key, r in targets.items()
     }
 
 
