@@ -28,7 +28,7 @@ After the kills the backfill is left to finish; every backfill that ended with f
 re-launched from failure (GraphQL `reexecutePartitionBackfill`, the UI's "Re-execute"), until every
 partition of every asset is materialised on disk and in the event log, or `--timeout` passes. The
 report lists each kill with what was running, what it left, and the end state; exit status 1 on any
-problem. See docs/benchmarks.md for a recorded run.
+problem. See docs/crash.md for recorded runs.
 """
 
 from __future__ import annotations
