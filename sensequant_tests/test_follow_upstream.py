@@ -96,6 +96,24 @@ def _requested(result) -> dict[str, set[str]]:
     return out
 
 
+def _backfill(instance, backfill_id: str, keys, tags: dict | None = None) -> PartitionBackfill:
+    """A requested backfill of `keys` (asset partitions, or a subset), as the daemon stores one."""
+    subset = keys if isinstance(keys, AssetGraphSubset) else None
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=backfill_id,
+        backfill_timestamp=time.time(),
+        tags=tags or {},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=subset
+        or AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill
+
+
 def _baseline(instance):
     first = _tick(instance, None)
     assert first.run_requests == [] and "following changes after event" in first.skip_reason.skip_message
@@ -245,17 +263,7 @@ def test_a_requested_backfill_holds_what_it_will_compute(instance) -> None:
     _trained(instance, "AAA")
     cursor = _baseline(instance)
     keys = {AssetKeyPartitionKey(AssetKey(a), "AAA|2024-07-01") for a in ("teacher_model", "teacher_labels")}
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id="train1",
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
+    backfill = _backfill(instance, "train1", keys)
     _report(instance, "student_model", "AAA|2024-01-01")
     held = _tick(instance, cursor)
     assert "AAA|2024-07-01" not in _requested(held)
@@ -276,17 +284,7 @@ def test_a_tick_repeated_from_the_same_cursor_finds_its_backfill(instance) -> No
     [request] = first.run_requests
     assert request.asset_graph_subset is not None
     # The daemon submits the backfill, then dies before committing the cursor.
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id="follow1",
-        backfill_timestamp=time.time(),
-        tags=request.tags,
-        dynamic_partitions_store=instance,
-        asset_graph_subset=request.asset_graph_subset,
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
+    backfill = _backfill(instance, "follow1", request.asset_graph_subset, tags=request.tags)
     repeated = _tick(instance, cursor)
     assert repeated.run_requests == []
     assert "backfill follow1" in repeated.skip_reason.skip_message  # in progress
@@ -304,17 +302,7 @@ def test_the_cursor_stays_small_whatever_waits(instance) -> None:
     keys = {
         AssetKeyPartitionKey(AssetKey(a), f"{s}|{w}") for a in FOLLOWERS for s in symbols for w in WINDOWS
     }
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id="big",
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(keys, defs.resolve_asset_graph()),
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
+    _backfill(instance, "big", keys)
     for symbol in symbols:
         _report(instance, "market_bars", f"{symbol}|2022-01-01")
     result = _tick(instance, cursor)
