@@ -734,6 +734,8 @@ def demote(
     symbol = validate_symbol(symbol)
     _key(expected, symbol, aligned=False)  # what `current/` holds is the real check
     root = production_dir(base_dir, symbol)
+    if not root.is_dir():  # nothing was ever promoted: nothing to demote, nothing to create
+        return None
     with _locked(root):
         _recover(root)
         cur = root / CURRENT
