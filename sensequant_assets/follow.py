@@ -6,7 +6,8 @@ student, this and the next window's evaluation). A due partition waits while it,
 inputs, is being computed by a run or a requested backfill, or is itself due; then it is answered
 when its newest materialisation read the change (made by the run that made every change it waits
 for, or by a run that started after the newest one) and requested otherwise. One with an input
-never materialised is dropped: that input's own materialisation makes it due again.
+never materialised is dropped (a teacher needs only its own window's bars: it reads earlier windows
+never stored from the source): that input's own materialisation makes it due again.
 
 Why not Dagster's declarative automation, which the unpartitioned assets keep: its sensor evaluates
 every condition over every partition of every asset on each tick and stores each condition's
@@ -407,7 +408,10 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
     answered = _answered(instance, candidates, newest)
     missing: dict[Item, str] = {}
     for item in candidates:
-        absent = next((p for p in parents[item] if p not in newest), None)
+        # A teacher needs its own window's bars; earlier windows never stored are read from the
+        # source (`bars_before`), so they hold nothing back.
+        needed = [p for p in parents[item] if p[0] != "market_bars" or p[1] == item[1]]
+        absent = next((p for p in needed if p not in newest), None)
         if item not in answered and absent is not None:
             missing[item] = f"needs {absent[0]} {absent[1]}, never materialised"
     unresolved = pending.keys() - answered - missing.keys()
@@ -429,6 +433,8 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
     requests, already = _requests(context, ready, f"follow_upstream:{after}:{digest.hexdigest()[:16]}")
     if already:
         notes.append(already)
+    for note in notes:  # also when something is requested (the skip reason is shown only otherwise)
+        context.log.info(note)
     for request in requests:
         context.log.info(f"requesting {request.tags[REASON]}")
     skip = None

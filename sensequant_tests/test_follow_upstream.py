@@ -406,9 +406,33 @@ def test_an_evaluation_that_failed_before_its_student_landed_follows_the_student
     for asset in TRAINING:
         _report(instance, asset, "AAA|2024-01-01", k0)
     first = _tick(instance, cursor)
-    # (its teacher, which read window k's bars as warm-up, is not followed: the windows before
-    # them were never materialised, as for a symbol backfilled from a later window)
-    assert _requested(first)["AAA|2024-07-01"] == {"student_evaluation"}
+    # Its teacher read window k's bars as warm-up (from the source) before they were stored: it
+    # is retrained first (a teacher needs only its own window's bars: the earlier windows, never
+    # stored, are read from the source)...
+    assert _requested(first)["AAA|2024-07-01"] == {"teacher_model", "teacher_labels"}
+    retrain = _run(("teacher_model", "teacher_labels"), status=DagsterRunStatus.SUCCESS)
+    for asset in ("teacher_model", "teacher_labels"):
+        _report(instance, asset, "AAA|2024-07-01", retrain)
+    # ...then the evaluation follows (with the student of the retrained teacher).
+    then = _requested(_tick(instance, first.cursor))
+    assert then["AAA|2024-07-01"] == {"student_model", "student_evaluation"}
+
+
+def test_a_teacher_of_a_symbol_listed_later_follows_its_own_bars(instance) -> None:
+    """Bars stored from 2024-01-01 only (a symbol backfilled from a later window): a correction of
+    2024-07-01 retrains that window's teacher and the later ones, whose earlier windows come from
+    the source."""
+    instance.add_dynamic_partitions(SYMBOLS, ["AAA"])
+    for asset in UPSTREAM:
+        for window in ("2024-01-01", "2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"):
+            _report(instance, asset, f"AAA|{window}")
+    cursor = _baseline(instance)
+    _report(
+        instance, "market_bars", "AAA|2024-07-01", _run(("market_bars",), status=DagsterRunStatus.SUCCESS)
+    )
+    requested = _requested(_tick(instance, cursor))
+    for window in ("2024-07-01", "2025-01-01", "2025-07-01", "2026-01-01"):
+        assert requested[f"AAA|{window}"] == {"teacher_model", "teacher_labels"}
 
 
 def test_a_lost_waiting_state_is_rebuilt_from_the_events(instance) -> None:
