@@ -603,7 +603,7 @@ def _demote_request(
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-def covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool:
+def _covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool:
     """Whether a run with these tags trains `partition`: its single-partition tag, or the range a
     batched backfill run carries (Dagster's product of each dimension's range: symbols in
     registration order, `order` maps each to its position; windows in time order)."""
@@ -631,7 +631,7 @@ def in_flight(instance: DagsterInstance, partitions: Iterable[str]) -> dict[str,
     busy: dict[str, str] = {}
     for partition in wanted:
         for run in runs:
-            if covers(run.tags, partition, order):
+            if _covers(run.tags, partition, order):
                 busy[partition] = f"run {run.run_id} on {partition} is {run.status.value.lower()}"
                 break
     # A backfill the daemon has not turned into runs yet (it does within its 30 s loop), or one
