@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -355,6 +355,7 @@ def validate_bars(
     daily: bool = True,
     max_daily_move: float | None = None,
     window: Window | None = None,
+    adjust_close: Callable[[pd.DatetimeIndex, np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Validate raw bars and return them in the canonical schema.
 
@@ -374,7 +375,10 @@ def validate_bars(
     `daily`; per timestamp otherwise): rows sharing a date must be identical; then, in time order,
     no close-to-close move beyond `max_daily_move` (default `SENSEQUANT_MAX_DAILY_MOVE`, 0.4: x1.4
     or /1.4; see `unexplained_jumps`), refused rather than repaired: adjusting for a corporate
-    action needs its ratio, which only the data vendor knows.
+    action needs its ratio, which only the data vendor knows. With `adjust_close` (a source's
+    corporate-action back-adjustment: (dates, closes) -> adjusted closes) the rule judges the
+    adjusted closes, the history the models see: a listed split is no jump, an action adjusted
+    twice is one.
 
     Repairs (with a warning): rows out of time order are sorted; exact duplicate rows are dropped.
     Each repair is logged (logger `sensequant_assets.sources`) and listed, one line per rule
@@ -560,7 +564,8 @@ def validate_bars(
         from sensequant_assets.settings import number
 
         max_daily_move = float(number("SENSEQUANT_MAX_DAILY_MOVE", float, 0.0))
-    jumps = unexplained_jumps(c[kept], max_daily_move)
+    closes = c[kept] if adjust_close is None else adjust_close(index, c[kept])
+    jumps = unexplained_jumps(closes, max_daily_move)
     if jumps.any() and symbol:
         allowed = allowed_moves()
         days = index.strftime("%Y-%m-%d")
@@ -574,7 +579,8 @@ def validate_bars(
         fail(
             at,
             f"close within x{1 + max_daily_move:g} of the previous close (SENSEQUANT_MAX_DAILY_MOVE="
-            f"{max_daily_move:g}): a split, bonus or demerger not adjusted for? Adjust the history; "
+            f"{max_daily_move:g}): a split, bonus or demerger not adjusted for? Adjust the history or list "
+            "the action in SENSEQUANT_CORPORATE_ACTIONS_FILE; "
             f"for a real move, add {(symbol or 'SYMBOL').upper()}:<date> to SENSEQUANT_ALLOWED_MOVES"
             + (f" [{count} such days in all]" if count > 1 else ""),
             {"close": c, "previous_close": previous},

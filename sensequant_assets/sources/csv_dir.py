@@ -17,6 +17,13 @@ Change detection (`data_token`, `window_fingerprints`), for a sensor polling man
 - single-file layout: the token is the file's (name, size, mtime_ns); fingerprints need one read
   and validation of the file, then hash each window's canonical bars (timestamps and float64
   values, exact bytes), so correcting one row changes only its window's fingerprint.
+
+Corporate actions (`corporate_actions.py`) are applied at read time, after validation, so the files
+stay as fetched: the actions a symbol's data has reached (and its source did not adjust for)
+back-adjust the bars before their ex-dates. A window's fingerprint includes the applied actions
+dated after its first bar (exactly the windows whose adjusted bars they change), the tokens every
+action of the symbol; the actions files are stat'ed, and parsed again only when they change. The
+jump rule of `validate_bars` judges the adjusted closes.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -56,6 +63,15 @@ from .base import (
     short,
     validate_bars,
     window_is_covered,
+)
+from .corporate_actions import (
+    CorporateAction,
+    CorporateActions,
+    adjust_bars,
+    applied,
+    configured_actions,
+    load_actions,
+    price_factors,
 )
 from .symbols import InvalidSymbolError, validate_symbol
 
@@ -346,6 +362,22 @@ def _os_error(path: Path | str, symbol: str, exc: OSError) -> DataSourceError:
     )
 
 
+def _name_date(name: str) -> dt.date | None:
+    """The date a day file's name (or its first 10 characters) holds, None when it holds none."""
+    try:
+        return dt.date.fromisoformat(name[:10])
+    except ValueError:
+        return None
+
+
+def _adjusting(done: Sequence[CorporateAction], first_bar: dt.date | None) -> list[str]:
+    """Fingerprint lines of the applied actions that change a window whose first bar is
+    `first_bar`: those dated after it (every bar on or after an ex-date is left as it is)."""
+    if first_bar is None:
+        return []
+    return [f"action|{a.fingerprint()}" for a in done if a.ex_date > first_bar]
+
+
 def _stat(entry: os.DirEntry[str], symbol: str) -> os.stat_result:
     """One stat of a listed file (size, mtime): never a read."""
     try:
@@ -354,15 +386,42 @@ def _stat(entry: os.DirEntry[str], symbol: str) -> os.stat_result:
         raise _os_error(entry.path, symbol, exc) from None
 
 
+AdjustClose = Callable[[pd.DatetimeIndex, np.ndarray], np.ndarray]
+ActionStatus = tuple[CorporateAction, bool]  # an action of the symbol and whether it is applied
+
+
+def _closer(actions: tuple[CorporateAction, ...], last_bar: dt.date | None) -> AdjustClose:
+    """`validate_bars`' `adjust_close`: the closes as `adjust_bars` will make them. `last_bar` None:
+    the validated rows are the symbol's whole data (a single file), whose newest row decides."""
+
+    def adjust(index: pd.DatetimeIndex, close: np.ndarray) -> np.ndarray:
+        newest = last_bar if last_bar is not None else (index[-1].date() if len(index) else None)
+        return close * price_factors(applied(actions, newest), index)[0]
+
+    return adjust
+
+
 @dataclass(frozen=True)
 class CsvDirSource:
-    """Bars from `data_dir` in either layout (see module docstring); file names are upper case."""
+    """Bars from `data_dir` in either layout (see module docstring); file names are upper case.
+
+    `actions_files`: the corporate-actions files to apply, in order; None (the default) reads the
+    shipped file and `SENSEQUANT_CORPORATE_ACTIONS_FILE` at each call, () applies none.
+    """
 
     data_dir: Path
+    actions_files: tuple[Path, ...] | None = None
     name: ClassVar[str] = "csv"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.actions_files is not None:
+            object.__setattr__(self, "actions_files", tuple(Path(p) for p in self.actions_files))
+
+    def _actions(self) -> CorporateActions:
+        if self.actions_files is None:
+            return configured_actions()
+        return load_actions(self.actions_files)
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -435,40 +494,81 @@ class CsvDirSource:
     # -- loading ---------------------------------------------------------------------------
 
     def bars(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Validated bars with start <= IST date <= end; see BarSource for the schema.
+        """Validated bars with start <= IST date <= end, adjusted for the applied corporate
+        actions; see BarSource for the schema.
 
         A DataSourceError names the window asked for (`[window START..END]`) besides symbol,
         file, row and rule; the repairs of the window's rows are listed in the result's `attrs`
         (see `repairs_of`), not those of other rows of a file validated whole.
         """
+        return self._bars(symbol, start, end, refuse_jumps=True)[0]
+
+    def bars_for_report(
+        self, symbol: str, start: dt.date, end: dt.date
+    ) -> tuple[pd.DataFrame, tuple[ActionStatus, ...]]:
+        """What the data-quality report reads: the bars as `bars` gives them, except that a move
+        beyond SENSEQUANT_MAX_DAILY_MOVE is kept (the report flags it; `bars` refuses it), and
+        every corporate action of the symbol with whether it is applied."""
+        return self._bars(symbol, start, end, refuse_jumps=False)
+
+    def _bars(
+        self, symbol: str, start: dt.date, end: dt.date, *, refuse_jumps: bool
+    ) -> tuple[pd.DataFrame, tuple[ActionStatus, ...]]:
         sym = validate_symbol(symbol)
         first, last = as_date(start), as_date(end)
         try:
             location = self._locate(sym)
+            actions = self._actions().of(sym)
             if first > last:
-                return empty_bars()
+                return empty_bars(), tuple((a, False) for a in actions)
+            move = None if refuse_jumps else 0.0  # 0: validate_bars' jump rule off
             if location.is_dir():
-                return self._daily_bars(sym, location, first, last)
-            read = _read_parquet if location.suffix == ".parquet" else _read_csv
-            raw = read(location, sym)
-            bars = validate_bars(raw, origin=str(location), symbol=sym, window=(first, last))
-            return filter_dates(bars, first, last).copy()
+                bars, last_bar = self._daily_bars(sym, location, first, last, actions, move)
+            else:
+                read = _read_parquet if location.suffix == ".parquet" else _read_csv
+                whole = validate_bars(
+                    read(location, sym),
+                    origin=str(location),
+                    symbol=sym,
+                    window=(first, last),
+                    max_daily_move=move,
+                    adjust_close=_closer(actions, None),
+                )
+                last_bar = whole.index[-1].date() if len(whole) else None
+                bars = filter_dates(whole, first, last).copy()
+            done = applied(actions, last_bar)
+            return adjust_bars(bars, done), tuple((a, a in done) for a in actions)
         except DataSourceError as exc:
             exc.window = (first, last)
             exc.args = (f"{exc} [window {first}..{last}]", *exc.args[1:])
             raise
 
-    def _daily_bars(self, symbol: str, day_dir: Path, first: dt.date, last: dt.date) -> pd.DataFrame:
-        """Read only the day files whose name date is in range (decided from names alone)."""
+    def _daily_bars(
+        self,
+        symbol: str,
+        day_dir: Path,
+        first: dt.date,
+        last: dt.date,
+        actions: tuple[CorporateAction, ...],
+        max_daily_move: float | None,
+    ) -> tuple[pd.DataFrame, dt.date | None]:
+        """Read only the day files whose name date is in range (decided from names alone); also
+        the newest file's date, which decides the corporate actions applied."""
         lo, hi = first.isoformat(), last.isoformat()  # ISO dates order like strings
         selected: list[Path] = []
+        newest = ""
         with os.scandir(day_dir) as entries:
             for entry in entries:
                 match = _DAY_FILE.match(entry.name)
-                if match and lo <= match.group(1) <= hi:
-                    selected.append(Path(entry.path))
+                if match:
+                    newest = max(newest, match.group(1))
+                    if lo <= match.group(1) <= hi:
+                        selected.append(Path(entry.path))
+        last_bar = _name_date(newest)
+        if newest and last_bar is None:  # as window_fingerprints: a bad name anywhere is refused
+            raise _bad_day_name(str(day_dir / f"{newest}.csv"), symbol)
         if not selected:
-            return empty_bars()
+            return empty_bars(), last_bar
         selected.sort()
         for path in selected:  # a bad name would otherwise be silently mis-ordered
             try:
@@ -481,9 +581,16 @@ class CsvDirSource:
                     rule="file name is a date",
                 ) from None
         raw = _read_day_files(selected, symbol)
-        bars = validate_bars(raw, origin=str(day_dir), symbol=symbol, window=(first, last))
+        bars = validate_bars(
+            raw,
+            origin=str(day_dir),
+            symbol=symbol,
+            window=(first, last),
+            max_daily_move=max_daily_move,
+            adjust_close=_closer(actions, last_bar),
+        )
         # A file holding a bar of another day is tolerated, but never leaks out of the range.
-        return filter_dates(bars, first, last).copy()
+        return filter_dates(bars, first, last).copy(), last_bar
 
     # -- change detection ------------------------------------------------------------------
 
@@ -501,12 +608,19 @@ class CsvDirSource:
             for name, entry in sorted(self._day_entries(sym, location).items()):
                 st = _stat(entry, sym)
                 lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
+            lines.extend(self._action_lines(sym))
             return hashlib.sha256("\0".join(lines).encode()).hexdigest()  # NUL: never in a name
         try:
             st = location.stat()
         except OSError as exc:
             raise _os_error(location, sym, exc) from None
-        return digest("csv-file", sym, location.name, st.st_size, st.st_mtime_ns)
+        return digest("csv-file", sym, location.name, st.st_size, st.st_mtime_ns, *self._action_lines(sym))
+
+    def _action_lines(self, symbol: str) -> list[str]:
+        """What the tokens add for the symbol's corporate actions (nothing when it has none, so its
+        tokens stay those of a source without actions)."""
+        found = self._actions().digest(symbol)
+        return [f"actions|{found}"] if found else []
 
     def quick_token(self, symbol: str) -> str:
         """One stat of `<SYMBOL>/1day/` (its mtime changes when a day file is added, removed or
@@ -519,7 +633,9 @@ class CsvDirSource:
             st = location.stat()
         except OSError as exc:
             raise _os_error(location, sym, exc) from None
-        return digest("csv-quick", sym, location.name, st.st_ino, st.st_size, st.st_mtime_ns)
+        return digest(
+            "csv-quick", sym, location.name, st.st_ino, st.st_size, st.st_mtime_ns, *self._action_lines(sym)
+        )
 
     def window_fingerprints(self, symbol: str, windows: Sequence[Window]) -> dict[dt.date, str | None]:
         """Window start -> fingerprint of the window's bars, or None while not covered.
@@ -567,6 +683,7 @@ class CsvDirSource:
             except ValueError:
                 raise _bad_day_name(entries[name].path, symbol) from None
         last_bar = dt.date.fromisoformat(names[-1][:10]) if names else None
+        done = applied(self._actions().of(symbol), last_bar)
         out: dict[dt.date, str | None] = {}
         for start, end in windows:
             if not window_is_covered(last_bar, start, end):
@@ -580,13 +697,18 @@ class CsvDirSource:
                 if not st.st_size:
                     raise _empty_file_error(Path(entries[name].path), symbol)
                 lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
+            first_bar = _name_date(names[lo][:10]) if lo < hi else None
+            lines.extend(_adjusting(done, first_bar))
             out[start] = hashlib.sha256("\0".join(lines).encode()).hexdigest()
         return out
 
     def _file_fingerprints(self, symbol: str, path: Path, windows: list[Window]) -> dict[dt.date, str | None]:
         read = _read_parquet if path.suffix == ".parquet" else _read_csv
+        actions = self._actions().of(symbol)
         try:
-            bars = validate_bars(read(path, symbol), origin=str(path), symbol=symbol)
+            bars = validate_bars(
+                read(path, symbol), origin=str(path), symbol=symbol, adjust_close=_closer(actions, None)
+            )
         except (DataSourceError, SettingsError):  # a bad setting is named as such, not as bad data
             raise
         except OSError as exc:
@@ -601,6 +723,7 @@ class CsvDirSource:
         stamps = bars.index.asi8  # IST midnights as UTC ns, strictly increasing
         values = np.ascontiguousarray(bars[list(BAR_COLUMNS)].to_numpy(dtype="float64"))
         last_bar = bars.index[-1].date() if len(bars) else None
+        done = applied(actions, last_bar)
         out: dict[dt.date, str | None] = {}
         for start, end in windows:
             if not window_is_covered(last_bar, start, end):
@@ -612,5 +735,8 @@ class CsvDirSource:
             h = hashlib.sha256(f"csv-file\0{symbol}\0{start}\0{end}\0".encode())
             h.update(stamps[lo:hi].tobytes())
             h.update(values[lo:hi].tobytes())
+            first_bar = bars.index[lo].date() if lo < hi else None
+            for line in _adjusting(done, first_bar):
+                h.update(f"\0{line}".encode())
             out[start] = h.hexdigest()
         return out
