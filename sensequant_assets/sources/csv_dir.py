@@ -504,18 +504,33 @@ class CsvDirSource:
         return self._bars(symbol, start, end, refuse_jumps=True)[0]
 
     def bars_for_report(
-        self, symbol: str, start: dt.date, end: dt.date
+        self, symbol: str, start: dt.date, end: dt.date, *, previous_days: int = 0
     ) -> tuple[pd.DataFrame, tuple[ActionStatus, ...]]:
-        """What the data-quality report reads: the bars as `bars` gives them, except that a move
-        beyond SENSEQUANT_MAX_DAILY_MOVE is kept (the report flags it; `bars` refuses it), and
-        every corporate action of the symbol with whether it is applied."""
-        return self._bars(symbol, start, end, refuse_jumps=False)
+        """What the data-quality report reads: the bars as `bars` gives them, from `previous_days`
+        calendar days before `start` (the previous close, to judge the first day's move; repairs
+        are those of [start, end]), except that a move beyond SENSEQUANT_MAX_DAILY_MOVE is kept
+        (the report flags it; `bars` refuses it); and every corporate action of the symbol with
+        whether it is applied."""
+        first = as_date(start)
+        scope = (first, as_date(end))
+        return self._bars(
+            symbol, first - dt.timedelta(days=previous_days), end, refuse_jumps=False, scope=scope
+        )
 
     def _bars(
-        self, symbol: str, start: dt.date, end: dt.date, *, refuse_jumps: bool
+        self,
+        symbol: str,
+        start: dt.date,
+        end: dt.date,
+        *,
+        refuse_jumps: bool,
+        scope: Window | None = None,
     ) -> tuple[pd.DataFrame, tuple[ActionStatus, ...]]:
+        """(bars, actions with whether applied); `scope` (default: the range) bounds the repairs
+        reported."""
         sym = validate_symbol(symbol)
         first, last = as_date(start), as_date(end)
+        scope = scope or (first, last)
         try:
             location = self._locate(sym)
             actions = self._actions().of(sym)
@@ -523,14 +538,14 @@ class CsvDirSource:
                 return empty_bars(), tuple((a, False) for a in actions)
             move = None if refuse_jumps else 0.0  # 0: validate_bars' jump rule off
             if location.is_dir():
-                bars, last_bar = self._daily_bars(sym, location, first, last, actions, move)
+                bars, last_bar = self._daily_bars(sym, location, (first, last), scope, actions, move)
             else:
                 read = _read_parquet if location.suffix == ".parquet" else _read_csv
                 whole = validate_bars(
                     read(location, sym),
                     origin=str(location),
                     symbol=sym,
-                    window=(first, last),
+                    window=scope,
                     max_daily_move=move,
                     adjust_close=_closer(actions, None),
                 )
@@ -547,13 +562,14 @@ class CsvDirSource:
         self,
         symbol: str,
         day_dir: Path,
-        first: dt.date,
-        last: dt.date,
+        span: Window,
+        scope: Window,
         actions: tuple[CorporateAction, ...],
         max_daily_move: float | None,
     ) -> tuple[pd.DataFrame, dt.date | None]:
         """Read only the day files whose name date is in range (decided from names alone); also
         the newest file's date, which decides the corporate actions applied."""
+        first, last = span
         lo, hi = first.isoformat(), last.isoformat()  # ISO dates order like strings
         selected: list[Path] = []
         newest = ""
@@ -585,7 +601,7 @@ class CsvDirSource:
             raw,
             origin=str(day_dir),
             symbol=symbol,
-            window=(first, last),
+            window=scope,
             max_daily_move=max_daily_move,
             adjust_close=_closer(actions, last_bar),
         )

@@ -1,0 +1,225 @@
+"""Corporate actions: the csv source back-adjusts at read time, never twice, and exactly the windows
+whose adjusted bars change get new fingerprints."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sensequant_assets.sources import CsvDirSource, DataSourceError, SyntheticSource
+from sensequant_assets.sources.corporate_actions import (
+    ACTIONS_FILE_ENV,
+    SHIPPED_FILE,
+    CorporateActionsError,
+    configured_actions,
+    load_actions,
+    parse_actions,
+)
+
+D = dt.date
+HEADER = "timestamp,open,high,low,close,volume"
+ACTIONS_HEADER = "symbol,ex_date,type,ratio,factor,adjusted_by_source,note"
+PRICES = ["open", "high", "low", "close"]
+QUARTERS = [(D(2024, 1, 1), D(2024, 3, 31)), (D(2024, 4, 1), D(2024, 6, 30)), (D(2024, 7, 1), D(2024, 9, 30))]
+
+
+def reference(symbol: str = "TCS", start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
+    """Known-good (continuous) bars: synthetic, so no fixture files to maintain."""
+    return SyntheticSource(seed=3).bars(symbol, start or D(2024, 1, 1), end or D(2024, 9, 30))
+
+
+def write_daily(root: Path, symbol: str, bars: pd.DataFrame) -> Path:
+    folder = root / symbol / "1day"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ts, row in bars.iterrows():
+        (folder / f"{ts.date().isoformat()}.csv").write_text(
+            f"{HEADER}\n{ts.isoformat(sep=' ')},{row.open},{row.high},{row.low},{row.close},{row.volume}\n"
+        )
+    return folder
+
+
+def actions_file(path: Path, *rows: str) -> Path:
+    path.write_text("\n".join([ACTIONS_HEADER, *rows]) + "\n")
+    return path
+
+
+def unadjusted_split(bars: pd.DataFrame, ex_date: str, factor: float) -> pd.DataFrame:
+    """What an unadjusted vendor serves: prices from the ex-date on scaled by `factor`, volumes by
+    its inverse (a 1:2 split: half the price, twice the shares traded)."""
+    raw = bars.copy()
+    after = raw.index >= pd.Timestamp(ex_date, tz="Asia/Kolkata")
+    raw.loc[after, PRICES] *= factor
+    raw.loc[after, "volume"] /= factor
+    return raw
+
+
+def test_a_1_to_2_split_gives_continuous_prices_and_doubled_volumes_before_it(tmp_path: Path) -> None:
+    ref = reference(end=D(2024, 3, 29))
+    raw = unadjusted_split(ref, "2024-02-15", 0.5)
+    folder = write_daily(tmp_path / "data", "TCS", raw)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    plain = CsvDirSource(tmp_path / "data", actions_files=())
+    with pytest.raises(DataSourceError, match="SENSEQUANT_CORPORATE_ACTIONS_FILE"):
+        plain.bars("TCS", D(2024, 1, 1), D(2024, 3, 31))  # unadjusted: refused, naming the remedy
+
+    split = actions_file(tmp_path / "actions.csv", "TCS,2024-02-15,split,1:2,,no,face value 10 -> 5")
+    bars = CsvDirSource(tmp_path / "data", actions_files=(split,)).bars("TCS", D(2024, 1, 1), D(2024, 3, 31))
+    pre = bars.index < pd.Timestamp("2024-02-15", tz="Asia/Kolkata")
+    assert pre.sum() > 20 and (~pre).sum() > 20
+    np.testing.assert_array_equal(
+        bars[PRICES].to_numpy(), raw[PRICES].to_numpy() * np.where(pre, 0.5, 1.0)[:, None]
+    )
+    np.testing.assert_array_equal(bars.loc[pre, "volume"], raw.loc[pre, "volume"] * 2)  # doubled
+    np.testing.assert_array_equal(bars.loc[~pre, "volume"], raw.loc[~pre, "volume"])
+    # Continuous: the adjusted series is the reference's, halved (no -50 % day).
+    np.testing.assert_allclose(bars["close"], ref["close"] * 0.5, rtol=1e-12)
+    assert np.abs(np.diff(np.log(bars["close"]))).max() < 0.1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the cache stays as fetched
+
+
+def test_an_action_adjusted_by_source_changes_nothing_and_a_wrong_flag_is_caught(tmp_path: Path) -> None:
+    ref = reference()
+    write_daily(tmp_path / "data", "TCS", ref)  # the vendor already adjusted: continuous
+    plain = CsvDirSource(tmp_path / "data", actions_files=())
+    done = actions_file(tmp_path / "done.csv", "TCS,2024-05-16,bonus,1:1,,yes,")
+    source = CsvDirSource(tmp_path / "data", actions_files=(done,))
+    pd.testing.assert_frame_equal(source.bars("TCS", D(2024, 1, 1), D(2024, 9, 30)), ref)
+    assert source.window_fingerprints("TCS", QUARTERS) == plain.window_fingerprints("TCS", QUARTERS)
+    # Marked "not adjusted" although it was: adjusting twice makes a x2 jump, which is refused.
+    twice = actions_file(tmp_path / "twice.csv", "TCS,2024-05-16,bonus,1:1,,no,")
+    with pytest.raises(DataSourceError, match="2024-05-16") as caught:
+        CsvDirSource(tmp_path / "data", actions_files=(twice,)).bars("TCS", D(2024, 4, 1), D(2024, 6, 30))
+    assert caught.value.rule.startswith("close within x1.4 of the previous close")
+
+
+@pytest.mark.parametrize("layout", ["daily", "single file"])
+def test_adding_an_action_changes_exactly_the_fingerprints_of_the_windows_it_adjusts(
+    tmp_path: Path, layout: str
+) -> None:
+    ref = reference()
+    data = tmp_path / "data"
+    if layout == "daily":
+        write_daily(data, "TCS", ref)
+    else:
+        data.mkdir()
+        ref.to_csv(data / "TCS.csv")
+    empty = actions_file(tmp_path / "none.csv")
+    baseline = CsvDirSource(data, actions_files=(empty,))
+    before = baseline.window_fingerprints("TCS", QUARTERS)
+    token, quick = baseline.data_token("TCS"), baseline.quick_token("TCS")
+    assert before == CsvDirSource(data, actions_files=()).window_fingerprints("TCS", QUARTERS)
+
+    # A dividend on the first bar of the second quarter adjusts the first quarter only.
+    first_bar = ref.loc["2024-04-01":].index[0].date()
+    actions_file(empty, f"TCS,{first_bar},dividend,,0.97,no,")
+    after = baseline.window_fingerprints("TCS", QUARTERS)
+    assert [after[s] != before[s] for s, _ in QUARTERS] == [True, False, False]
+    assert baseline.data_token("TCS") != token and baseline.quick_token("TCS") != quick
+    unadjusted = CsvDirSource(data, actions_files=())
+    assert not baseline.bars("TCS", *QUARTERS[0]).equals(unadjusted.bars("TCS", *QUARTERS[0]))
+    pd.testing.assert_frame_equal(
+        baseline.bars("TCS", *QUARTERS[1]), CsvDirSource(data, actions_files=()).bars("TCS", *QUARTERS[1])
+    )
+
+    # One inside the third quarter adjusts all three; another symbol's action changes nothing.
+    actions_file(
+        empty,
+        f"TCS,{first_bar},dividend,,0.97,no,",
+        "TCS,2024-08-14,dividend,,0.99,no,",
+        "INFY,2024-02-01,bonus,1:1,,no,",
+    )
+    later = baseline.window_fingerprints("TCS", QUARTERS)
+    assert all(later[s] not in (before[s], after[s]) for s, _ in QUARTERS)
+    # An action the data has not reached yet (ex-date after the last bar) adjusts nothing.
+    actions_file(empty, f"TCS,{first_bar},dividend,,0.97,no,", "TCS,2025-01-10,dividend,,0.99,no,")
+    assert baseline.window_fingerprints("TCS", QUARTERS) == after
+
+
+@pytest.mark.parametrize(
+    ("row", "line", "field", "says"),
+    [
+        ("TCS,2024-02-30,split,1:2,,no,", 2, "ex_date", "not a YYYY-MM-DD date"),
+        ("TCS,2024-02-15,merger,1:2,,no,", 2, "type", "not one of split, bonus, demerger, dividend"),
+        ("TCS,2024-02-15,split,1/2,,no,", 2, "ratio", "not A:B"),
+        ("TCS,2024-02-15,split,,0.5,no,", 2, "factor", "takes a ratio"),
+        ("TCS,2024-02-15,demerger,,1.2,no,", 2, "factor", "in (0, 1)"),
+        ("TCS,2024-02-15,bonus,1:1,,maybe,", 2, "adjusted_by_source", "not yes or no"),
+        ("TCS,2024-02-15,bonus,1:1,,,", 2, "adjusted_by_source", "missing"),
+        ("tcs/x,2024-02-15,bonus,1:1,,no,", 2, "symbol", ""),
+        ("TCS,2024-02-15,bonus,1:1,,no,a,b", 2, "note", "8 fields"),
+    ],
+)
+def test_a_malformed_actions_file_is_refused_naming_file_line_and_field(
+    tmp_path: Path, row: str, line: int, field: str, says: str
+) -> None:
+    path = actions_file(tmp_path / "actions.csv", row)
+    with pytest.raises(CorporateActionsError) as caught:
+        load_actions([path])
+    message = str(caught.value)
+    assert f"{path}, line {line}, field {field!r}" in message and says in message
+
+
+def test_a_bad_header_a_repeated_row_and_a_missing_file_are_named(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.csv"
+    with pytest.raises(CorporateActionsError, match=r"line 2, field 'exdate': unknown column"):
+        parse_actions("# my actions\nsymbol,exdate,type,ratio,factor,adjusted_by_source\n", path)
+    with pytest.raises(CorporateActionsError, match=r"line 1, field 'factor': column missing"):
+        parse_actions("symbol,ex_date,type,ratio,adjusted_by_source\n", path)
+    text = f"{ACTIONS_HEADER}\nTCS,2024-02-15,bonus,1:1,,no,\n\nTCS,2024-02-15,bonus,1:2,,no,\n"
+    with pytest.raises(
+        CorporateActionsError, match=r"line 4, field 'ex_date': TCS bonus on 2024-02-15 is also on line 2"
+    ):
+        parse_actions(text, path)
+    # Through a source, the error names the file and the window asked for.
+    write_daily(tmp_path / "data", "TCS", reference(end=D(2024, 1, 31)))
+    monkeypatch.setenv(ACTIONS_FILE_ENV, str(tmp_path / "missing.csv"))
+    with pytest.raises(
+        DataSourceError, match=r"missing\.csv: cannot be read.*\[window 2024-01-01\.\.2024-01-31\]"
+    ):
+        CsvDirSource(tmp_path / "data").bars("TCS", D(2024, 1, 1), D(2024, 1, 31))
+
+
+def test_ratios_become_price_factors_and_only_share_counts_change_volumes() -> None:
+    text = "\n".join(
+        [
+            ACTIONS_HEADER,
+            "A,2024-01-02,split,1:2,,no,",
+            "A,2024-01-03,split,10:1,,no,consolidation",
+            "A,2024-01-04,bonus,1:1,,no,",
+            "A,2024-01-05,bonus,1:2,,no,",
+            "A,2024-01-08,dividend,,0.98,no,",
+        ]
+    )
+    actions = parse_actions(text, Path("x.csv"))
+    assert [a.factor for a in actions] == [0.5, 10.0, 0.5, 2 / 3, 0.98]
+    assert [a.volume_factor for a in actions] == [0.5, 10.0, 0.5, 2 / 3, 1.0]
+
+
+def test_the_shipped_file_holds_the_jio_demerger_and_a_user_row_overrides_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    shipped = {(a.ex_date, a.kind): a for a in load_actions([SHIPPED_FILE]).of("RELIANCE")}
+    demerger = shipped[(D(2023, 7, 20), "demerger")]
+    assert demerger.factor == pytest.approx(2580.0 / 2841.85, abs=1e-8) and not demerger.adjusted_by_source
+    assert shipped[(D(2024, 10, 28), "bonus")].factor == 0.5
+    user = actions_file(
+        tmp_path / "mine.csv", "RELIANCE,2023-07-20,demerger,,0.90785932,yes,my vendor adjusts it"
+    )
+    monkeypatch.setenv(ACTIONS_FILE_ENV, str(user))
+    mine = {(a.ex_date, a.kind): a for a in configured_actions().of("RELIANCE")}
+    assert mine[(D(2023, 7, 20), "demerger")].adjusted_by_source
+    assert (D(2024, 10, 28), "bonus") in mine  # the shipped rows it does not restate stay
+
+
+def test_the_shipped_demerger_removes_reliances_9_percent_drop_from_a_csv_cache(tmp_path: Path) -> None:
+    ref = reference("RELIANCE", D(2023, 6, 1), D(2023, 8, 31))
+    raw = unadjusted_split(ref, "2023-07-20", 2580.0 / 2841.85)  # as Breeze serves it: a -9 % open
+    raw["volume"] = ref["volume"]  # a demerger leaves the share count alone
+    write_daily(tmp_path, "RELIANCE", raw)
+    bars = CsvDirSource(tmp_path).bars("RELIANCE", D(2023, 6, 1), D(2023, 8, 31))  # the shipped file
+    np.testing.assert_allclose(bars["close"], ref["close"] * 2580.0 / 2841.85, rtol=1e-7)
+    pd.testing.assert_series_equal(bars["volume"], raw["volume"])
