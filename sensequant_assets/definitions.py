@@ -8,6 +8,7 @@ from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
 from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.partition_context import BATCHED
+from sensequant_assets.assets.quality import data_quality
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.symbol_briefing import symbol_briefing
 from sensequant_assets.assets.teacher import teacher
@@ -35,6 +36,7 @@ def build_definitions() -> Definitions:
             promotion_briefing,
             production_models,
             symbol_briefing,
+            data_quality,
         ],
         jobs=[train_job, briefing_job, rollback_job, demote_job],
         sensors=[symbol_universe, new_data, model_decay, follow_upstream, automation_sensor],
