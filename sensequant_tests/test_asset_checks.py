@@ -144,6 +144,7 @@ def test_every_check_is_registered_per_partition_with_its_blocking() -> None:
         _key("market_bars", "bars_valid"),
         _key("teacher_labels", "soft_labels_valid"),
         _key("student_evaluation", "predictions_cover_window"),
+        _key("data_quality", "data_quality_ok"),  # a warning only (test_data_quality.py)
     }
     assert set(graph.asset_check_keys) == expected
     for assets_def in (market_bars, teacher, student_evaluation):
