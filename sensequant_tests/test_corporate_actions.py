@@ -169,6 +169,8 @@ def test_a_bad_header_a_repeated_row_and_a_missing_file_are_named(tmp_path: Path
         parse_actions("# my actions\nsymbol,exdate,type,ratio,factor,adjusted_by_source\n", path)
     with pytest.raises(CorporateActionsError, match=r"line 1, field 'factor': column missing"):
         parse_actions("symbol,ex_date,type,ratio,adjusted_by_source\n", path)
+    with pytest.raises(CorporateActionsError, match=r"line 1, field 'type': column named twice"):
+        parse_actions("symbol,ex_date,type,ratio,factor,adjusted_by_source,Type\n", path)
     text = f"{ACTIONS_HEADER}\nTCS,2024-02-15,bonus,1:1,,no,\n\nTCS,2024-02-15,bonus,1:2,,no,\n"
     with pytest.raises(
         CorporateActionsError, match=r"line 4, field 'ex_date': TCS bonus on 2024-02-15 is also on line 2"

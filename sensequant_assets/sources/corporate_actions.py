@@ -255,6 +255,8 @@ def parse_actions(text: str, path: Path) -> list[CorporateAction]:
     unknown = [c for c in names if c not in FIELDS]
     if unknown:
         raise _error(path, header_line, unknown[0], f"unknown column (the columns are {', '.join(FIELDS)})")
+    if twice := [c for c in FIELDS if names.count(c) > 1]:
+        raise _error(path, header_line, twice[0], "column named twice in the header")
     for name in (*REQUIRED_FIELDS, "ratio", "factor"):
         if name not in names:
             raise _error(path, header_line, name, "column missing from the header")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
@@ -183,7 +183,6 @@ class QualityReport:
     actions: tuple[str, ...]  # the corporate actions that adjust this window's bars, or do not
     calendar_note: str = ""
     error: str = ""  # the source refused the window: nothing else could be judged
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def coverage(self) -> float | None:
@@ -240,7 +239,7 @@ class QualityReport:
             meta["calendar_note"] = self.calendar_note
         if self.error:
             meta["error"] = self.error
-        return meta | self.extra
+        return meta
 
 
 def _action_lines(actions: Sequence[ActionStatus], bars: pd.DataFrame, start: dt.date) -> tuple[str, ...]:
