@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import build_sensor_context, instance_for_test
 
+from sensequant_assets.definitions import defs
+from sensequant_assets.resources import MarketDataResource
+from sensequant_assets.sensors import new_data
 from sensequant_assets.sources import CsvDirSource, DataSourceError, SyntheticSource
 from sensequant_assets.sources.corporate_actions import (
     ACTIONS_FILE_ENV,
@@ -19,6 +23,7 @@ from sensequant_assets.sources.corporate_actions import (
     load_actions,
     parse_actions,
 )
+from sensequant_tests import daily_csv
 
 D = dt.date
 HEADER = "timestamp,open,high,low,close,volume"
@@ -225,3 +230,30 @@ def test_the_shipped_demerger_removes_reliances_9_percent_drop_from_a_csv_cache(
     bars = CsvDirSource(tmp_path).bars("RELIANCE", D(2023, 6, 1), D(2023, 8, 31))  # the shipped file
     np.testing.assert_allclose(bars["close"], ref["close"] * 2580.0 / 2841.85, rtol=1e-7)
     pd.testing.assert_series_equal(bars["volume"], raw["volume"])
+
+
+def test_an_action_added_later_makes_new_data_retrain_exactly_the_windows_it_adjusts(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path / "artifacts"))  # the sensor's state
+    data = tmp_path / "historical"
+    daily_csv.write_daily(data, "RELIANCE", D(2021, 6, 1), D(2022, 12, 30))  # windows 2022-01, 2022-07
+    mine = actions_file(tmp_path / "mine.csv")
+    monkeypatch.setenv(ACTIONS_FILE_ENV, str(mine))
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+
+        def tick(cursor: str | None):
+            context = build_sensor_context(
+                instance=instance, cursor=cursor, definitions=defs, resources={"market_data": market}
+            )
+            return new_data(context)
+
+        baseline = tick(None)
+        assert baseline.run_requests == []
+        actions_file(mine, "RELIANCE,2022-07-01,dividend,,0.98,no,")  # on the second window's first bar
+        changed = tick(baseline.cursor)
+        assert [str(r.partition_key) for r in changed.run_requests] == ["RELIANCE|2022-01-01"]
+        assert "bars corrected" in changed.run_requests[0].tags["sensequant/reason"]
+        assert tick(changed.cursor).run_requests == []
