@@ -7,6 +7,7 @@ from dagster import Definitions, in_process_executor, multiprocess_executor
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
 from sensequant_assets.assets.evaluation import student_evaluation
+from sensequant_assets.assets.ingest import after_ingestion, ingestion_for
 from sensequant_assets.assets.partition_context import BATCHED
 from sensequant_assets.assets.quality import data_quality
 from sensequant_assets.assets.student import student_model
@@ -24,12 +25,17 @@ from sensequant_assets.settings import env
 
 def build_definitions() -> Definitions:
     """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables)."""
+    # The one place the data source is chosen: its resource, and the assets that fill its cache
+    # (Breeze's breeze_bars, upstream of market_bars; none for a source read directly).
+    market_data = market_data_from_env()
+    ingestion = ingestion_for(market_data)
     # In-process: a run's steps share one process (no per-step Python start-up); parallelism comes
     # from concurrent runs (deploy/dagster.yaml), each training on one core.
     return Definitions(
         executor=in_process_executor if BATCHED else multiprocess_executor,
         assets=[
-            market_bars,
+            *ingestion,
+            after_ingestion(market_bars, ingestion),
             teacher,
             student_model,
             student_evaluation,
@@ -43,8 +49,9 @@ def build_definitions() -> Definitions:
         schedules=[train_latest_window],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
-            "market_data": market_data_from_env(),
+            "market_data": market_data,
             "settings": settings_from_env(),
+            **market_data.api_resources(),
         },
     )
 

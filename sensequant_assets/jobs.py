@@ -14,8 +14,18 @@ from dagster import (
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.registry import demote, rollback
+from sensequant_assets.resources import market_data_class
 
-PARTITION_ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation")
+# With a source that is fetched into a cache (Breeze), its ingestion asset leads: the history
+# backfills, the sensors' retraining and train_job fetch what the partition lacks, then train.
+PARTITION_ASSETS = (
+    *market_data_class().ingestion_assets,
+    "market_bars",
+    "teacher_model",
+    "teacher_labels",
+    "student_model",
+    "student_evaluation",
+)
 
 train_job = define_asset_job(
     name="train_job",

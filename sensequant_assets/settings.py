@@ -38,9 +38,15 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_MAX_GAP_DAYS": "10",
     "SENSEQUANT_MAX_FILE_MB": "100",  # a data file larger than this is refused unread (0: no limit)
     "SENSEQUANT_ALLOWED_MOVES": "",
+    # The breeze source (credentials are BREEZE_API_KEY, BREEZE_API_SECRET, BREEZE_SESSION_TOKEN or
+    # BREEZE_SESSION_TOKEN_FILE, read apart: they are secrets, never shown with the settings).
+    "SENSEQUANT_BREEZE_CODES_FILE": "",
+    "SENSEQUANT_BREEZE_CALLS_PER_MINUTE": "100",
+    "SENSEQUANT_BREEZE_DAILY_QUOTA": "5000",
+    "SENSEQUANT_BREEZE_REFRESH_DAYS": "5",
 }
 
-DATA_SOURCES = ("synthetic", "csv")
+DATA_SOURCES = ("synthetic", "csv", "breeze")
 WINDOW_MONTHS_ALLOWED = (1, 2, 3, 4, 6, 12)
 
 
@@ -97,10 +103,7 @@ def forecast_horizon() -> int:
 def data_source_name() -> str:
     name = env("SENSEQUANT_DATA_SOURCE").lower()
     if name not in DATA_SOURCES:
-        raise SettingsError(
-            f"SENSEQUANT_DATA_SOURCE={name!r} is not one of {DATA_SOURCES}"
-            + (" (the Breeze source is not built yet)" if name == "breeze" else "")
-        )
+        raise SettingsError(f"SENSEQUANT_DATA_SOURCE={name!r} is not one of {DATA_SOURCES}")
     return name
 
 

@@ -1,0 +1,132 @@
+"""The Breeze source in Dagster: breeze_bars fills the cache, market_bars reads it; settings and
+credentials checked when the code loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, EnvVar, materialize
+
+from sensequant_assets.assets.bars import market_bars
+from sensequant_assets.assets.ingest import after_ingestion, breeze_bars
+from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.resources import (
+    BreezeApiResource,
+    BreezeMarketData,
+    MarketDataResource,
+    market_data_from_env,
+)
+from sensequant_assets.sources.breeze_client import MissingCredentialsError
+from sensequant_assets.sources.csv_dir import CsvDirSource
+from sensequant_tests.test_breeze_fetch import JULY, KEY, SECRET, TOKEN, FakeBreeze, FakeClock
+
+KEY_WINDOW = "TCS|2024-01-01"
+
+
+def fake_api(client: FakeBreeze, fake_clock: FakeClock, **fields) -> BreezeApiResource:
+    """The real resource with the client and the clock swapped (a subclass, not a patch)."""
+
+    class FakeBreezeApi(BreezeApiResource):
+        def new_client(self, api_key: str) -> FakeBreeze:
+            assert api_key == KEY
+            return client
+
+        def clock(self) -> FakeClock:
+            return fake_clock
+
+    return FakeBreezeApi(**{"api_key": KEY, "api_secret": SECRET, "session_token": TOKEN, **fields})
+
+
+def _materialisations(result, asset: str) -> list[dict]:
+    return [
+        {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == AssetKey(asset)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_breeze_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BREEZE_API_KEY", "BREEZE_API_SECRET", "BREEZE_SESSION_TOKEN", "BREEZE_SESSION_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_breeze_bars_fills_the_cache_and_market_bars_trains_from_it(tmp_path: Path) -> None:
+    cache, artifacts = tmp_path / "cache", tmp_path / "models"
+    client = FakeBreeze()
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("symbols", ["TCS"])
+    bars_after = after_ingestion(market_bars, [breeze_bars])
+    resources = {
+        "breeze": fake_api(client, FakeClock(JULY), data_dir=str(cache)),
+        "market_data": BreezeMarketData(data_dir=str(cache)),
+        "artifacts_io_manager": PartitionDirIOManager(base_dir=str(artifacts)),
+    }
+    result = materialize(
+        [breeze_bars, bars_after], partition_key=KEY_WINDOW, instance=instance, resources=resources
+    )
+    assert result.success
+    [fetched] = _materialisations(result, "breeze_bars")
+    assert (fetched["calls"], fetched["quota_left"], fetched["rows_corrected"]) == (2, 4998, 0)
+    assert (
+        fetched["rows_added"]
+        == fetched["rows_fetched"]
+        == len(pd.bdate_range(client.calls[0][0], "2024-07-10"))
+    )
+    # one call from the warm-up before the two lookback windows (2023-01-01 less 204 days) on
+    assert [c[0] for c in client.calls] == ["2022-06-11"]
+    [bars] = _materialisations(result, "market_bars")
+    assert bars["rows"] == len(pd.bdate_range("2024-01-01", "2024-06-30"))
+    assert (artifacts / "TCS_2024-01-01_to_2024-06-30" / "bars.parquet").is_file()
+    window = CsvDirSource(cache).window_fingerprints(
+        "TCS", [(pd.Timestamp("2024-01-01").date(), pd.Timestamp("2024-06-30").date())]
+    )
+    assert None not in window.values()  # what the new_data sensor polls
+
+    again = materialize([breeze_bars], partition_key=KEY_WINDOW, instance=instance, resources=resources)
+    [second] = _materialisations(again, "breeze_bars")
+    assert (second["calls"], second["rows_added"], len(client.calls)) == (0, 0, 1)  # nothing missing
+
+    no_secret = fake_api(FakeBreeze(), FakeClock(JULY), data_dir=str(tmp_path / "other"), api_secret="")
+    failed = materialize(
+        [breeze_bars],
+        partition_key=KEY_WINDOW,
+        instance=instance,
+        resources={"breeze": no_secret},
+        raise_on_error=False,
+    )
+    assert not failed.success and not (tmp_path / "other").exists()
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "BREEZE_API_SECRET" in str(failure.step_failure_data.user_failure_data.description)
+
+
+def test_breeze_without_credentials_fails_at_once_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sensequant_assets.definitions import build_definitions
+
+    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
+    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BREEZE_API_KEY", KEY)
+    for load in (build_definitions, lambda: market_data_from_env(plain=True)):
+        with pytest.raises(MissingCredentialsError) as err:
+            load()
+        missing = str(err.value).split(": ", 1)[1].split(" are not set")[0]
+        assert missing == "BREEZE_API_SECRET, BREEZE_SESSION_TOKEN" and KEY not in str(err.value)
+    assert not (tmp_path / "cache").exists()
+
+    monkeypatch.setenv("BREEZE_API_SECRET", SECRET)
+    monkeypatch.setenv("BREEZE_SESSION_TOKEN", TOKEN)
+    defs = build_definitions()
+    api = defs.resources["breeze"]
+    assert api.api_key == EnvVar("BREEZE_API_KEY") and api.session_token == EnvVar("BREEZE_SESSION_TOKEN")
+    assert not any(secret in repr(api) for secret in (KEY, SECRET, TOKEN))
+    graph = defs.resolve_asset_graph()
+    assert graph.get(AssetKey("market_bars")).parent_keys == {AssetKey("breeze_bars")}
+    assert isinstance(defs.resources["market_data"], BreezeMarketData)
+    # the old single-class call still builds the source's class, which reads the cache
+    legacy = MarketDataResource(data_source="breeze", data_dir=str(tmp_path / "none"))
+    assert isinstance(legacy, BreezeMarketData) and legacy.data_source == "breeze"
+    assert legacy.source_for("TCS") == CsvDirSource(tmp_path / "none")
