@@ -123,8 +123,9 @@ class PartitionCheck:
         verdicts = [rule(value, pw, reference) for rule in self.rules]
         failed = [v for v in verdicts if not v.passed]
         metadata = {k: v for verdict in verdicts for k, v in verdict.metadata.items()}
-        if not failed:
-            return Verdict(True, "; ".join(v.summary for v in verdicts), metadata)
+        if not failed:  # a pass leaves out the problems it did not find (its zero counts)
+            found = {k: v for k, v in metadata.items() if not _nothing(v)}
+            return Verdict(True, "; ".join(v.summary for v in verdicts), found)
         severity = ERROR if any(v.severity == ERROR for v in failed) else WARN
         shown = [v for v in failed if v.severity == severity] + [v for v in failed if v.severity != severity]
         return Verdict(
@@ -325,8 +326,10 @@ def target_materialisations(
 
 
 def describe(pw: PartitionWindow, check: PartitionCheck, verdict: Verdict, *, batch: bool) -> str:
+    """A failure names the partition, rule and consequence. A pass says only what was found: the UI
+    shows it beside its partition, and Dagster stores the description three times in each event."""
     if verdict.passed:
-        return f"{pw.label}: {verdict.summary}"
+        return verdict.summary
     text = f"{pw.label}: {verdict.summary} (rule: {verdict.rule})"
     if verdict.severity == WARN:
         return f"{text}. Kept: a warning, not blocking."
@@ -335,6 +338,11 @@ def describe(pw: PartitionWindow, check: PartitionCheck, verdict: Verdict, *, ba
     if batch:
         return f"{text}. Refused: nothing written for this partition, downstream skips it; the batch went on."
     return f"{text}. Refused: nothing written for this partition; the step fails (blocking check)."
+
+
+def _nothing(value: Any) -> bool:
+    """A zero count or an absent finding ("none"): what a passing result need not carry."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0) or value == "none"
 
 
 def result_metadata(pw: PartitionWindow, verdict: Verdict) -> dict[str, Any]:
