@@ -426,10 +426,12 @@ def storage_part(rel: str) -> str:
     return "other"
 
 
-def storage_sizes(home: Path) -> dict[str, int]:
+def storage_sizes(home: Path, postgres_url: str | None = None) -> dict[str, int]:
     """Bytes (apparent file sizes) of every file under `home` but SQLite's transient rollback
-    journals, by `storage_part`."""
+    journals, by `storage_part`; with `postgres_url`, that database's size as the part "postgres"."""
     sizes: dict[str, int] = defaultdict(int)
+    if postgres_url:
+        sizes["postgres"] = postgres_size(postgres_url)
     for directory, _, files in os.walk(home):
         for name in files:
             if name.endswith(".db-journal"):
@@ -438,6 +440,39 @@ def storage_sizes(home: Path) -> dict[str, int]:
             with contextlib.suppress(OSError):  # a file removed while walking (a SQLite journal)
                 sizes[storage_part(path.relative_to(home).as_posix())] += path.lstat().st_size
     return dict(sizes)
+
+
+# `--postgres URL`: the backfill mode keeps runs, events and schedules in a fresh PostgreSQL database
+# (dagster-postgres, one copy of each event) instead of the SQLite files; its size counts as a part.
+POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url: "{url}"
+"""
+
+
+def postgres_database(url: str, name: str) -> str:
+    """Create the empty database `name` on the server of `url` (dropped first if left by an earlier
+    run) and return the URL of that database."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return str(sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+def postgres_size(url: str) -> int:
+    """`pg_database_size` of the database of `url`: its tables, indexes and TOAST, in bytes."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        size = conn.execute(sqlalchemy.text("SELECT pg_database_size(current_database())")).scalar_one()
+    engine.dispose()
+    return int(size)
 
 
 def storage_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -1252,11 +1287,19 @@ def run_backfill(
 
     home, artifacts = workdir / "dagster_home", workdir / "artifacts"
     home.mkdir(parents=True)
+    postgres_url = None
     if mode == "backfill":
         if args.dagster_yaml:
             write_instance_yaml(home, args.dagster_yaml.read_text())
         else:
             write_instance_yaml(home, TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs))
+        if args.postgres:
+            postgres_url = postgres_database(args.postgres, f"sensequant_bench_{os.getpid()}_{repeat}")
+            tuned = (home / "dagster.yaml").read_text()
+            head, _, rest = tuned.partition("event_log_storage:")
+            rest = rest.split("\n", 4)[-1] if rest else ""  # the SQLite event log's four lines
+            yaml = head + POSTGRES_STORAGE.format(url=postgres_url) + rest
+            (home / "dagster.yaml").write_text(yaml)
     register_symbols(home, universe.symbols)
     extra_env = (
         dict(args.backfill_env) if mode == "backfill" else {**DEFAULT_MODE_ENV, **dict(args.default_env)}
@@ -1422,7 +1465,7 @@ def run_backfill(
         expected_pickup = wait_for_launch_phase(dev, args.launch_phase, random.Random(repeat))
         idle = MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid))
         idle.sample()
-        storage_before = storage_sizes(home)
+        storage_before = storage_sizes(home, postgres_url)
         with MemorySampler(dev.proc.pid, os.getpgid(dev.proc.pid)) as memory:
             training = launch_and_wait(BACKFILL_ASSETS, keys, "training")
             evaluation = None
@@ -1430,14 +1473,14 @@ def run_backfill(
                 evaluation = wait_followed(universe.evaluated_keys, training.launched)
             elif args.with_evaluation:
                 evaluation = launch_and_wait((EVALUATION_ASSET,), universe.evaluated_keys, "evaluation")
-        storage_after = storage_sizes(home)
+        storage_after = storage_sizes(home, postgres_url)
         ours = {r["runId"] for r in training.runs + (evaluation.runs if evaluation else [])}
         foreign = [r for r in backfill_runs(dev) if r["runId"] not in ours]
         ticks = sensor_ticks(dev, started_at) if args.keep_sensors else {}
         breakdown = time_breakdown(dev, training.runs, args.detail_runs)
     finally:
         dev.stop()
-    storage_stopped = storage_sizes(home)
+    storage_stopped = storage_sizes(home, postgres_url)
 
     runs = training.runs
     run_spans = [r["endTime"] - r["startTime"] for r in runs if r["startTime"] and r["endTime"]]
@@ -1659,6 +1702,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dagster-yaml", type=Path, help="use this dagster.yaml for the backfill mode instead"
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="keep the backfill mode's runs, events and schedules in PostgreSQL (needs dagster-postgres): "
+        "a fresh database per repeat on the server of URL (e.g. postgresql://postgres@127.0.0.1:5432/test), "
+        "whose size counts in the storage growth",
     )
     parser.add_argument(
         "--backfill-env",
