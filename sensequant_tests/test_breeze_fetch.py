@@ -7,7 +7,9 @@ import datetime as dt
 import itertools
 import json
 import logging
+import os
 import random
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sensequant_assets.sources.breeze import (
     _replace_atomically,
     chunk_end,
     plan_chunks,
+    refresh_from,
 )
 from sensequant_assets.sources.breeze_client import (
     BreezeApiError,
@@ -269,12 +272,7 @@ def test_no_data_and_error_answers_are_never_confused() -> None:
         assert classify_answer(answer).kind == kind, answer
 
 
-def test_an_empty_answer_writes_nothing_and_an_error_names_symbol_chunk_and_message(tmp_path: Path) -> None:
-    client = FakeBreeze(script=[{"Success": [], "Status": 200, "Error": None}])
-    result = make(tmp_path, client, FakeClock(JULY)).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
-    assert (result.rows_fetched, result.added, len(client.calls)) == (0, 0, 1)
-    assert not (tmp_path / "TCS" / "1day").exists() or not list((tmp_path / "TCS" / "1day").iterdir())
-
+def test_an_error_answer_names_symbol_chunk_and_message_and_writes_nothing(tmp_path: Path) -> None:
     client = FakeBreeze(script=[{"Success": None, "Status": 400, "Error": "Invalid stock code INFTEC"}])
     with pytest.raises(BreezeApiError) as err:
         make(tmp_path, client, FakeClock(JULY)).ingest("INFY", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
@@ -282,6 +280,65 @@ def test_an_empty_answer_writes_nothing_and_an_error_names_symbol_chunk_and_mess
     assert "INFY (INFTEC)" in message and "Invalid stock code INFTEC" in message and "Status 400" in message
     assert f"{client.calls[0][0]}..{client.calls[0][1]}" in message
     assert not (tmp_path / "INFY").exists()
+
+
+def test_a_wrong_stock_code_answering_nothing_is_an_error_naming_symbol_code_and_file(tmp_path: Path) -> None:
+    """Breeze answers an unknown code with Status 200 and no rows: never a green, recorded fetch."""
+    codes, cache = tmp_path / "codes.json", tmp_path / "cache"
+    codes.write_text(json.dumps({"TCS": "TCSX"}))  # a typo in the user's file
+    client = FakeBreeze()
+    client.rows = lambda code, a, b: []
+    for attempt in (1, 2):
+        with pytest.raises(
+            BreezeApiError, match=r"TCS \(TCSX\): .*no bar for any of the \d+ NSE sessions"
+        ) as err:
+            make(cache, client, FakeClock(JULY), codes_file=codes, chunk_weekdays=100).ingest(
+                "TCS", dt.date(2023, 6, 1), dt.date(2023, 12, 31)
+            )
+        assert f"Check TCS's code in {codes}" in str(err.value)
+        # it looked on to the newest day (a share listed later would answer there), then gave up
+        assert client.calls[-1][1] == "2024-07-10" and len(client.calls) == 3 * attempt
+        assert not (cache / "TCS").exists()  # no empty <SYMBOL>/1day/ for the csv source to list
+        assert "TCS" not in StateFile(cache).read().get("symbols", {})  # asked again next time
+    client = FakeBreeze()
+    client.rows = lambda code, a, b: []
+    with pytest.raises(BreezeApiError, match=r"INFY \(INFTEC\).*isec_codes\.json"):
+        make(cache, client, FakeClock(JULY)).ingest("INFY", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+    # a cache with bars that Breeze now answers nothing for (the code was changed to a wrong one)
+    make(cache, FakeBreeze(), FakeClock(JULY)).ingest("WIPRO", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+    codes.write_text(json.dumps({"WIPRO": "WIPROX"}))
+    with pytest.raises(
+        BreezeApiError, match=r"WIPRO \(WIPROX\): Breeze answered none of the \d+ bars the cache"
+    ):
+        make(cache, client, FakeClock(JULY), codes_file=codes).ingest(
+            "WIPRO", dt.date(2024, 1, 1), dt.date(2024, 6, 30)
+        )
+
+
+def test_an_empty_answer_over_sessions_is_never_recorded_and_asked_again(tmp_path: Path) -> None:
+    clock = FakeClock(JULY)
+    client = FakeBreeze()
+    client.rows = lambda code, a, b: bar_rows(code, max(a, "2024-03-01"), b)  # listed on 2024-03-01
+    first = make(tmp_path, client, clock, chunk_weekdays=100).ingest(
+        "TCS", dt.date(2023, 6, 1), dt.date(2024, 6, 30)
+    )
+    empty = (dt.date(2023, 6, 1), dt.date.fromisoformat(client.calls[0][1]))
+    assert first.unsettled == [empty] and first.added == len(pd.bdate_range("2024-03-01", "2024-07-10"))
+    calls = len(client.calls)
+    again = make(tmp_path, client, clock, chunk_weekdays=100).ingest(
+        "TCS", dt.date(2023, 6, 1), dt.date(2024, 6, 30)
+    )
+    assert client.calls[calls:] == [(str(empty[0]), str(empty[1]), "TCS")] and again.unsettled == [empty]
+
+    # days Breeze has not published yet come back empty: no error, asked again until they answer
+    late = FakeClock(ist(2024, 7, 24, 20, 0))
+    client.rows = lambda code, a, b: bar_rows(code, a, min(b, "2024-07-10"))
+    make(tmp_path, client, late).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 7, 24))
+    recorded = StateFile(tmp_path).read()["symbols"]["TCS"]["fetched"]
+    assert max(b for _, b in recorded) == "2024-07-10"  # not past the newest bar
+    client.rows = bar_rows
+    done = make(tmp_path, client, late).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 7, 24))
+    assert client.calls[-1][:2] == ("2024-07-11", "2024-07-24") and done.added == 10
 
 
 @pytest.mark.parametrize(
@@ -389,12 +446,80 @@ def test_a_rerun_fetches_only_what_is_missing_or_recent(tmp_path: Path) -> None:
     again = make(tmp_path, client, clock).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
     assert (again.calls, len(client.sessions)) == (0, 1)  # nothing missing: not even a session
     recent = make(tmp_path, client, clock).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 7, 10))
-    assert client.calls[-1][:2] == ("2024-07-06", "2024-07-10")  # the last 5 days, asked again
-    assert (recent.calls, recent.added, recent.unchanged) == (2, 0, 3)
+    assert client.calls[-1][:2] == ("2024-07-04", "2024-07-10")  # the last 5 sessions, asked again
+    assert (recent.calls, recent.added, recent.unchanged) == (2, 0, 5)
     older = make(tmp_path, client, clock).ingest("TCS", dt.date(2023, 10, 1), dt.date(2024, 6, 30))
     assert client.calls[-1][0] == "2023-10-01" and older.added == len(
         pd.bdate_range("2023-10-02", "2023-12-31")
     )
+
+
+def test_refresh_days_count_nse_sessions_not_calendar_days() -> None:
+    assert refresh_from(dt.date(2024, 7, 10), 5) == dt.date(2024, 7, 4)  # across a weekend
+    # Monday 2024-08-19 after Independence Day (Thursday 15th) and a weekend: still five sessions
+    assert refresh_from(dt.date(2024, 8, 19), 5) == dt.date(2024, 8, 12)
+    assert refresh_from(dt.date(2024, 7, 14), 1) == dt.date(2024, 7, 12)  # a Sunday: Friday's
+    assert refresh_from(dt.date(2024, 7, 10), 0) == dt.date(2024, 7, 11)  # nothing asked again
+
+
+def test_a_deleted_day_file_is_fetched_again_and_deleting_the_record_keeps_the_quota(tmp_path: Path) -> None:
+    clock = FakeClock(JULY)
+    client = FakeBreeze()
+    client.rows = lambda code, a, b: [r for r in bar_rows(code, a, b) if r["datetime"][:10] != "2024-03-05"]
+    make(tmp_path, client, clock).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+    gone = tmp_path / "TCS" / "1day" / "2024-03-01.csv"
+    gone.unlink()  # the user removes a bad file to have it fetched again
+    again = make(tmp_path, client, clock).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+    assert (again.calls, again.added, again.refetched) == (2, 1, 1) and gone.is_file()
+    assert client.calls[-1][0] == "2024-03-01"
+    # 2024-03-05, which Breeze answered without a bar, is not asked for again
+    assert make(tmp_path, client, clock).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30)).calls == 0
+
+    (tmp_path / ".breeze" / "state.json").unlink()  # to have everything asked again: not the quota
+    used = json.loads((tmp_path / ".breeze" / "calls.json").read_text())["quota"]["calls"]
+    assert used == 4
+    stopped = make(tmp_path, client, clock, quota=4).ingest("TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30))
+    assert stopped.stopped and "SENSEQUANT_BREEZE_DAILY_QUOTA=4" in stopped.stopped
+
+
+def test_cache_and_state_files_get_an_ordinary_mode_and_are_synced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sensequant_assets.sources.breeze_state as state_module
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(state_module.os, "fsync", fsync)
+    monkeypatch.setattr(state_module.os, "replace", replace)
+    old = os.umask(0o022)
+    try:
+        make(tmp_path, FakeBreeze(), FakeClock(JULY)).ingest("TCS", dt.date(2024, 7, 1), dt.date(2024, 7, 10))
+        os.umask(0o027)
+        state_module.replace_atomically(tmp_path / "strict.csv", b"x")
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+    assert modes.pop("strict.csv") == 0o640  # the umask is respected
+    assert set(modes.values()) == {0o644} and {".breeze/state.json", ".breeze/calls.json"} <= set(modes)
+    assert len(modes) == 2 + 8  # no temporary file left
+    # each file flushed to disk before its rename; a day's directory synced once after its files,
+    # a state file's after it
+    assert all(a == "fsync file" for a, b in itertools.pairwise(events) if b == "replace")
+    assert "|".join(["fsync file|replace"] * 8 + ["fsync dir"]) in "|".join(events)
+    assert events[-3:] == ["fsync file", "replace", "fsync dir"]
 
 
 # -- credentials ----------------------------------------------------------------------------------

@@ -59,6 +59,12 @@ def _metadata(result: IngestResult, quota_left: int, served_by: str | None) -> d
         "rows_unchanged": result.unchanged,
         "quota_left": quota_left,
         "fetched": MetadataValue.text(", ".join(f"{a}..{b}" for a, b in result.chunks) or "nothing missing"),
+        "refetched_missing_files": result.refetched,
+        "answered_empty": MetadataValue.text(
+            ", ".join(f"{a}..{b}" for a, b in result.unsettled) + " (asked again next run)"
+            if result.unsettled
+            else "none"
+        ),
     }
 
 

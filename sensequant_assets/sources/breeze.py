@@ -4,8 +4,16 @@ The cache is the predecessor's layout, `<cache>/<SYMBOL>/1day/<YYYY-MM-DD>.csv`,
 holding `timestamp,open,high,low,close,volume` with an IST-aware timestamp, exactly what
 `CsvDirSource` reads. Rules of a fetch (`BreezeIngestor.ingest`):
 - Only what is missing is asked for: the ranges already fetched are recorded in the cache's state
-  file, except the last `refresh_days` before the newest complete day, which are asked again
-  (late corrections). A day's bar is asked for once the day is over (after 18:00 IST).
+  file, except the last `refresh_days` NSE sessions up to the newest complete day, which are asked
+  again (late corrections). A day's bar is asked for once the day is over (after 18:00 IST). A
+  recorded range counts only while its day files are there: a session it covers whose file is
+  gone (and for which Breeze did not answer "no bar") is asked again.
+- Sessions are `pandas_market_calendars`' XNSE calendar's (weekdays past the years it knows).
+  An empty answer over days holding sessions is never recorded as fetched: it is asked again on
+  the next run. If Breeze answers nothing at all for a symbol whose cache holds no bar (looking
+  on to the newest day), or nothing for days the cache holds bars for, its stock code is wrong:
+  an error naming the symbol, the code and the codes file, with nothing recorded. Sessions after
+  the symbol's newest bar are never recorded either (not published yet, or a suspension).
 - Each call asks for up to 980 weekdays (Breeze answers at most 1,000 rows a call; the 20 left
   cover NSE's rare weekend sessions), so a call is never cut short; a chunk that still comes back
   with 1,000 rows is split and asked again rather than trusted.
@@ -14,7 +22,8 @@ holding `timestamp,open,high,low,close,volume` with an IST-aware timestamp, exac
   written. Any error leaves the symbol's cache byte for byte as it was; the quota stopping a fetch
   keeps the chunks already fetched and the next run resumes after them.
 - Files are only added or corrected (a day whose values changed), never removed, each written to a
-  temporary file in the same directory and renamed over the old one (`os.replace`).
+  temporary file in the same directory, flushed to disk and renamed over the old one
+  (`os.replace`), with an ordinary file's mode; a symbol Breeze has no bar for gets no directory.
 No Dagster here.
 """
 
@@ -22,7 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +41,19 @@ import pandas as pd
 
 from .base import BAR_COLUMNS, DataSourceError, empty_bars, filter_dates, validate_bars
 from .breeze_client import BreezeApiError, BreezeSession
-from .breeze_codes import isec_code
-from .breeze_state import Clock, QuotaExhaustedError, StateFile, ist_now, merge_ranges, missing_ranges
+from .breeze_codes import code_origin, isec_code
+from .breeze_state import (
+    Clock,
+    QuotaExhaustedError,
+    StateFile,
+    _fsync_directory,
+    ist_now,
+    merge_ranges,
+    missing_ranges,
+    replace_atomically,
+)
 from .csv_dir import DAILY_SUBDIR
+from .quality import calendar_known_until, nse_sessions
 from .symbols import validate_symbol
 
 __all__ = [
@@ -46,7 +64,9 @@ __all__ = [
     "chunk_end",
     "last_complete_day",
     "plan_chunks",
+    "refresh_from",
     "rows_to_bars",
+    "sessions",
     "write_day_files",
 ]
 
@@ -62,6 +82,68 @@ def last_complete_day(now_ist: dt.datetime) -> dt.date:
     """The newest day whose daily bar is final: today after 18:00 IST, else yesterday."""
     today = now_ist.date()
     return today if now_ist.hour >= DAY_OVER_HOUR_IST else today - _ONE_DAY
+
+
+_NO_DAYS = np.array([], dtype="datetime64[D]")
+
+
+def sessions(first: dt.date, last: dt.date) -> np.ndarray:
+    """NSE sessions in [first, last] (datetime64[D]): the XNSE calendar's, and every weekday after
+    the last year it lists holidays for."""
+    if first > last:
+        return _NO_DAYS
+    known = calendar_known_until()
+    listed = nse_sessions(first, min(last, known)) if first <= known else _NO_DAYS
+    if last <= known:
+        return listed
+    days = np.arange(np.datetime64(max(first, known + _ONE_DAY), "D"), np.datetime64(last + _ONE_DAY, "D"))
+    return np.concatenate([listed, days[np.is_busday(days)]])
+
+
+def refresh_from(newest: dt.date, refresh_sessions: int) -> dt.date:
+    """The first day asked again by every fetch: the `refresh_sessions`-th NSE session counting
+    back from `newest` (a long weekend does not shorten it); after `newest` when 0."""
+    if refresh_sessions <= 0:
+        return newest + _ONE_DAY
+    recent = sessions(newest - dt.timedelta(days=2 * refresh_sessions + 30), newest)
+    return _date(recent[-min(refresh_sessions, len(recent))]) if len(recent) else newest
+
+
+def _date(day: np.datetime64) -> dt.date:
+    return dt.date.fromisoformat(str(day))
+
+
+def _runs(days: np.ndarray, among: np.ndarray) -> list[DateRange]:
+    """`days` (a sorted subset of `among`) as ranges of days consecutive in `among`."""
+    if not len(days):
+        return []
+    at = np.searchsorted(among, days)
+    breaks = np.flatnonzero(np.diff(at) != 1) + 1
+    return [(_date(run[0]), _date(run[-1])) for run in np.split(days, breaks)]
+
+
+def _within(days: np.ndarray, ranges: Sequence[DateRange]) -> np.ndarray:
+    """Which of `days` (datetime64[D]) fall in one of `ranges`."""
+    inside = np.zeros(len(days), dtype=bool)
+    for first, last in ranges:
+        inside |= (days >= np.datetime64(first, "D")) & (days <= np.datetime64(last, "D"))
+    return inside
+
+
+def cached_days(folder: Path) -> np.ndarray:
+    """The days a symbol's cache holds a file for (a directory listing, no file read), sorted."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return _NO_DAYS
+    days = []
+    for name in names:
+        if name.endswith(".csv") and not name.startswith(".") and len(name) == 14:
+            try:
+                days.append(np.datetime64(name[:10], "D"))
+            except ValueError:
+                continue
+    return np.unique(np.asarray(days, dtype="datetime64[D]"))
 
 
 def chunk_end(first: dt.date, last_day: dt.date, weekdays: int = CHUNK_WEEKDAYS) -> dt.date:
@@ -160,20 +242,15 @@ def _same_bar(existing: bytes, day: dt.date, values: Sequence[float]) -> bool:
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary file beside `path`, then rename it over `path`: a reader
-    sees the old file or the new one, never half of one (the csv source skips hidden files)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`replace_atomically` for one day file (the directory is synced once by the caller)."""
+    replace_atomically(path, data, sync_directory=False)
 
 
 def write_day_files(cache_dir: Path, symbol: str, bars: pd.DataFrame) -> tuple[int, int, int]:
-    """(added, corrected, unchanged) day files for `bars`; files of other days are not touched."""
+    """(added, corrected, unchanged) day files for `bars`; files of other days are not touched, and
+    no directory is made for no bars."""
+    if bars.empty:
+        return 0, 0, 0
     directory = Path(cache_dir) / validate_symbol(symbol) / DAILY_SUBDIR
     directory.mkdir(parents=True, exist_ok=True)
     added = corrected = unchanged = 0
@@ -194,6 +271,8 @@ def write_day_files(cache_dir: Path, symbol: str, bars: pd.DataFrame) -> tuple[i
             added += 1
         else:
             corrected += 1
+    if added or corrected:
+        _fsync_directory(directory)
     return added, corrected, unchanged
 
 
@@ -211,13 +290,32 @@ class IngestResult:
     corrected: int = 0
     unchanged: int = 0
     stopped: str | None = None  # why it stopped before the end (the quota)
+    unsettled: list[DateRange] = field(default_factory=list)  # answered empty: asked again next run
+    refetched: int = 0  # sessions recorded as fetched whose day file was gone, asked again
 
 
-def _progress(data: dict[str, Any], symbol: str, stock_code: str) -> list[DateRange]:
+@dataclass
+class _Record:
+    """What the state file says a symbol has fetched: `fetched` ranges, and within them the
+    sessions Breeze answered without a bar (`no_bar`), so that only a missing file is asked again."""
+
+    fetched: list[DateRange] = field(default_factory=list)
+    no_bar: list[DateRange] = field(default_factory=list)
+
+
+def _ranges(raw: Any) -> list[DateRange]:
+    return [(dt.date.fromisoformat(a), dt.date.fromisoformat(b)) for a, b in raw or []]
+
+
+def _record(data: dict[str, Any], symbol: str, stock_code: str) -> _Record:
     entry = (data.get("symbols") or {}).get(symbol) or {}
     if entry.get("stock_code") != stock_code:  # a code changed in the codes file: ask again
-        return []
-    return [(dt.date.fromisoformat(a), dt.date.fromisoformat(b)) for a, b in entry.get("fetched", [])]
+        return _Record()
+    return _Record(merge_ranges(_ranges(entry.get("fetched"))), _ranges(entry.get("no_bar")))
+
+
+def _iso(ranges: Sequence[DateRange]) -> list[list[str]]:
+    return [[a.isoformat(), b.isoformat()] for a, b in ranges]
 
 
 class BreezeIngestor:
@@ -249,16 +347,32 @@ class BreezeIngestor:
             result.calls = self.session.budget.calls - calls_before
             return result
 
+    def _missing(self, want: DateRange, record: _Record, cached: np.ndarray) -> tuple[list[DateRange], int]:
+        """The ranges of `want` to ask for: those not recorded as fetched, and the recorded
+        sessions whose day file is gone (not those Breeze answered without a bar); and how many
+        sessions are asked again for a missing file."""
+        missing = missing_ranges(want, record.fetched)
+        covered = [r for r in record.fetched if r[0] <= want[1] and r[1] >= want[0]]
+        if not covered:
+            return missing, 0
+        days = sessions(max(want[0], covered[0][0]), min(want[1], covered[-1][1]))
+        days = days[_within(days, covered) & ~np.isin(days, cached) & ~_within(days, record.no_bar)]
+        gone = [(d, d) for d in map(_date, days)]
+        return merge_ranges(missing + gone), len(gone)
+
     def _ingest(self, symbol: str, code: str, first: dt.date, last: dt.date) -> IngestResult:
         newest = last_complete_day(ist_now(self.clock))
         last = min(last, newest)
         if first > last:
             return IngestResult(symbol, code, None)
         result = IngestResult(symbol, code, (first, last))
-        final_until = newest - dt.timedelta(days=self.refresh_days)
-        missing = missing_ranges((first, last), _progress(self.state.read(), symbol, code))
+        final_until = refresh_from(newest, self.refresh_days) - _ONE_DAY
+        cached = cached_days(self.cache_dir / symbol / DAILY_SUBDIR)
+        record = _record(self.state.read(), symbol, code)
+        missing, result.refetched = self._missing((first, last), record, cached)
         fetched: list[tuple[DateRange, pd.DataFrame]] = []
         pending = plan_chunks(missing, newest, self.chunk_weekdays)
+        probed = False
         while pending:
             chunk = pending.pop(0)
             try:
@@ -272,6 +386,13 @@ class BreezeIngestor:
                 continue
             fetched.append((chunk, rows_to_bars(rows, symbol, code, chunk)))
             result.rows_fetched += len(rows)
+            if not pending and not probed and not len(cached) and not result.rows_fetched:
+                # Nothing yet, and no bar cached: look on to the newest day (a share listed later
+                # answers there; a wrong code answers nothing anywhere).
+                probed = True
+                pending = plan_chunks([(chunk[1] + _ONE_DAY, newest)], newest, self.chunk_weekdays)
+        if fetched and not result.rows_fetched and result.stopped is None:
+            self._check_not_all_empty(symbol, code, [c for c, _ in fetched], cached)
         for chunk, bars in fetched:  # oldest first: coverage only ever grows from the past
             added, corrected, unchanged = write_day_files(self.cache_dir, symbol, bars)
             result.added, result.corrected, result.unchanged = (
@@ -280,13 +401,77 @@ class BreezeIngestor:
                 result.unchanged + unchanged,
             )
             result.chunks.append(chunk)
-        final = [(a, min(b, final_until)) for (a, b), _ in fetched if a <= final_until]
-        if final:
-            with self.state.update() as data:
-                have = _progress(data, symbol, code)
-                merged = merge_ranges(have + final)
-                data.setdefault("symbols", {})[symbol] = {
-                    "stock_code": code,
-                    "fetched": [[a.isoformat(), b.isoformat()] for a, b in merged],
-                }
+        self._record_fetched(symbol, code, fetched, cached, final_until, result)
         return result
+
+    def _check_not_all_empty(
+        self, symbol: str, code: str, chunks: list[DateRange], cached: np.ndarray
+    ) -> None:
+        """Breeze answered no row for any of `chunks`: a wrong stock code when they hold sessions
+        and the cache has no bar at all, or has bars on days Breeze says have none."""
+        asked = np.concatenate([sessions(a, b) for a, b in chunks])
+        if not len(asked):
+            return
+        held = int(np.isin(cached, asked).sum())
+        if len(cached) and not held:
+            return  # only days past the newest bar or before the first: asked again next run
+        what = (
+            f"none of the {held} bars the cache holds on these days"
+            if held
+            else f"no bar for any of the {len(asked)} NSE sessions asked"
+        )
+        span = f"{chunks[0][0]}..{chunks[-1][1]}"
+        raise BreezeApiError(
+            f"{symbol} ({code}): Breeze answered {what} ({span}): the ISEC stock code {code} is "
+            f"probably wrong. Check {symbol}'s code in {code_origin(symbol, self.codes_file)} against "
+            "Breeze's Security Master (NSEScripMaster.txt, column ShortName). Nothing was recorded "
+            "as fetched",
+            symbol=symbol,
+            origin=code_origin(symbol, self.codes_file),
+            rule="stock code answers",
+        )
+
+    def _record_fetched(
+        self,
+        symbol: str,
+        code: str,
+        fetched: list[tuple[DateRange, pd.DataFrame]],
+        cached: np.ndarray,
+        final_until: dt.date,
+        result: IngestResult,
+    ) -> None:
+        """Record the settled part of each answered chunk: up to `final_until` (older days are not
+        asked again), and never an empty answer over sessions nor sessions after the symbol's
+        newest bar (both asked again on the next run). Sessions of a recorded range that Breeze
+        answered without a bar are recorded as such (`no_bar`)."""
+        bar_days = [cached, *(b.index.tz_localize(None).normalize().to_numpy() for _, b in fetched)]
+        known = np.unique(np.concatenate([d.astype("datetime64[D]") for d in bar_days]))
+        newest_bar = _date(known[-1]) if len(known) else None
+        final: list[DateRange] = []
+        no_bar: list[DateRange] = []
+        for (a, b), bars in fetched:
+            end = min(b, final_until)
+            if end < a:
+                continue
+            days = sessions(a, end)
+            if bars.empty and len(days):
+                result.unsettled.append((a, b))
+                continue
+            if newest_bar is not None and len(days) and days[-1] > np.datetime64(newest_bar, "D"):
+                end = max(newest_bar, a - _ONE_DAY)  # no bar yet after the newest: asked again
+                days = days[days <= np.datetime64(end, "D")]
+                if end < a:
+                    continue
+            final.append((a, end))
+            no_bar += _runs(days[~np.isin(days, known)], days)
+        if not final:
+            return
+        with self.state.update() as data:
+            have = _record(data, symbol, code)
+            # a re-answered range replaces what was recorded as "no bar" in it
+            kept = [part for r in have.no_bar for part in missing_ranges(r, final)]
+            data.setdefault("symbols", {})[symbol] = {
+                "stock_code": code,
+                "fetched": _iso(merge_ranges(have.fetched + final)),
+                "no_bar": _iso(sorted(kept + no_bar)),
+            }

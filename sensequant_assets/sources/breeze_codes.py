@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .base import DataSourceError
 
-__all__ = ["CODES_FILE_VAR", "SHIPPED_CODES", "StockCodeError", "isec_code", "load_codes"]
+__all__ = ["CODES_FILE_VAR", "SHIPPED_CODES", "StockCodeError", "code_origin", "isec_code", "load_codes"]
 
 SHIPPED_CODES = Path(__file__).with_name("isec_codes.json")
 CODES_FILE_VAR = "SENSEQUANT_BREEZE_CODES_FILE"
@@ -82,3 +82,11 @@ def isec_code(symbol: str, user_file: str | Path | None = None) -> str:
             rule="stock code known",
         )
     return code
+
+
+def code_origin(symbol: str, user_file: str | Path | None = None) -> str:
+    """The file `symbol`'s code comes from: the user's file when it names the symbol, else the
+    shipped one (with the variable that would override it)."""
+    if user_file and symbol.strip().upper() in _read(Path(user_file)):
+        return str(user_file)
+    return f"{SHIPPED_CODES} (override it in the file {CODES_FILE_VAR} names)"
