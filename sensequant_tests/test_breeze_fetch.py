@@ -3,13 +3,18 @@ quota, credentials and the cache it writes."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import importlib.util
+import io
 import itertools
 import json
 import logging
 import os
 import random
 import stat
+import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from sensequant_assets.sources.breeze_client import (
     BreezeSession,
     Credentials,
     RetryPolicy,
+    breeze_connect_factory,
     classify_answer,
     credentials_from_env,
 )
@@ -402,6 +408,87 @@ def test_429_500_and_timeouts_are_retried_with_backoff_honouring_retry_after(
         make(tmp_path / "other", client, FakeClock(JULY), attempts=3).ingest(
             "TCS", dt.date(2024, 1, 1), dt.date(2024, 6, 30)
         )
+
+
+@pytest.fixture
+def real_sdk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[int, dict[str, str], str]]:
+    """breeze-connect's own code (the `breeze` extra) with the network stubbed where it reaches it
+    (`requests.get`, `urlopen`); append (HTTP status, headers, body) to script the data calls."""
+    if importlib.util.find_spec("breeze_connect") is None:
+        pytest.skip(
+            "breeze-connect is not installed (the `breeze` extra: .venv/bin/pip install -e '.[breeze]'), "
+            "so the real SDK's handling of HTTP statuses is not tested here"
+        )
+    import urllib.request
+
+    import urllib3.util.connection
+
+    archive = io.BytesIO()
+    zipfile.ZipFile(archive, "w").close()  # an empty Security Master
+
+    def urlopen(*args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(archive.getvalue())
+
+    answers: list[tuple[int, dict[str, str], str]] = []
+
+    def get(url: str, **kwargs: Any) -> requests.Response:
+        response = requests.Response()
+        response.url, response.status_code = url, 200
+        if "customerdetails" in url.lower():
+            token = base64.b64encode(b"USER:SESSION").decode()
+            body = json.dumps({"Success": {"session_token": token}, "Status": 200, "Error": None})
+        elif "securitymaster" in url.lower():
+            body = ""
+            response._content = archive.getvalue()
+        else:
+            response.status_code, headers, body = answers.pop(0)
+            response.headers.update(headers)
+        if body:
+            response._content = body.encode()
+        return response
+
+    monkeypatch.chdir(tmp_path)  # its import creates logs/ in the working directory
+    monkeypatch.setattr(sys, "path", list(sys.path))  # and puts its own directory on the path
+    monkeypatch.setattr(urllib3.util.connection, "HAS_IPV6", urllib3.util.connection.HAS_IPV6)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)  # its import downloads the Security Master
+    monkeypatch.setattr(requests, "get", get)
+    try:
+        import breeze_connect.breeze_connect as sdk
+    except Exception as exc:  # pragma: no cover - a broken install
+        pytest.skip(f"breeze-connect is installed but cannot be imported here: {exc}")
+    config = sys.modules.get("config")
+    if str(getattr(config, "__file__", "")).startswith(os.path.dirname(sdk.__file__)):
+        del sys.modules["config"]  # its `import config`, found through the path entry it added
+    monkeypatch.setattr(sdk, "urlopen", urlopen)  # each session downloads it again
+    return answers
+
+
+def test_the_real_sdk_path_classifies_by_the_http_status_and_honours_retry_after(
+    tmp_path: Path, real_sdk: list[tuple[int, dict[str, str], str]]
+) -> None:
+    """breeze-connect returns only `response.json()`: the status and Retry-After are kept apart."""
+    rows = bar_rows("TCS", "2024-07-01", "2024-07-10")
+    real_sdk += [
+        (429, {"Retry-After": "7"}, '{"message": "Too Many Requests"}'),  # no Status in the body
+        (503, {}, "<html><body>503 Service Unavailable</body></html>"),  # not JSON
+        (429, {"Retry-After": "3"}, '{"Success": null, "Status": 429, "Error": "Too many requests"}'),
+        (200, {}, json.dumps({"Success": rows, "Status": 200, "Error": None})),
+    ]
+    clock = FakeClock(JULY)
+    session = BreezeSession(
+        lambda: Credentials(KEY, SECRET, TOKEN),
+        breeze_connect_factory,
+        CallBudget(tmp_path / "cache", clock, 100, 5000),
+        clock,
+        RetryPolicy(attempts=5),
+        rng=random.Random(0),
+    )
+    assert session.daily_rows("TCS", "TCS", "2024-07-01", "2024-07-10") == rows
+    assert clock.sleeps[0] == 7 and 1 <= clock.sleeps[1] < 2 and clock.sleeps[2] == 3
+    real_sdk.append((401, {}, "<html>401 Authorization Required</html>"))
+    with pytest.raises(BreezeAuthError, match="HTTP 401"):
+        session.daily_rows("TCS", "TCS", "2024-07-11", "2024-07-12")
+    assert real_sdk == [] and len(clock.sleeps) == 3  # a 401 is not retried
 
 
 def test_the_rate_limit_waits_on_the_injected_clock(tmp_path: Path) -> None:

@@ -2,12 +2,18 @@
 
 What breeze-connect does that this module guards against (read from its source, 1.0.69):
 - `get_historical_data_v2` before `generate_session` returns None: we authenticate first.
-- it returns the JSON body whatever the HTTP status (`{"Success": [...], "Status": 200,
-  "Error": None}`, or `Status` 401/429/500 with `Error` set), so the status is read from the
-  body; a body that is not JSON (a gateway's HTML page) or a network failure is raised as a
-  plain `Exception` chained to the original, which `classify_exception` unwraps.
-- its `requests` calls have no timeout: `breeze_connect_factory` gives them one.
-- importing it downloads Breeze's Security Master: it is imported only when a fetch needs it.
+- it returns only the JSON body (`requests.get(...).json()`: `{"Success": [...], "Status": 200,
+  "Error": None}`, or `Status` 401/429/500 with `Error` set), dropping the HTTP status and
+  headers; a body that is not JSON (a gateway's HTML page) or a network failure is raised as a
+  plain `Exception` chained to the original, which `classify_exception` unwraps. So
+  `breeze_connect_factory` wraps the `requests` module it uses (`_RequestsWithTimeout`), which
+  keeps the last response, and its client (`_StatusKeepingClient`) raises an HTTP error status
+  as `requests.HTTPError` with that response: 429 is retried after its `Retry-After`, 401 is an
+  authentication error and 5xx is retried, whatever the body says (or if it is HTML).
+- its `requests` calls have no timeout: the same wrapper gives them one.
+- importing it downloads Breeze's Security Master and creates `logs/apiLogs.log` and
+  `logs/websocketLogs.log` in the working directory; each `generate_session` downloads the
+  Security Master again. It is imported only when a fetch needs it.
 "No data" (Status 200, `Success` empty) and "error" (`Error` set or Status not 200) are never
 confused. Credentials are never logged, and every message raised here is scrubbed of them.
 No Dagster here.
@@ -19,6 +25,7 @@ import json
 import logging
 import random
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,10 +427,19 @@ class BreezeSession:
 
 class _RequestsWithTimeout:
     """Stands in for the `requests` module inside breeze_connect, whose calls pass no timeout
-    (a stalled connection would hang the run for ever): the same functions, with one."""
+    (a stalled connection would hang the run for ever): the same functions, with one. It keeps
+    the last response of this thread (`last_response`), whose HTTP status and headers
+    breeze-connect drops."""
 
     def __init__(self, module: Any, timeout: float) -> None:
         self._module, self._timeout = module, timeout
+        self._last = threading.local()
+
+    def forget(self) -> None:
+        self._last.response = None
+
+    def last_response(self) -> Any:
+        return getattr(self._last, "response", None)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._module, name)
@@ -431,10 +447,63 @@ class _RequestsWithTimeout:
 
             def with_timeout(*args: Any, **kwargs: Any) -> Any:
                 kwargs.setdefault("timeout", self._timeout)
-                return attr(*args, **kwargs)
+                response = attr(*args, **kwargs)
+                self._last.response = response
+                return response
 
             return with_timeout
         return attr
+
+
+def _raise_http_error(response: Any) -> None:
+    """`requests.HTTPError` carrying `response` when its status is an error (>= 400)."""
+    import requests
+
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int) or status < 400:
+        return
+    body = " ".join(str(getattr(response, "text", "") or "").split())[:200] or "(empty body)"
+    reason = getattr(response, "reason", None)
+    raise requests.HTTPError(f"HTTP {status}{f' {reason}' if reason else ''}: {body}", response=response)
+
+
+class _StatusKeepingClient:
+    """breeze-connect's client with the HTTP status it drops put back: an answer (or a failure)
+    whose HTTP status is an error raises `requests.HTTPError` with the response, so
+    `classify_exception` sees the real status and the `Retry-After` header."""
+
+    def __init__(self, client: Any, http: _RequestsWithTimeout) -> None:
+        self._client, self._http = client, http
+
+    def _call(self, method: Any, *, every_response: bool, **kwargs: Any) -> Any:
+        self._http.forget()
+        try:
+            answer = method(**kwargs)
+        except Exception as exc:
+            try:
+                _raise_http_error(self._http.last_response())
+            except Exception as http_error:
+                raise http_error from exc
+            raise
+        if every_response:  # one request per call: its status decides, whatever the body says
+            _raise_http_error(self._http.last_response())
+        return answer
+
+    def generate_session(self, api_secret: str, session_token: str) -> Any:
+        # several requests (the Security Master's download after the session's): only a failure
+        # is looked into, so a later download's status never fails a session that was granted
+        return self._call(
+            self._client.generate_session,
+            every_response=False,
+            api_secret=api_secret,
+            session_token=session_token,
+        )
+
+    def get_historical_data_v2(self, **kwargs: Any) -> Any:
+        return self._call(self._client.get_historical_data_v2, every_response=True, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
 
 def breeze_connect_factory(api_key: str) -> BreezeClient:
@@ -452,7 +521,11 @@ def breeze_connect_factory(api_key: str) -> BreezeClient:
             f"importing breeze-connect failed (it downloads Breeze's Security Master on import): {exc}",
             rule="breeze-connect importable",
         ) from None
-    logging.getLogger("APILogger").propagate = False  # it logs every answer at DEBUG to logs/apiLogs.log
+    # It logs every answer at DEBUG to logs/apiLogs.log (the historical data's with a malformed
+    # logging call, which prints "--- Logging error ---" on stderr each time): errors only.
+    api_logger = logging.getLogger("APILogger")
+    api_logger.propagate = False
+    api_logger.setLevel(logging.ERROR)
     if not isinstance(sdk.requests, _RequestsWithTimeout):
         sdk.requests = _RequestsWithTimeout(sdk.requests, HTTP_TIMEOUT_SECONDS)
-    return sdk.BreezeConnect(api_key=api_key)
+    return _StatusKeepingClient(sdk.BreezeConnect(api_key=api_key), sdk.requests)
