@@ -169,7 +169,8 @@ class BreezeMarketData(MarketDataResource):
     data_dir: str = DEFAULTS["SENSEQUANT_DATA_DIR"]
 
     def source_for(self, symbol: str) -> BarSource:
-        return CsvDirSource(Path(self.data_dir))
+        # Breeze's history is unadjusted: the shipped corporate actions apply to its cache.
+        return CsvDirSource(Path(self.data_dir), shipped_actions=True)
 
     @classmethod
     def from_env(cls, plain: bool) -> BreezeMarketData:

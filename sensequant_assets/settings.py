@@ -38,6 +38,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_MAX_GAP_DAYS": "10",
     "SENSEQUANT_MAX_FILE_MB": "100",  # a data file larger than this is refused unread (0: no limit)
     "SENSEQUANT_ALLOWED_MOVES": "",
+    "SENSEQUANT_CORPORATE_ACTIONS_FILE": "",  # the csv and breeze sources (breeze adds the shipped file)
     # The breeze source (credentials are BREEZE_API_KEY, BREEZE_API_SECRET, BREEZE_SESSION_TOKEN or
     # BREEZE_SESSION_TOKEN_FILE, read apart: they are secrets, never shown with the settings).
     "SENSEQUANT_BREEZE_CODES_FILE": "",

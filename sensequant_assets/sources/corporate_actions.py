@@ -2,9 +2,12 @@
 
 Breeze's daily history is unadjusted (or adjusted only up to 2022), so a 1:2 split looks like a
 -50 % day to every feature and label. Sources keep their raw data as fetched and adjust at read
-time from a corporate-actions file: the shipped `corporate_actions.csv` (known NSE actions) plus
-the user's file named by `SENSEQUANT_CORPORATE_ACTIONS_FILE`, whose rows extend the shipped ones
-and replace a shipped row of the same symbol, ex-date and type (e.g. to mark it adjusted by the
+time from corporate-actions files. Whether a vendor adjusted is a property of the source, so the
+shipped `corporate_actions.csv` (known NSE actions, unadjusted in Breeze's history) applies only to
+a source that says its raw data is unadjusted (the breeze source's cache: `configured_files(True)`);
+every source also applies the user's file named by `SENSEQUANT_CORPORATE_ACTIONS_FILE` (a csv user
+with unadjusted data may name the shipped file there), whose rows extend the shipped ones and
+replace a shipped row of the same symbol, ex-date and type (e.g. to mark it adjusted by the
 source). Format (a header, one action per line, `#` comments, blank lines ignored):
 
     symbol,ex_date,type,ratio,factor,adjusted_by_source,note
@@ -29,7 +32,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from sensequant_assets.settings import env
 
 from .base import IST, DataSourceError
 from .symbols import InvalidSymbolError, validate_symbol
@@ -50,6 +54,7 @@ __all__ = [
     "adjust_bars",
     "applied",
     "configured_actions",
+    "configured_files",
     "load_actions",
     "price_factors",
 ]
@@ -102,23 +107,34 @@ class CorporateAction:
 
 @dataclass(frozen=True)
 class CorporateActions:
-    """Actions by symbol, each symbol's sorted by ex-date."""
+    """Actions by symbol, each symbol's sorted by ex-date: a symbol's lookup costs its own actions.
+    `changed_at`: when the files they come from last changed (newest ctime or mtime, seconds; 0.0
+    for none), which the `new_data` sensor compares with when a training read the bars."""
 
     by_symbol: dict[str, tuple[CorporateAction, ...]] = field(default_factory=dict)
+    changed_at: float = 0.0
+    _digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, symbol: str) -> tuple[CorporateAction, ...]:
         return self.by_symbol.get(symbol, ())
 
     def digest(self, symbol: str) -> str:
         """A hash of what the symbol's actions change ("" when it has none, so a symbol without
-        actions keeps the tokens and fingerprints it had before actions existed)."""
-        actions = self.of(symbol)
-        if not actions:
-            return ""
-        return hashlib.sha256("\0".join(a.fingerprint() for a in actions).encode()).hexdigest()
+        actions keeps the tokens and fingerprints it had before actions existed); computed once
+        per symbol (`load_actions` keeps this object while the files are unchanged)."""
+        found = self._digests.get(symbol)
+        if found is None:
+            actions = self.of(symbol)
+            found = (
+                hashlib.sha256("\0".join(a.fingerprint() for a in actions).encode()).hexdigest()
+                if actions
+                else ""
+            )
+            self._digests[symbol] = found
+        return found
 
     @classmethod
-    def of_rows(cls, actions: Iterable[CorporateAction]) -> CorporateActions:
+    def of_rows(cls, actions: Iterable[CorporateAction], changed_at: float = 0.0) -> CorporateActions:
         """Merge in order: a later action with the same (symbol, ex-date, type) replaces an earlier."""
         merged: dict[tuple[str, dt.date, str], CorporateAction] = {}
         for action in actions:
@@ -126,7 +142,8 @@ class CorporateActions:
         grouped: dict[str, list[CorporateAction]] = {}
         for action in merged.values():
             grouped.setdefault(action.symbol, []).append(action)
-        return cls({s: tuple(sorted(a, key=lambda x: (x.ex_date, x.kind))) for s, a in grouped.items()})
+        by_symbol = {s: tuple(sorted(a, key=lambda x: (x.ex_date, x.kind))) for s, a in grouped.items()}
+        return cls(by_symbol, changed_at)
 
 
 def applied(actions: Sequence[CorporateAction], last_bar: dt.date | None) -> tuple[CorporateAction, ...]:
@@ -279,9 +296,12 @@ def parse_actions(text: str, path: Path) -> list[CorporateAction]:
     return out
 
 
+Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a file
+
+
 @lru_cache(maxsize=32)
-def _load_file(path: Path, stamp: tuple[int, int, int]) -> tuple[CorporateAction, ...]:
-    """One file's actions, cached by (inode, size, mtime): a sensor asks every symbol every tick."""
+def _load_file(path: Path, stamp: Stamp) -> tuple[CorporateAction, ...]:
+    """One file's actions, cached by its stamp: a sensor asks every symbol every tick."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -289,24 +309,37 @@ def _load_file(path: Path, stamp: tuple[int, int, int]) -> tuple[CorporateAction
     return tuple(parse_actions(text, path))
 
 
+@lru_cache(maxsize=32)
+def _merged(stamped: tuple[tuple[Path, Stamp], ...]) -> CorporateActions:
+    """The merged, per-symbol actions of files with these stamps: built once per change of a file,
+    not per lookup (5,000 rows merged and sorted on every call cost a 500-symbol sensor tick 2 s)."""
+    rows: list[CorporateAction] = []
+    for path, stamp in stamped:
+        rows.extend(_load_file(path, stamp))
+    changed = max((max(stamp[2], stamp[3]) for _, stamp in stamped), default=0)
+    return CorporateActions.of_rows(rows, changed_at=changed / 1e9)
+
+
 def load_actions(paths: Sequence[Path]) -> CorporateActions:
     """The actions of `paths` in order, a later file's row replacing an earlier one's (one stat per
-    file; parsed again only when a file changed)."""
-    rows: list[CorporateAction] = []
-    for path in paths:
+    file; parsed and merged again only when a file changed)."""
+    stamped = []
+    for path in map(Path, paths):
         try:
-            st = Path(path).stat()
+            st = path.stat()
         except OSError as exc:
-            raise _error(Path(path), None, "file", f"cannot be read: {exc}") from None
-        rows.extend(_load_file(Path(path), (st.st_ino, st.st_size, st.st_mtime_ns)))
-    return CorporateActions.of_rows(rows)
+            raise _error(path, None, "file", f"cannot be read: {exc}") from None
+        stamped.append((path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+    return _merged(tuple(stamped))
 
 
-def configured_files() -> tuple[Path, ...]:
-    """The shipped file, then the user's (`SENSEQUANT_CORPORATE_ACTIONS_FILE`), read at each call."""
-    user = os.environ.get(ACTIONS_FILE_ENV, "").strip()
-    return (SHIPPED_FILE, Path(user)) if user else (SHIPPED_FILE,)
+def configured_files(shipped: bool) -> tuple[Path, ...]:
+    """The files a source applies: the shipped file when `shipped` (a source whose raw data is known
+    to be unadjusted: the breeze source's cache), then the user's `SENSEQUANT_CORPORATE_ACTIONS_FILE`
+    (read at each call; it may name the shipped file)."""
+    user = env(ACTIONS_FILE_ENV)
+    return (*((SHIPPED_FILE,) if shipped else ()), *((Path(user),) if user else ()))
 
 
-def configured_actions() -> CorporateActions:
-    return load_actions(configured_files())
+def configured_actions(shipped: bool = False) -> CorporateActions:
+    return load_actions(configured_files(shipped))

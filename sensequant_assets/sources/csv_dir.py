@@ -20,10 +20,14 @@ Change detection (`data_token`, `window_fingerprints`), for a sensor polling man
 
 Corporate actions (`corporate_actions.py`) are applied at read time, after validation, so the files
 stay as fetched: the actions a symbol's data has reached (and its source did not adjust for)
-back-adjust the bars before their ex-dates. A window's fingerprint includes the applied actions
-dated after its first bar (exactly the windows whose adjusted bars they change), the tokens every
-action of the symbol; the actions files are stat'ed, and parsed again only when they change. The
-jump rule of `validate_bars` judges the adjusted closes.
+back-adjust the bars before their ex-dates. A plain csv directory applies only the user's
+`SENSEQUANT_CORPORATE_ACTIONS_FILE` (none by default: its bars and fingerprints are those of a
+source without actions); the shipped file applies when the source is told its data is unadjusted
+(`shipped_actions=True`, which the breeze resource sets for its cache). A window's fingerprint
+includes the applied actions dated after its first bar (exactly the windows whose adjusted bars
+they change), the tokens every action of the symbol; the actions files are stat'ed, and parsed
+and merged again only when they change. The jump rule of `validate_bars` judges the adjusted
+closes.
 """
 
 from __future__ import annotations
@@ -405,12 +409,15 @@ def _closer(actions: tuple[CorporateAction, ...], last_bar: dt.date | None) -> A
 class CsvDirSource:
     """Bars from `data_dir` in either layout (see module docstring); file names are upper case.
 
-    `actions_files`: the corporate-actions files to apply, in order; None (the default) reads the
-    shipped file and `SENSEQUANT_CORPORATE_ACTIONS_FILE` at each call, () applies none.
+    `actions_files`: the corporate-actions files to apply, in order; None (the default) applies
+    `SENSEQUANT_CORPORATE_ACTIONS_FILE` (read at each call), preceded by the shipped file when
+    `shipped_actions` (the data is known to be unadjusted: the breeze source's cache; a vendor's
+    csv files may already be adjusted, so a csv user opts in by naming a file); () applies none.
     """
 
     data_dir: Path
     actions_files: tuple[Path, ...] | None = None
+    shipped_actions: bool = False
     name: ClassVar[str] = "csv"
 
     def __post_init__(self) -> None:
@@ -420,7 +427,7 @@ class CsvDirSource:
 
     def _actions(self) -> CorporateActions:
         if self.actions_files is None:
-            return configured_actions()
+            return configured_actions(self.shipped_actions)
         return load_actions(self.actions_files)
 
     # -- discovery -------------------------------------------------------------------------
