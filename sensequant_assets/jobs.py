@@ -1,6 +1,7 @@
 """Jobs: per-partition training + evaluation, the briefing, registry rollback and demotion."""
 
 from dagster import (
+    AssetKey,
     AssetObservation,
     AssetSelection,
     Config,
@@ -14,22 +15,33 @@ from dagster import (
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.registry import demote, rollback
-from sensequant_assets.resources import market_data_class
 
-# With a source that is fetched into a cache (Breeze), its ingestion asset leads: the history
-# backfills, the sensors' retraining and train_job fetch what the partition lacks, then train.
+# The partitioned training assets of one symbol-window.
 PARTITION_ASSETS = (
-    *market_data_class().ingestion_assets,
     "market_bars",
     "teacher_model",
     "teacher_labels",
     "student_model",
     "student_evaluation",
 )
+# What train_job, the history backfills and the sensors' runs materialise: the training assets
+# and, leading them, whatever fills the data source's cache (the assets market_bars depends on:
+# breeze_bars with Breeze, none for a source read directly). The ingestion assets are the ones
+# build_definitions chose with the source; this selection resolves against the definitions
+# loaded, so nothing here reads the environment or is fixed at import.
+PARTITION_SELECTION = AssetSelection.assets(*PARTITION_ASSETS) | AssetSelection.assets(
+    "market_bars"
+).upstream(include_self=False)
+
+
+def partition_asset_keys(asset_graph) -> set[AssetKey]:
+    """PARTITION_SELECTION's asset keys in `asset_graph` (a code location's)."""
+    return set(PARTITION_SELECTION.resolve(asset_graph))
+
 
 train_job = define_asset_job(
     name="train_job",
-    selection=AssetSelection.assets(*PARTITION_ASSETS),
+    selection=PARTITION_SELECTION,
     partitions_def=symbol_window_partitions,
     description="Bars, teacher, student and out-of-sample evaluation of one symbol-window partition.",
 )

@@ -4,8 +4,9 @@ environment here.
 `MarketDataResource` is where the training graph, the sensors and the schedules read bars; each
 source is a subclass with its own fields and its own `from_env`, and `market_data_from_env` picks
 the one `SENSEQUANT_DATA_SOURCE` names, so a new source is a new class, not a new branch. A source
-that must be filled before it is read (Breeze) names its ingestion assets and the resources they
-need (`api_resources`); only those assets reach the API, the rest read its local cache.
+that must be filled before it is read (Breeze) has ingestion assets (`assets.ingest.ingestion_for`,
+added by `build_definitions`) and the resources they need (`api_resources`); only those assets
+reach the API, the rest read its local cache.
 """
 
 from __future__ import annotations
@@ -64,9 +65,6 @@ class MarketDataResource(ConfigurableResource, metaclass=_ChosenByDataSource):
     """Where bars are read (`SENSEQUANT_DATA_SOURCE`); one subclass per source."""
 
     kind: ClassVar[str] = ""
-    # Assets that fill this source's local cache; market_bars depends on them, and the training
-    # backfills and sensors' runs include them (jobs.PARTITION_ASSETS).
-    ingestion_assets: ClassVar[tuple[str, ...]] = ()
 
     @property
     def data_source(self) -> str:
@@ -165,7 +163,6 @@ class BreezeMarketData(MarketDataResource):
     Breeze. The cache may not exist before the first fetch: its symbols are then unknown."""
 
     kind: ClassVar[str] = "breeze"
-    ingestion_assets: ClassVar[tuple[str, ...]] = ("breeze_bars",)
     data_dir: str = DEFAULTS["SENSEQUANT_DATA_DIR"]
 
     def source_for(self, symbol: str) -> BarSource:

@@ -18,7 +18,6 @@ from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
     AssetRecordsFilter,
-    AssetSelection,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -38,7 +37,7 @@ from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.io_manager import ArtifactStore
-from sensequant_assets.jobs import PARTITION_ASSETS, demote_job, train_job
+from sensequant_assets.jobs import PARTITION_SELECTION, demote_job, partition_asset_keys, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
     make_key,
@@ -89,8 +88,8 @@ def partitions_backfill(
 ) -> RunRequest:
     """One backfill of the partitioned assets over `partitions` (dependency order, batched per window)."""
     keys = {
-        AssetKeyPartitionKey(AssetKey(asset), str(partition))
-        for asset in PARTITION_ASSETS
+        AssetKeyPartitionKey(asset, str(partition))
+        for asset in partition_asset_keys(context.repository_def.asset_graph)
         for partition in partitions
     }
     subset = AssetGraphSubset.from_asset_partition_set(keys, context.repository_def.asset_graph)
@@ -173,7 +172,7 @@ def _state_unavailable(
 
 @sensor(
     name="symbol_universe",
-    asset_selection=AssetSelection.assets(*PARTITION_ASSETS),  # what its history backfills target
+    asset_selection=PARTITION_SELECTION,  # what its history backfills target
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(
@@ -368,7 +367,7 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
 
 @sensor(
     name="new_data",
-    asset_selection=AssetSelection.assets(*PARTITION_ASSETS),  # train_job's assets
+    asset_selection=PARTITION_SELECTION,  # train_job's assets
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description=(

@@ -130,3 +130,36 @@ def test_breeze_without_credentials_fails_at_once_naming_them(
     legacy = MarketDataResource(data_source="breeze", data_dir=str(tmp_path / "none"))
     assert isinstance(legacy, BreezeMarketData) and legacy.data_source == "breeze"
     assert legacy.source_for("TCS") == CsvDirSource(tmp_path / "none")
+
+
+def test_the_jobs_and_sensors_take_the_ingestion_assets_of_the_source_the_definitions_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jobs.py is imported (with the tests' synthetic source) before the Breeze definitions are
+    built: their train_job, backfills and sensors must still lead with breeze_bars."""
+    from dagster import build_sensor_context
+
+    from sensequant_assets import jobs
+    from sensequant_assets.definitions import build_definitions
+    from sensequant_assets.sensors import partitions_backfill
+
+    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
+    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
+    for name, value in (
+        ("BREEZE_API_KEY", KEY),
+        ("BREEZE_API_SECRET", SECRET),
+        ("BREEZE_SESSION_TOKEN", TOKEN),
+    ):
+        monkeypatch.setenv(name, value)
+    breeze = build_definitions()
+    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "synthetic")
+    synthetic = build_definitions()
+    fetch = AssetKey("breeze_bars")
+    for defs, leads in ((breeze, True), (synthetic, False)):
+        graph = defs.resolve_asset_graph()
+        assert (fetch in defs.resolve_job_def("train_job").asset_layer.selected_asset_keys) is leads
+        for sensor in ("symbol_universe", "new_data"):
+            assert (fetch in defs.resolve_sensor_def(sensor).asset_selection.resolve(graph)) is leads
+        request = partitions_backfill(build_sensor_context(definitions=defs), [KEY_WINDOW], "test", "test")
+        assert (fetch in request.asset_graph_subset.asset_keys) is leads
+        assert {k.to_user_string() for k in jobs.partition_asset_keys(graph)} >= set(jobs.PARTITION_ASSETS)
