@@ -82,6 +82,7 @@ import math
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -456,19 +457,29 @@ def postgres_database(url: str, name: str) -> str:
     run) and return the URL of that database."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = sqlalchemy.create_engine(_psycopg2(url), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
-    return str(sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+    return _psycopg2(
+        str(sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+    )
+
+
+def _psycopg2(url: str) -> str:
+    """`url` through psycopg2, the driver dagster-postgres installs (SQLAlchemy 2 may pick psycopg 3)."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 def postgres_size(url: str) -> int:
     """`pg_database_size` of the database of `url`: its tables, indexes and TOAST, in bytes."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
+    engine = sqlalchemy.create_engine(_psycopg2(url))
     with engine.connect() as conn:
         size = conn.execute(sqlalchemy.text("SELECT pg_database_size(current_database())")).scalar_one()
     engine.dispose()
@@ -1295,11 +1306,9 @@ def run_backfill(
             write_instance_yaml(home, TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs))
         if args.postgres:
             postgres_url = postgres_database(args.postgres, f"sensequant_bench_{os.getpid()}_{repeat}")
-            tuned = (home / "dagster.yaml").read_text()
-            head, _, rest = tuned.partition("event_log_storage:")
-            rest = rest.split("\n", 4)[-1] if rest else ""  # the SQLite event log's four lines
-            yaml = head + POSTGRES_STORAGE.format(url=postgres_url) + rest
-            (home / "dagster.yaml").write_text(yaml)
+            tuned = (home / "dagster.yaml").read_text()  # without its SQLite event log block
+            kept = re.sub(r"(?m)^event_log_storage:\n(?:[ #].*\n)*", "", tuned)
+            (home / "dagster.yaml").write_text(kept + POSTGRES_STORAGE.format(url=postgres_url))
     register_symbols(home, universe.symbols)
     extra_env = (
         dict(args.backfill_env) if mode == "backfill" else {**DEFAULT_MODE_ENV, **dict(args.default_env)}
