@@ -49,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--symbols", required=True, help="comma-separated NSE symbols, e.g. RELIANCE,TCS")
     train.add_argument("--start", required=True, type=_date, help="first day (YYYY-MM-DD)")
     train.add_argument("--end", required=True, type=_date, help="last day (YYYY-MM-DD)")
-    train.add_argument("--data-source", choices=["synthetic", "csv"], help="SENSEQUANT_DATA_SOURCE")
-    train.add_argument("--data-dir", help="SENSEQUANT_DATA_DIR (for the csv source)")
+    train.add_argument(
+        "--data-source",
+        choices=["synthetic", "csv", "breeze"],
+        help="SENSEQUANT_DATA_SOURCE (breeze: trains on its cache as it is; fetching is breeze_bars')",
+    )
+    train.add_argument("--data-dir", help="SENSEQUANT_DATA_DIR (the csv source's files, or breeze's cache)")
     train.add_argument("--artifacts-dir", help="SENSEQUANT_ARTIFACTS_DIR")
     train.add_argument(
         "--max-failure-rate",
@@ -180,8 +184,9 @@ def train(args: argparse.Namespace) -> int:
         from sensequant_assets.definitions import build_definitions
         from sensequant_assets.resources import market_data_from_env
 
-        defs = build_definitions()
-        market = market_data_from_env(plain=True)
+        # Training reads the bars the source holds; it never fetches (no Breeze credentials needed).
+        defs = build_definitions(fetch=False)
+        market = market_data_from_env(plain=True, fetch=False)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,12 +23,16 @@ from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 from sensequant_assets.settings import env
 
 
-def build_definitions() -> Definitions:
-    """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables)."""
+def build_definitions(*, fetch: bool = True) -> Definitions:
+    """Definitions for the current environment (tests call it after setting SENSEQUANT_* variables).
+
+    `fetch=False` (`sensequant train`) leaves out what fills a source's cache (breeze_bars and its
+    API resource): the runs read the cache as it is, and no credentials are needed."""
     # The one place the data source is chosen: its resource, and the assets that fill its cache
-    # (Breeze's breeze_bars, upstream of market_bars; none for a source read directly).
-    market_data = market_data_from_env()
-    ingestion = ingestion_for(market_data)
+    # (Breeze's breeze_bars, upstream of market_bars; none for a source read directly). The jobs
+    # and sensors select them through jobs.PARTITION_SELECTION.
+    market_data = market_data_from_env(fetch=fetch)
+    ingestion = ingestion_for(market_data) if fetch else []
     # In-process: a run's steps share one process (no per-step Python start-up); parallelism comes
     # from concurrent runs (deploy/dagster.yaml), each training on one core.
     return Definitions(
@@ -51,7 +55,7 @@ def build_definitions() -> Definitions:
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
             "market_data": market_data,
             "settings": settings_from_env(),
-            **market_data.api_resources(),
+            **(market_data.api_resources() if fetch else {}),
         },
     )
 

@@ -74,8 +74,9 @@ class MarketDataResource(ConfigurableResource, metaclass=_ChosenByDataSource):
         raise NotImplementedError
 
     @classmethod
-    def from_env(cls, plain: bool) -> MarketDataResource:
-        """This source configured from the environment; `plain` resolves values now."""
+    def from_env(cls, plain: bool, *, fetch: bool = True) -> MarketDataResource:
+        """This source configured from the environment; `plain` resolves values now. `fetch=False`:
+        only to read what a fetching source has cached (no API credentials needed)."""
         raise NotImplementedError
 
     def api_resources(self) -> dict[str, ConfigurableResource]:
@@ -115,7 +116,7 @@ class SyntheticMarketData(MarketDataResource):
         )
 
     @classmethod
-    def from_env(cls, plain: bool) -> SyntheticMarketData:
+    def from_env(cls, plain: bool, *, fetch: bool = True) -> SyntheticMarketData:
         """The planted signal's IC is defined at the pipeline's label horizon."""
         process = env("SENSEQUANT_SYNTHETIC_PROCESS").lower()
         if process not in PROCESSES:
@@ -152,7 +153,7 @@ class CsvMarketData(MarketDataResource):
         return CsvDirSource(Path(self.data_dir))
 
     @classmethod
-    def from_env(cls, plain: bool) -> CsvMarketData:
+    def from_env(cls, plain: bool, *, fetch: bool = True) -> CsvMarketData:
         return cls(data_dir=_value("SENSEQUANT_DATA_DIR", plain))
 
 
@@ -170,8 +171,9 @@ class BreezeMarketData(MarketDataResource):
         return CsvDirSource(Path(self.data_dir), shipped_actions=True)
 
     @classmethod
-    def from_env(cls, plain: bool) -> BreezeMarketData:
-        require_credentials(os.environ)  # at once, naming the variables, before anything runs
+    def from_env(cls, plain: bool, *, fetch: bool = True) -> BreezeMarketData:
+        if fetch:  # at once, naming the variables, before anything runs
+            require_credentials(os.environ)
         return cls(data_dir=_value("SENSEQUANT_DATA_DIR", plain))
 
     def api_resources(self) -> dict[str, ConfigurableResource]:
@@ -266,9 +268,10 @@ def market_data_class() -> type[MarketDataResource]:
     return MARKET_DATA[data_source_name()]
 
 
-def market_data_from_env(*, plain: bool = False) -> MarketDataResource:
-    """The configured source; `plain` resolves the values now (for use outside Dagster)."""
-    return market_data_class().from_env(plain)
+def market_data_from_env(*, plain: bool = False, fetch: bool = True) -> MarketDataResource:
+    """The configured source; `plain` resolves the values now (for use outside Dagster);
+    `fetch=False` reads a fetching source's cache only (`sensequant train`: no credentials)."""
+    return market_data_class().from_env(plain, fetch=fetch)
 
 
 def settings_from_env() -> PipelineSettings:

@@ -3,6 +3,7 @@ credentials checked when the code loads."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -129,7 +130,7 @@ def test_breeze_without_credentials_fails_at_once_naming_them(
     # the old single-class call still builds the source's class, which reads the cache
     legacy = MarketDataResource(data_source="breeze", data_dir=str(tmp_path / "none"))
     assert isinstance(legacy, BreezeMarketData) and legacy.data_source == "breeze"
-    assert legacy.source_for("TCS") == CsvDirSource(tmp_path / "none")
+    assert legacy.source_for("TCS") == CsvDirSource(tmp_path / "none", shipped_actions=True)
 
 
 def test_the_jobs_and_sensors_take_the_ingestion_assets_of_the_source_the_definitions_chose(
@@ -163,3 +164,29 @@ def test_the_jobs_and_sensors_take_the_ingestion_assets_of_the_source_the_defini
         request = partitions_backfill(build_sensor_context(definitions=defs), [KEY_WINDOW], "test", "test")
         assert (fetch in request.asset_graph_subset.asset_keys) is leads
         assert {k.to_user_string() for k in jobs.partition_asset_keys(graph)} >= set(jobs.PARTITION_ASSETS)
+
+
+def test_sensequant_train_reads_the_breeze_cache_without_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It never calls Breeze: it trains on the cache, so no credential is asked for."""
+    from sensequant_assets import cli
+    from sensequant_assets.devserver import DEPLOYMENT_ENV
+    from sensequant_tests.test_breeze_fetch import make
+
+    cache = tmp_path / "cache"
+    make(cache, FakeBreeze(), FakeClock(JULY)).ingest("TCS", date(2024, 1, 1), date(2024, 6, 30))
+    for name, value in {
+        "SENSEQUANT_DATA_SOURCE": "breeze",
+        "SENSEQUANT_DATA_DIR": str(cache),
+        "SENSEQUANT_ARTIFACTS_DIR": str(tmp_path / "models"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        **DEPLOYMENT_ENV,  # the CLI sets them for its runs: restored after the test
+    }.items():
+        monkeypatch.setenv(name, value)
+    argv = ["train", "--symbols", "TCS", "--start", "2024-01-01", "--end", "2024-06-30", "--dry-run"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "TCS|2024-01-01" in out and "to run" in out and "BREEZE" not in out + err
+    assert not (tmp_path / "models").exists()  # a dry run writes nothing
+    assert cli._parser().parse_args([*argv, "--data-source", "breeze"]).data_source == "breeze"

@@ -241,7 +241,8 @@ def test_a_full_answer_is_split_and_asked_again_rather_than_trusted(tmp_path: Pa
     client.script = [
         {"Success": bar_rows("RELIND", "2018-01-01", "2021-10-29")[:1000], "Status": 200, "Error": None}
     ]
-    result = make(tmp_path, client, FakeClock(JULY)).ingest(
+    # calls of 150 weekdays (one covers the range): the rule is the row count, not the call's size
+    result = make(tmp_path, client, FakeClock(JULY), chunk_weekdays=150).ingest(
         "RELIANCE", dt.date(2020, 1, 1), dt.date(2020, 6, 30)
     )
     assert len(client.calls) == 3
