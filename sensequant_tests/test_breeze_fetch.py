@@ -754,3 +754,20 @@ def test_a_failed_fetch_leaves_the_cache_byte_identical(tmp_path: Path) -> None:
     assert (
         snapshot(tmp_path) == before and {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.csv")} == mtimes
     )
+
+
+def test_the_readme_says_what_the_breeze_code_does() -> None:
+    """The token guidance, the shipped codes and the SDK's log files, as the README states them."""
+    from sensequant_assets.sources.breeze_client import LOGIN_HELP
+    from sensequant_assets.sources.breeze_codes import load_codes
+
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    login = "https://api.icicidirect.com/apiuser/login?api_key=<your API key, URL-encoded>"
+    assert login in LOGIN_HELP and f"`{login}`" in readme
+    assert "apisession" in LOGIN_HELP and "`apisession` value from the address you land on" in readme
+    assert "reload" not in LOGIN_HELP and "BREEZE_SESSION_TOKEN and restart Dagster (make run)" in LOGIN_HELP
+    assert "a new one needs `make run` restarted with it" in readme
+    assert f"Codes for {len(load_codes())} symbols ship" in readme and "The NIFTY 50 codes ship" not in readme
+    assert "`logs/apiLogs.log` and `logs/websocketLogs.log`" in readme
+    assert "logs/" in (root / ".gitignore").read_text().split()

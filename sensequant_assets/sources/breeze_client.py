@@ -68,10 +68,11 @@ _TRANSIENT_TEXT = re.compile(
     r"remote end closed|bad gateway|service unavailable",
     re.IGNORECASE,
 )
-LOGIN_HELP = (
-    "Breeze session tokens expire daily: log in at https://api.icicidirect.com/apiuser/login?api_key=<your "
-    f"API key> for a new one, then write it to the file {TOKEN_FILE_VAR} names (the next run reads it; "
-    "no restart) or set BREEZE_SESSION_TOKEN and reload the code location"
+LOGIN_HELP = (  # the README's step 2 and 3 say the same
+    "Breeze session tokens expire daily: open https://api.icicidirect.com/apiuser/login?api_key=<your API "
+    "key, URL-encoded>, log in, and copy the apisession value from the address you land on; write it to the "
+    f"file {TOKEN_FILE_VAR} names (read at every run and after a rejection: no restart), or set "
+    "BREEZE_SESSION_TOKEN and restart Dagster (make run) with it"
 )
 
 
