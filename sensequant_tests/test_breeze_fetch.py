@@ -490,6 +490,10 @@ def test_the_real_sdk_path_classifies_by_the_http_status_and_honours_retry_after
     with pytest.raises(BreezeAuthError, match="HTTP 401"):
         session.daily_rows("TCS", "TCS", "2024-07-11", "2024-07-12")
     assert real_sdk == [] and len(clock.sleeps) == 3  # a 401 is not retried
+    real_sdk.append((400, {}, '{"Success": null, "Status": 400, "Error": "Invalid stock code"}'))
+    with pytest.raises(BreezeApiError, match=r"error: HTTP 400: \{.*Invalid stock code") as err:
+        session.daily_rows("TCS", "TCS", "2024-07-11", "2024-07-12")
+    assert "HTTP 400: HTTP 400" not in str(err.value) and len(clock.sleeps) == 3
 
 
 def test_the_rate_limit_waits_on_the_injected_clock(tmp_path: Path) -> None:

@@ -260,7 +260,8 @@ def classify_exception(exc: BaseException) -> Outcome:
             status = getattr(response, "status_code", None)
             after = _retry_after(_header(getattr(response, "headers", None), "retry-after"))
             decided = _status_outcome(status, text, after)
-            return decided or Outcome("error", message=f"HTTP {status}: {text}")
+            shown = text if text.startswith(f"HTTP {status}") else f"HTTP {status}: {text}"
+            return decided or Outcome("error", message=shown)
         if isinstance(error, requests.Timeout | TimeoutError):
             return Outcome("retry", message=f"timeout: {text}")
         if isinstance(error, requests.ConnectionError | ConnectionError):
