@@ -365,6 +365,77 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
     return tokens, seen
 
 
+def _window_changes(source: Any, symbol: str, bounds: list) -> tuple[dict, dict]:
+    """(window start -> fingerprint, window start -> when it last changed, in seconds); the times
+    only from a source that knows them (the csv source), else none: every change is then requested."""
+    if hasattr(source, "window_changes"):
+        return source.window_changes(symbol, bounds)
+    return source.window_fingerprints(symbol, bounds), {}
+
+
+def _newest_records(instance: DagsterInstance, asset: str, partitions: Iterable[str]) -> dict[str, Any]:
+    """partition -> the record of its newest materialisation of `asset` (one query for the storage
+    ids and one fetch of the records per 500 partitions)."""
+    wanted, key, out = sorted(set(partitions)), AssetKey(asset), {}
+    for i in range(0, len(wanted), 500):
+        ids = instance.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION, set(wanted[i : i + 500])
+        )
+        if ids:
+            filt = AssetRecordsFilter(key, storage_ids=list(ids.values()))
+            for record in instance.fetch_materializations(filt, limit=len(ids)).records:
+                out[str(record.partition_key)] = record
+    return out
+
+
+def _already_read(
+    context: SensorEvaluationContext, changed: dict[str, float | None]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Of the partitions whose window changed (partition -> when, None: unknown), those whose newest
+    `market_bars` materialisation read the bars after the change (-> the run that did), and of the
+    others those a run or a requested backfill in progress will compute (-> what).
+
+    A training run that fetches (breeze_bars, upstream of market_bars) completes or changes its own
+    window's files before its market_bars step reads them: requesting that window again trained it
+    twice. A change dated before the start of the market_bars step that made the newest
+    materialisation was read by it. Dates are files' ctimes against Dagster's clock, both this
+    machine's (a data directory on a server whose clock runs behind could date a later change too
+    early). Cost, only on a tick with changes: one query for the newest materialisations, one for
+    their records, one for their runs (per 500), one per run for its step starts, and what is in
+    progress (follow_upstream's InFlight)."""
+    dated = {p: t for p, t in changed.items() if t is not None}
+    read: dict[str, str] = {}
+    bars = _newest_records(context.instance, "market_bars", dated) if dated else {}
+    run_ids = sorted({r.run_id for r in bars.values() if r.run_id})
+    started: dict[str, float] = {}
+    for i in range(0, len(run_ids), 500):
+        for run in context.instance.get_run_records(RunsFilter(run_ids=run_ids[i : i + 500])):
+            started[run.dagster_run.run_id] = run.start_time or run.create_timestamp.timestamp()
+    steps: dict[str, list[float]] = {}
+    for run_id in run_ids:  # the market_bars step's starts (a retried step starts more than once)
+        found = context.instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_START).records
+        steps[run_id] = [
+            r.event_log_entry.timestamp for r in found if r.event_log_entry.step_key == "market_bars"
+        ]
+    for partition, record in bars.items():
+        if not record.run_id:  # reported without a run: it vouches for the bars at that time
+            after, by = record.timestamp, "a reported materialisation"
+        else:
+            before = [t for t in steps.get(record.run_id, []) if t <= record.timestamp]
+            after, by = max(before, default=started.get(record.run_id)), f"run {record.run_id}"
+        if after is not None and dated[partition] < after:
+            read[partition] = by
+    busy: dict[str, str] = {}
+    if len(read) < len(changed):
+        from sensequant_assets.follow import InFlight  # follow imports this module
+
+        in_flight = InFlight(context, window_partitions.get_partition_keys())
+        for partition in changed:
+            if partition not in read and (who := in_flight.who("market_bars", partition)) is not None:
+                busy[partition] = who
+    return read, busy
+
+
 @sensor(
     name="new_data",
     asset_selection=PARTITION_SELECTION,  # train_job's assets
@@ -376,7 +447,9 @@ def decode_cursor(text: str | None) -> tuple[dict[str, str], dict[str, dict[str,
         "changed) and, when a symbol's bars complete a window or change an existing one, "
         "requests a run of exactly that partition's bars, teacher, student and evaluation (ten "
         "or more partitions in one tick: one backfill); the later windows' teachers and the next "
-        "window's evaluation follow through follow_upstream. The first look at a symbol records "
+        "window's evaluation follow through follow_upstream. A change the partition's newest "
+        "market_bars already read (a training run that fetched it) is not requested; one a run in "
+        "progress computes is judged once it is done. The first look at a symbol records "
         "a baseline (its history is the universe "
         "sensor's backfill)."
     ),
@@ -385,7 +458,8 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     tokens, seen = _load_state(context.cursor)
     generation = _cursor_parts(context.cursor)[1]
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
-    requests, problems, baselines = [], [], []
+    requests, problems, baselines, answered = [], [], [], []
+    changes: dict[str, tuple] = {}  # partition -> (its key, window, why, fingerprint, previous, changed at)
     already = ""
     since, now = context.last_tick_completion_time, time.time()
     known = {key for per_symbol in seen.values() for key in per_symbol}
@@ -399,7 +473,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
             token = hashlib.sha256(source.quick_token(symbol).encode()).hexdigest()[:TOKEN_CHARS]
             if tokens.get(symbol) == token and not sweep_all and not due_for_sweep(symbol, since, now):
                 continue
-            fingerprints = source.window_fingerprints(symbol, [(start, end) for _, start, end in windows])
+            fingerprints, changed_at = _window_changes(source, symbol, [(a, b) for _, a, b in windows])
         except (DataSourceError, SettingsError, ValueError) as exc:
             problems.append(f"{symbol}: {exc}")
             continue
@@ -409,10 +483,11 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
         if previous is None:
             baselines.append(symbol)
             continue
-        for key, fingerprint in current.items():
-            if fingerprint is None or fingerprint == previous.get(key):
+        for key, start, _ in windows:
+            fingerprint, was = current[key], previous.get(key)
+            if fingerprint is None or fingerprint == was:
                 continue
-            completed = not previous.get(key)
+            completed = not was
             why = "window completed" if completed else "bars corrected"
             partition = make_key(symbol, key)
             # model_decay's retraining reads the bars when it starts (see _decay_retrains).
@@ -420,6 +495,15 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
             if covering:
                 context.log.info(f"{partition}: {why}; {covering} trains it")
                 continue
+            changes[str(partition)] = (partition, key, why, fingerprint, was, changed_at.get(start))
+    read, busy = _already_read(context, {p: c[5] for p, c in changes.items()})
+    for name, (partition, key, why, fingerprint, before, _) in changes.items():
+        if name in read:
+            answered.append(f"{name}: {why}, already read by {read[name]}")
+        elif name in busy:  # judged again (at the symbol's next comparison) once it is done
+            seen[split_key(name)[0]][key] = before
+            answered.append(f"{name}: {why}; {busy[name]} computes its bars, judged again after it")
+        else:
             context.log.info(f"{partition}: {why}")
             requests.append(
                 RunRequest(
@@ -432,6 +516,8 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
                     tags={TRIGGER: "new_data", REASON: f"{partition}: {why}"},
                 )
             )
+            continue
+        context.log.info(answered[-1])
     if len(requests) >= BACKFILL_AT:  # e.g. a day's bars completing a window for the whole index
         partitions = [r.partition_key for r in requests]
         reasons = sorted({r.tags[REASON].split(": ", 1)[1] for r in requests})
@@ -451,6 +537,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     for problem in problems:
         context.log.warning(problem)
     notes = [already] if already else []
+    notes += answered
     if baselines:
         notes.append(f"baseline recorded for {', '.join(baselines)}")
     if problems:

@@ -19,6 +19,7 @@ from dagster import (
     SensorResult,
     build_sensor_context,
     instance_for_test,
+    materialize,
 )
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
@@ -26,7 +27,9 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_run_id
 
 from sensequant_assets import registry, sensors
+from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.definitions import defs
+from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.jobs import PARTITION_ASSETS
 from sensequant_assets.partitions import previous_window
 from sensequant_assets.resources import MarketDataResource
@@ -355,6 +358,66 @@ def test_a_new_window_partition_compares_every_symbol_at_once(instance, csv_worl
     assert request.partition_key == "RELIANCE|2022-01-01"
 
 
+def _bars_read(instance, market: MarketDataResource, tmp_path: Path, partition: str) -> str:
+    """Materialise market_bars of `partition` (a training run reading the bars); its run id."""
+    result = materialize(
+        [market_bars],
+        partition_key=partition,
+        instance=instance,
+        resources={
+            "market_data": market,
+            "artifacts_io_manager": PartitionDirIOManager(base_dir=str(tmp_path / "artifacts")),
+        },
+    )
+    assert result.success
+    return result.run_id
+
+
+def test_a_change_a_training_run_already_read_is_not_requested_again(instance, tmp_path: Path) -> None:
+    """A training run that fetches (breeze_bars, here files written directly) completes its own
+    window and adds warm-up days to earlier ones before its market_bars reads them: new_data then
+    requested that window again. A window is requested only when its newest market_bars did not
+    read the change; one a run in progress computes is judged once the run is done."""
+    data = tmp_path / "historical"
+    write_daily(data, "RELIANCE", date(2021, 6, 1), date(2022, 9, 30))  # 2022-07-01 not complete
+    instance.add_dynamic_partitions("symbols", ["RELIANCE"])
+    market = MarketDataResource(data_source="csv", data_dir=str(data))
+    cursor = _tick(new_data, instance, market_data=market).cursor  # the baseline
+    _bars_read(instance, market, tmp_path, "RELIANCE|2022-01-01")  # trained before the fetch
+
+    # A run of RELIANCE|2022-07-01 starts and fetches: the window completes, a day of 2022-01-01 is
+    # corrected; new_data ticks while the run is still going.
+    run = DagsterRun(
+        job_name="train_job",
+        run_id=make_new_run_id(),
+        status=DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "RELIANCE|2022-07-01"},
+    )
+    instance.add_run(run)
+    write_daily(data, "RELIANCE", date(2022, 10, 1), date(2022, 12, 30))
+    write_daily(data, "RELIANCE", date(2022, 3, 14), date(2022, 3, 14), bump=1.05)
+    during = _tick(new_data, instance, cursor, market_data=market)
+    [corrected] = during.run_requests  # read by no training since: requested
+    assert corrected.partition_key == "RELIANCE|2022-01-01"
+    assert "bars corrected" in corrected.tags["sensequant/reason"]
+    # RELIANCE|2022-07-01 is the run's: not requested, it keeps its previous state until judged.
+    assert sensors._load_state(during.cursor)[1]["RELIANCE"]["2022-07-01"] is None
+
+    # The run's market_bars reads the bars, the run ends: its window is not requested again.
+    read_by = _bars_read(instance, market, tmp_path, "RELIANCE|2022-07-01")
+    instance.delete_run(run.run_id)
+    after = _tick(new_data, instance, during.cursor, market_data=market)
+    assert after.run_requests == []
+    assert f"RELIANCE|2022-07-01: window completed, already read by run {read_by}" in (
+        after.skip_reason.skip_message
+    )
+    # A correction after that read is requested.
+    write_daily(data, "RELIANCE", date(2022, 11, 14), date(2022, 11, 14), bump=1.05)
+    [again] = _tick(new_data, instance, after.cursor, market_data=market).run_requests
+    assert again.partition_key == "RELIANCE|2022-07-01"
+    assert "bars corrected" in again.tags["sensequant/reason"]
+
+
 def test_the_sweep_visits_every_symbol_once_per_period() -> None:
     symbols = [f"SYM{i:03d}" for i in range(300)]
     assert all(due_for_sweep(s, None, 1000.0) for s in symbols)  # first tick: everything
@@ -396,18 +459,24 @@ def test_a_window_completed_across_the_index_is_one_backfill(instance, tmp_path:
     assert "window completed" in backfill.tags["sensequant/reason"]
     # A backfill request has no run key. The daemon submitted it, then the tick failed (its cursor
     # not saved): the next tick, from the same cursor, finds it instead of requesting it again.
-    instance.add_backfill(
-        PartitionBackfill.from_asset_graph_subset(
-            backfill_id="newdata2",
-            backfill_timestamp=time.time(),
-            tags=backfill.tags,
-            dynamic_partitions_store=instance,
-            asset_graph_subset=backfill.asset_graph_subset,
-            title=None,
-            description=None,
-            run_config=None,
-        )
+    submitted = PartitionBackfill.from_asset_graph_subset(
+        backfill_id="newdata2",
+        backfill_timestamp=time.time(),
+        tags=backfill.tags,
+        dynamic_partitions_store=instance,
+        asset_graph_subset=backfill.asset_graph_subset,
+        title=None,
+        description=None,
+        run_config=None,
     )
+    instance.add_backfill(submitted)
+    repeated = _tick(new_data, instance, cursor, since=time.time() - 5, market_data=market)
+    assert repeated.run_requests == []  # in progress: it computes those windows
+    assert "S00|2022-07-01: window completed; backfill newdata2 computes its bars" in (
+        repeated.skip_reason.skip_message
+    )
+    # Done without reading them (failed): the same tick finds its request by the backfill's tag.
+    instance.update_backfill(submitted.with_status(BulkActionStatus.FAILED))
     repeated = _tick(new_data, instance, cursor, since=time.time() - 5, market_data=market)
     assert repeated.run_requests == []
     assert "already requested as backfill newdata2" in repeated.skip_reason.skip_message

@@ -382,6 +382,12 @@ def _adjusting(done: Sequence[CorporateAction], first_bar: dt.date | None) -> li
     return [f"action|{a.fingerprint()}" for a in done if a.ex_date > first_bar]
 
 
+def _changed(st: os.stat_result) -> float:
+    """When a file last changed, in seconds: its ctime (set by the kernel on every write, rename or
+    change of times), or its mtime when that is later (set into the future)."""
+    return max(st.st_ctime_ns, st.st_mtime_ns) / 1e9
+
+
 def _stat(entry: os.DirEntry[str], symbol: str) -> os.stat_result:
     """One stat of a listed file (size, mtime): never a read."""
     try:
@@ -669,6 +675,18 @@ class CsvDirSource:
         covered window, raises DataSourceError naming it. Single-file layout: the file is read
         once and validated whole, so any bad row raises DataSourceError naming file, row and rule.
         """
+        return self.window_changes(symbol, windows)[0]
+
+    def window_changes(
+        self, symbol: str, windows: Sequence[Window]
+    ) -> tuple[dict[dt.date, str | None], dict[dt.date, float]]:
+        """`window_fingerprints`, and for each covered window when what its fingerprint depends on
+        last changed (seconds since the epoch), from the same listing: the newest ctime or mtime of
+        its day files, of `<SYMBOL>/1day/` (a file removed) or of the single file, and of the
+        corporate-actions files. The kernel sets a file's ctime to the time of every write, rename
+        or change of its times, so a copy that keeps an old mtime (`cp -p`, `rsync -t`) is dated
+        when it landed. The `new_data` sensor compares it with when a training run read the bars.
+        """
         sym = validate_symbol(symbol)
         checked = check_windows(windows)
         location = self._locate(sym)
@@ -694,8 +712,12 @@ class CsvDirSource:
 
     def _daily_fingerprints(
         self, symbol: str, day_dir: Path, windows: list[Window]
-    ) -> dict[dt.date, str | None]:
+    ) -> tuple[dict[dt.date, str | None], dict[dt.date, float]]:
         entries = self._day_entries(symbol, day_dir)
+        try:
+            listed = _changed(day_dir.stat())  # after the listing: no later than any change it shows
+        except OSError as exc:
+            raise _os_error(day_dir, symbol, exc) from None
         names = sorted(entries)  # valid "<YYYY-MM-DD>.csv" names order like their dates
         for name in names:
             match = _DAY_FILE.match(name)
@@ -706,8 +728,10 @@ class CsvDirSource:
             except ValueError:
                 raise _bad_day_name(entries[name].path, symbol) from None
         last_bar = dt.date.fromisoformat(names[-1][:10]) if names else None
-        done = applied(self._actions().of(symbol), last_bar)
+        actions = self._actions()
+        done = applied(actions.of(symbol), last_bar)
         out: dict[dt.date, str | None] = {}
+        changed: dict[dt.date, float] = {}
         for start, end in windows:
             if not window_is_covered(last_bar, start, end):
                 out[start] = None
@@ -715,23 +739,30 @@ class CsvDirSource:
             lo = bisect.bisect_left(names, f"{start.isoformat()}.csv")
             hi = bisect.bisect_right(names, f"{end.isoformat()}.csv")
             lines = ["csv-daily", symbol, start.isoformat(), end.isoformat()]
+            newest = max(listed, actions.changed_at)
             for name in names[lo:hi]:
                 st = _stat(entries[name], symbol)
                 if not st.st_size:
                     raise _empty_file_error(Path(entries[name].path), symbol)
                 lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
+                newest = max(newest, _changed(st))
             first_bar = _name_date(names[lo][:10]) if lo < hi else None
             lines.extend(_adjusting(done, first_bar))
             out[start] = hashlib.sha256("\0".join(lines).encode()).hexdigest()
-        return out
+            changed[start] = newest
+        return out, changed
 
-    def _file_fingerprints(self, symbol: str, path: Path, windows: list[Window]) -> dict[dt.date, str | None]:
+    def _file_fingerprints(
+        self, symbol: str, path: Path, windows: list[Window]
+    ) -> tuple[dict[dt.date, str | None], dict[dt.date, float]]:
         read = _read_parquet if path.suffix == ".parquet" else _read_csv
-        actions = self._actions().of(symbol)
+        every = self._actions()
+        actions = every.of(symbol)
         try:
             bars = validate_bars(
                 read(path, symbol), origin=str(path), symbol=symbol, adjust_close=_closer(actions, None)
             )
+            newest = max(_changed(path.stat()), every.changed_at)  # after the read: no earlier than it
         except (DataSourceError, SettingsError):  # a bad setting is named as such, not as bad data
             raise
         except OSError as exc:
@@ -762,4 +793,4 @@ class CsvDirSource:
             for line in _adjusting(done, first_bar):
                 h.update(f"\0{line}".encode())
             out[start] = h.hexdigest()
-        return out
+        return out, dict.fromkeys((s for s, f in out.items() if f is not None), newest)
