@@ -122,6 +122,28 @@ def test_an_unexplained_jump_is_flagged_and_an_action_on_its_day_explains_it(
     assert "marked adjusted_by_source: did the source really adjust for it?" in jump.note
 
 
+def test_a_csv_users_unadjusted_jump_names_the_shipped_action_of_its_day(tmp_path: Path, monkeypatch) -> None:
+    """The shipped actions apply to Breeze's cache only: a csv user whose vendor does not adjust
+    sees RELIANCE's 2024-10-28 bonus as a jump, and the report says which file would explain it."""
+    monkeypatch.delenv("SENSEQUANT_CORPORATE_ACTIONS_FILE", raising=False)
+    bars = SyntheticSource(seed=2).bars("RELIANCE", D(2024, 10, 14), D(2024, 11, 29))
+    after = bars.index >= pd.Timestamp("2024-10-28", tz="Asia/Kolkata")
+    bars.loc[after, ["open", "high", "low", "close"]] *= 0.5  # the unadjusted 1:1 bonus
+    write_daily(tmp_path, "RELIANCE", bars)
+    window = (D(2024, 10, 1), D(2024, 11, 30))
+
+    def report(kind: str):
+        source = MarketDataResource(data_source=kind, data_dir=str(tmp_path)).source_for("RELIANCE")
+        raw, actions = source.bars_for_report("RELIANCE", *window, previous_days=10)
+        return quality_report("RELIANCE", *window, raw, today=TODAY, max_move=0.4, actions=actions)
+
+    (jump,) = report("csv").jumps
+    assert jump.day == D(2024, 10, 28)
+    assert "the shipped corporate actions list the 2024-10-28 bonus 1:1 (x0.5) on this day" in jump.note
+    assert "SENSEQUANT_CORPORATE_ACTIONS_FILE" in jump.note and "corporate_actions.csv" in jump.note
+    assert report("breeze").jumps == ()  # applied there
+
+
 def test_repaired_rows_are_counted_from_the_sources_notes(tmp_path: Path) -> None:
     folder = half_year_cache(tmp_path)
     day = folder / "2023-01-10.csv"

@@ -26,8 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from .base import IST, as_date, unexplained_jumps
-from .corporate_actions import CorporateAction
+from .base import IST, DataSourceError, as_date, unexplained_jumps
+from .corporate_actions import ACTIONS_FILE_ENV, SHIPPED_FILE, CorporateAction, load_actions
 
 __all__ = [
     "CALENDAR",
@@ -141,13 +141,19 @@ def flag_jumps(
 ) -> list[Jump]:
     """The moves of `bars` (adjusted as the source serves them) beyond `max_move`, dated on or after
     `since`, except the days vouched for in `allowed` ((SYMBOL, YYYY-MM-DD)); each names the
-    action dated that day, if any, and why it does not explain the move."""
+    action dated that day, if any, and why it does not explain the move, or else an action the
+    shipped file lists that day (a csv source applies it only when told to)."""
     close = bars["close"].to_numpy(dtype="float64")
     mask = unexplained_jumps(close, max_move)
     days = _days(bars)
     by_day: dict[dt.date, list[ActionStatus]] = {}
     for action, done in actions:
         by_day.setdefault(action.ex_date, []).append((action, done))
+    listed = {action.key for action, _ in actions}
+    shipped: dict[dt.date, list[CorporateAction]] = {}
+    for action in _shipped(symbol) if mask.any() else ():
+        if action.key not in listed and not action.adjusted_by_source:
+            shipped.setdefault(action.ex_date, []).append(action)
     out = []
     for i in np.flatnonzero(mask):
         day = _date(days[i])
@@ -161,8 +167,22 @@ def flag_jumps(
                 else "marked adjusted_by_source: did the source really adjust for it?"
             )
             notes.append(f"the {action.describe()} on this day does not explain it ({why})")
+        for action in shipped.get(day, []) if not notes else ():
+            notes.append(
+                f"the shipped corporate actions list the {action.describe()} on this day, which this "
+                f"source does not apply: if its data is unadjusted, name {SHIPPED_FILE} (or your copy "
+                f"of it) in {ACTIONS_FILE_ENV}"
+            )
         out.append(Jump(day, float(close[i - 1]), float(close[i]), "; ".join(notes)))
     return out
+
+
+def _shipped(symbol: str) -> tuple[CorporateAction, ...]:
+    """The shipped file's actions of `symbol` (none when it cannot be read: only a hint depends on it)."""
+    try:
+        return load_actions([SHIPPED_FILE]).of(symbol.upper())
+    except DataSourceError:
+        return ()
 
 
 @dataclass(frozen=True)
