@@ -175,12 +175,16 @@ def _job_assets(context: SensorEvaluationContext, job_name: str) -> frozenset[As
 
 def _run_partitions(tags: dict[str, str], order: Sequence[str], windows: Sequence[str]) -> list[str]:
     """The partitions a run computes: its partition tag, or the product of each dimension's range
-    that a batched run carries (symbols in registration order, windows in time order)."""
+    that a batched run carries (symbols in registration order, windows in time order). A range of
+    another partitioning (the symbols of `symbol_briefing`'s run) computes no window partition."""
     if "dagster/partition" in tags:
         return [tags["dagster/partition"]]
     if RANGE_START not in tags or RANGE_END not in tags:
         return []
-    (s0, w0), (s1, w1) = split_key(tags[RANGE_START]), split_key(tags[RANGE_END])
+    try:
+        (s0, w0), (s1, w1) = split_key(tags[RANGE_START]), split_key(tags[RANGE_END])
+    except ValueError:
+        return []
     if s0 not in order or s1 not in order:
         return []
     symbols = order[order.index(s0) : order.index(s1) + 1]

@@ -698,7 +698,10 @@ def _covers(tags: dict[str, str], partition: str, order: dict[str, int]) -> bool
     start, end = tags.get(RANGE_START), tags.get(RANGE_END)
     if not start or not end:
         return False
-    (s0, w0), (s1, w1), (symbol, window) = split_key(start), split_key(end), split_key(partition)
+    try:  # a range of another partitioning (the symbols of symbol_briefing's run) holds no window
+        (s0, w0), (s1, w1), (symbol, window) = split_key(start), split_key(end), split_key(partition)
+    except ValueError:
+        return False
     if not w0 <= window <= w1:  # ISO dates: string order is time order
         return False
     return symbol in order and order.get(s0, -1) <= order[symbol] <= order.get(s1, -1)

@@ -126,6 +126,8 @@ def test_new_bars_make_exactly_the_teachers_that_read_them_due(instance) -> None
     instance.add_dynamic_partitions(SYMBOLS, ["AAA", "BBB"])
     _trained(instance, "AAA", "BBB")
     cursor = _baseline(instance)  # the history before the first tick is not replayed
+    # The automation's run of every symbol's page is in progress: a range of symbols, not of windows.
+    instance.add_run(_run({"symbol_briefing"}, **{RANGE_START: "AAA", RANGE_END: "BBB"}))
     _report(instance, "market_bars", "AAA|2023-07-01")
     after = _tick(instance, cursor)
     # Every teacher whose market_bars input holds the window (k..k+4: warm-up and the longest

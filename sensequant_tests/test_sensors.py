@@ -40,6 +40,7 @@ from sensequant_assets.sensors import (
     decode_cursor,
     due_for_sweep,
     encode_cursor,
+    in_flight,
     model_decay,
     new_data,
     symbol_universe,
@@ -706,3 +707,23 @@ def test_decay_skips_a_symbol_added_in_another_spelling_and_judges_the_rest(inst
     result = _tick(model_decay, instance, market_data=MARKET)
     [request] = result.run_requests  # TCS is still judged and demoted
     assert request.run_config["ops"]["demote_model"]["config"]["symbol"] == "TCS"
+
+
+def test_a_run_over_a_range_of_symbols_holds_no_window(instance) -> None:
+    """The automation's run of every symbol's page (`symbol_briefing`, partitioned by symbol) carries a
+    range of symbols: it trains no window, and it must not break the sensors that look for runs that do."""
+    instance.add_dynamic_partitions("symbols", ["AAA", "BBB"])
+    ranges = {"symbol_briefing": ("AAA", "BBB"), "market_bars": ("AAA|2024-01-01", "BBB|2024-01-01")}
+    for asset, (start, end) in ranges.items():
+        run_tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+        instance.add_run(
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id=make_new_run_id(),
+                status=DagsterRunStatus.STARTED,
+                asset_selection=frozenset({AssetKey(asset)}),
+                tags=run_tags,
+            )
+        )
+    busy = in_flight(instance, ["AAA|2024-01-01", "BBB|2024-07-01"])
+    assert set(busy) == {"AAA|2024-01-01"}  # the training run's range only
