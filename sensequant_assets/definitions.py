@@ -18,7 +18,7 @@ from sensequant_assets.follow import follow_upstream
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
-from sensequant_assets.schedules import train_latest_window
+from sensequant_assets.schedules import fetch_schedules, train_latest_window
 from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 from sensequant_assets.settings import env
 
@@ -50,7 +50,7 @@ def build_definitions(*, fetch: bool = True) -> Definitions:
         ],
         jobs=[train_job, briefing_job, rollback_job, demote_job],
         sensors=[symbol_universe, new_data, model_decay, follow_upstream, automation_sensor],
-        schedules=[train_latest_window],
+        schedules=[train_latest_window, *fetch_schedules(ingestion)],
         resources={
             "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
             "market_data": market_data,

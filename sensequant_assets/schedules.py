@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from datetime import date
 
 from dagster import (
+    AssetsDefinition,
+    AssetSelection,
     DagsterInvalidDefinitionError,
     DefaultScheduleStatus,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     schedule,
@@ -151,3 +154,78 @@ try:
     )(_train_latest_window)
 except DagsterInvalidDefinitionError as exc:
     raise SettingsError(f"{CRON_VARIABLE}={env(CRON_VARIABLE)!r} is not a cron schedule: {exc}") from exc
+
+
+FETCH_SCHEDULE_NAME = "fetch_new_bars"
+FETCH_CRON_VARIABLE = "SENSEQUANT_FETCH_CRON"
+
+
+def _fetch_new_bars(context: ScheduleEvaluationContext, asset: str) -> list[RunRequest] | SkipReason:
+    """Every registered symbol's newest complete window of `asset`, through the newest day: the
+    days of the window in progress (which has no partition yet) land in the cache as they come, and
+    the sensors retrain what they complete or correct. The schedule itself never calls the source."""
+    today = context.scheduled_execution_time.date()
+    window = latest_complete_window(today)
+    if window is None:
+        return SkipReason(f"no window has ended before {today}")
+    symbols = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    if not symbols:
+        return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
+    notes = [problem for symbol in symbols if (problem := key_symbol_problem(symbol)) is not None]
+    partitions = {s: str(make_key(s, window)) for s in symbols if key_symbol_problem(s) is None}
+    busy = in_flight(context.instance, partitions.values())
+    wanted = {symbol for symbol, partition in partitions.items() if partition not in busy}
+    for note in [*_listed(notes), *_listed(list(busy.values()))]:
+        context.log.info(note)
+    if not wanted:
+        return SkipReason("; ".join(["nothing to fetch", *_listed(notes), *_listed(list(busy.values()))]))
+    tags = {TRIGGER: FETCH_SCHEDULE_NAME, REASON: f"the day's new bars (through window {window})"}
+    run_config = {"ops": {asset: {"config": {"through_newest_day": True}}}}
+    stamp = context.scheduled_execution_time.isoformat()
+    if not BATCHED:
+        return [
+            RunRequest(
+                run_key=f"{stamp}:{partitions[s]}",
+                partition_key=partitions[s],
+                tags=tags,
+                run_config=run_config,
+            )
+            for s in symbols
+            if s in wanted
+        ]
+    return [
+        RunRequest(
+            run_key=f"{stamp}:{first}..{last}|{window}",
+            tags={**tags, RANGE_START: partitions[first], RANGE_END: partitions[last]},
+            run_config=run_config,
+        )
+        for first, last in symbol_ranges(symbols, wanted, MAX_PARTITIONS_PER_RUN)
+    ]
+
+
+def fetch_schedules(ingestion: Sequence[AssetsDefinition]) -> list[ScheduleDefinition]:
+    """`fetch_new_bars` for a source whose cache an asset fills (Breeze's `breeze_bars`); none for a
+    source read directly. On by default: a user who chose such a source wants its new days."""
+    if not ingestion:
+        return []
+    (key,) = [key for assets in ingestion for key in assets.keys]
+    cron = env(FETCH_CRON_VARIABLE)
+    try:
+        return [
+            schedule(
+                name=FETCH_SCHEDULE_NAME,
+                target=AssetSelection.assets(key),
+                cron_schedule=cron,
+                execution_timezone="Asia/Kolkata",
+                default_status=DefaultScheduleStatus.RUNNING,
+                description=(
+                    f"Fetches the day's new bars into the cache: {key.to_user_string()} of every registered "
+                    "symbol's newest complete window, through the newest complete day, in runs of up to "
+                    "SENSEQUANT_MAX_PARTITIONS_PER_RUN symbols. The new_data sensor then retrains the "
+                    f"windows the new days complete or correct. Cron: {FETCH_CRON_VARIABLE} (default: "
+                    "19:00 IST on weekdays, after Breeze's end-of-day bars)."
+                ),
+            )(lambda context: _fetch_new_bars(context, key.to_user_string()))
+        ]
+    except DagsterInvalidDefinitionError as exc:
+        raise SettingsError(f"{FETCH_CRON_VARIABLE}={cron!r} is not a cron schedule: {exc}") from exc

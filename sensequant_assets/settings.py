@@ -45,6 +45,7 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_BREEZE_CALLS_PER_MINUTE": "100",
     "SENSEQUANT_BREEZE_DAILY_QUOTA": "5000",
     "SENSEQUANT_BREEZE_REFRESH_DAYS": "5",
+    "SENSEQUANT_FETCH_CRON": "0 19 * * 1-5",
 }
 
 DATA_SOURCES = ("synthetic", "csv", "breeze")

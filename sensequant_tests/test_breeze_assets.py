@@ -3,7 +3,7 @@ credentials checked when the code loads."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +90,17 @@ def test_breeze_bars_fills_the_cache_and_market_bars_trains_from_it(tmp_path: Pa
     [second] = _materialisations(again, "breeze_bars")
     assert (second["calls"], second["rows_added"], len(client.calls)) == (0, 0, 1)  # nothing missing
 
+    # Five days on, the window in progress (no partition yet) has new days: the daily schedule's
+    # run of the newest complete window, through the newest day, brings them in.
+    resources["breeze"] = fake_api(client, FakeClock(JULY + timedelta(days=5)), data_dir=str(cache))
+    through = {"ops": {"breeze_bars": {"config": {"through_newest_day": True}}}}
+    later = materialize(
+        [breeze_bars], partition_key=KEY_WINDOW, instance=instance, resources=resources, run_config=through
+    )
+    [third] = _materialisations(later, "breeze_bars")
+    assert third["rows_added"] == len(pd.bdate_range("2024-07-11", "2024-07-15"))
+    assert (cache / "TCS" / "1day" / "2024-07-15.csv").is_file()
+
     no_secret = fake_api(FakeBreeze(), FakeClock(JULY), data_dir=str(tmp_path / "other"), api_secret="")
     failed = materialize(
         [breeze_bars],
@@ -158,6 +169,7 @@ def test_the_jobs_and_sensors_take_the_ingestion_assets_of_the_source_the_defini
     fetch = AssetKey("breeze_bars")
     for defs, leads in ((breeze, True), (synthetic, False)):
         graph = defs.resolve_asset_graph()
+        assert ("fetch_new_bars" in {s.name for s in defs.schedules}) is leads
         assert (fetch in defs.resolve_job_def("train_job").asset_layer.selected_asset_keys) is leads
         for sensor in ("symbol_universe", "new_data"):
             assert (fetch in defs.resolve_sensor_def(sensor).asset_selection.resolve(graph)) is leads
@@ -190,3 +202,34 @@ def test_sensequant_train_reads_the_breeze_cache_without_credentials(
     assert "TCS|2024-01-01" in out and "to run" in out and "BREEZE" not in out + err
     assert not (tmp_path / "models").exists()  # a dry run writes nothing
     assert cli._parser().parse_args([*argv, "--data-source", "breeze"]).data_source == "breeze"
+
+
+def test_the_daily_schedule_fetches_every_symbols_newest_window_through_the_newest_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import build_schedule_context, instance_for_test
+
+    from sensequant_assets.definitions import build_definitions
+    from sensequant_assets.sensors import RANGE_END, RANGE_START
+
+    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
+    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
+    for name, value in (
+        ("BREEZE_API_KEY", KEY),
+        ("BREEZE_API_SECRET", SECRET),
+        ("BREEZE_SESSION_TOKEN", TOKEN),
+    ):
+        monkeypatch.setenv(name, value)
+    fetch = build_definitions().resolve_schedule_def("fetch_new_bars")
+    assert fetch.default_status.value == "RUNNING" and fetch.cron_schedule == "0 19 * * 1-5"
+    when = JULY.replace(hour=19)
+    with instance_for_test() as instance:
+        with build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+            assert "no symbols registered" in fetch.evaluate_tick(context).skip_message
+        instance.add_dynamic_partitions("symbols", ["TCS", "INFY", "bad|one"])
+        with build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+            [request] = fetch.evaluate_tick(context).run_requests
+    # One run over the symbols' newest complete window (2024-01-01 on 2024-07-10), through the newest day.
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("TCS|2024-01-01", "INFY|2024-01-01")
+    assert request.run_config == {"ops": {"breeze_bars": {"config": {"through_newest_day": True}}}}
+    assert request.asset_selection is None or request.asset_selection == [AssetKey("breeze_bars")]

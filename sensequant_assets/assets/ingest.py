@@ -21,11 +21,13 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.partition_context import BACKFILL_POLICY, PartitionWindow, partition_windows
@@ -68,6 +70,17 @@ def _metadata(result: IngestResult, quota_left: int, served_by: str | None) -> d
     }
 
 
+class FetchConfig(Config):
+    """What a run of `breeze_bars` fetches beyond its partitions' windows."""
+
+    through_newest_day: bool = Field(
+        default=False,
+        description="Also fetch the days after the windows, up to the newest complete day: the window in "
+        "progress has no partition until it ends, so the daily schedule (fetch_new_bars) sets this on the "
+        "newest complete window to bring its days into the cache as they come.",
+    )
+
+
 @asset(
     partitions_def=symbol_window_partitions,
     backfill_policy=BACKFILL_POLICY,
@@ -81,7 +94,9 @@ def _metadata(result: IngestResult, quota_left: int, served_by: str | None) -> d
     kinds={"csv"},
     owners=OWNERS,
 )
-def breeze_bars(context: AssetExecutionContext, breeze: BreezeApiResource) -> MaterializeResult:
+def breeze_bars(
+    context: AssetExecutionContext, config: FetchConfig, breeze: BreezeApiResource
+) -> MaterializeResult:
     windows = partition_windows(context)
     try:
         breeze.credentials()  # before anything: missing credentials name the variables
@@ -102,6 +117,8 @@ def breeze_bars(context: AssetExecutionContext, breeze: BreezeApiResource) -> Ma
             failures.append(f"{symbol}: not fetched, the daily quota is used up")
             continue
         first, last = min(first_day_needed(pw) for pw in pws), max(pw.end for pw in pws)
+        if config.through_newest_day:  # the ingestor stops at the newest complete day
+            last = date.max
         try:
             result = ingestor.ingest(symbol, first, last)
         except BreezeAuthError as exc:  # every other symbol would be refused the same way
