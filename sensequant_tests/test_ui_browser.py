@@ -240,6 +240,9 @@ def test_the_ui_materialises_backfills_adds_a_symbol_and_shows_the_results(
     blocked: list[str] = []
     _block_outside(page, blocked)
     page.set_default_timeout(TIMEOUT_MS)
+    # Assertions too (their default is 5 s): the graph is laid out in the browser, and the suite runs
+    # two workers on two cores (pytest-xdist), so a page can take longer than that to draw.
+    expect.set_options(timeout=TIMEOUT_MS)
     # A fresh instance greets its first visitor with a newsletter dialog, a second after any page loads;
     # "Skip" records that it was seen, as this does.
     dev.graphql("mutation { setNuxSeen }")
