@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import build_sensor_context, instance_for_test
+from dagster import build_sensor_context, instance_for_test, materialize
 
+from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.definitions import defs
+from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import new_data
 from sensequant_assets.sources import CsvDirSource, DataSourceError, SyntheticSource
@@ -344,6 +346,21 @@ def test_an_action_added_later_makes_new_data_retrain_exactly_the_windows_it_adj
         assert [str(r.partition_key) for r in changed.run_requests] == ["RELIANCE|2022-01-01"]
         assert "bars corrected" in changed.run_requests[0].tags["sensequant/reason"]
         assert tick(changed.cursor).run_requests == []
+
+        # A file that already exists, named afterwards (the README's way to apply the shipped file):
+        # no file changed after the training read the window, yet its bars did.
+        theirs = actions_file(tmp_path / "theirs.csv", "RELIANCE,2022-07-01,dividend,,0.95,no,")
+        resources = {
+            "market_data": market,
+            "artifacts_io_manager": PartitionDirIOManager(base_dir=str(tmp_path / "m")),
+        }
+        read = materialize(
+            [market_bars], partition_key="RELIANCE|2022-01-01", instance=instance, resources=resources
+        )
+        assert read.success
+        monkeypatch.setenv(ACTIONS_FILE_ENV, str(theirs))
+        switched = tick(changed.cursor)
+        assert [str(r.partition_key) for r in switched.run_requests] == ["RELIANCE|2022-01-01"]
 
 
 def test_the_merged_actions_are_built_once_per_change_of_the_files_not_per_lookup(

@@ -382,6 +382,13 @@ def _adjusting(done: Sequence[CorporateAction], first_bar: dt.date | None) -> li
     return [f"action|{a.fingerprint()}" for a in done if a.ex_date > first_bar]
 
 
+# _dated: a window that corporate actions adjust gets no change time. Its bars also change when the
+# actions in force change by a setting (SENSEQUANT_CORPORATE_ACTIONS_FILE naming a file that already
+# exists, or a switch to the breeze source), which no file's time records: dated by its files, such a
+# change would look older than the training that read the unadjusted bars, and never be retrained.
+# Undated, a change to such a window is always requested (at worst once more than needed).
+
+
 def _changed(st: os.stat_result) -> float:
     """When a file last changed, in seconds: its ctime (set by the kernel on every write, rename or
     change of times), or its mtime when that is later (set into the future)."""
@@ -747,9 +754,11 @@ class CsvDirSource:
                 lines.append(f"{name}|{st.st_size}|{st.st_mtime_ns}")
                 newest = max(newest, _changed(st))
             first_bar = _name_date(names[lo][:10]) if lo < hi else None
-            lines.extend(_adjusting(done, first_bar))
+            adjusting = _adjusting(done, first_bar)
+            lines.extend(adjusting)
             out[start] = hashlib.sha256("\0".join(lines).encode()).hexdigest()
-            changed[start] = newest
+            if not adjusting:  # see _dated
+                changed[start] = newest
         return out, changed
 
     def _file_fingerprints(
@@ -779,6 +788,7 @@ class CsvDirSource:
         last_bar = bars.index[-1].date() if len(bars) else None
         done = applied(actions, last_bar)
         out: dict[dt.date, str | None] = {}
+        changed: dict[dt.date, float] = {}
         for start, end in windows:
             if not window_is_covered(last_bar, start, end):
                 out[start] = None
@@ -790,7 +800,10 @@ class CsvDirSource:
             h.update(stamps[lo:hi].tobytes())
             h.update(values[lo:hi].tobytes())
             first_bar = bars.index[lo].date() if lo < hi else None
-            for line in _adjusting(done, first_bar):
+            adjusting = _adjusting(done, first_bar)
+            for line in adjusting:
                 h.update(f"\0{line}".encode())
             out[start] = h.hexdigest()
-        return out, dict.fromkeys((s for s, f in out.items() if f is not None), newest)
+            if not adjusting:  # see _dated
+                changed[start] = newest
+        return out, changed
