@@ -26,10 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two workers (pytest-xdist), each file on one worker: its module fixtures are set up once.
+# Two workers (pytest-xdist), each file on one worker: its module fixtures are set up once. Files are
+# handed out in collection order (the longest first: sensequant_tests/conftest.py), not by test count.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
