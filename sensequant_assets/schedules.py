@@ -78,9 +78,8 @@ def symbol_ranges(symbols: Sequence[str], wanted: set[str], per_run: int) -> lis
     return [(chunk[0], chunk[-1]) for chunk in ranges]
 
 
-def _train_latest_window(
-    context: ScheduleEvaluationContext, market_data: MarketDataResource
-) -> list[RunRequest] | SkipReason:
+def _newest_window_and_symbols(context: ScheduleEvaluationContext) -> tuple[str, list[str]] | SkipReason:
+    """The newest window complete at the tick and the registered symbols, or why there is nothing."""
     today = context.scheduled_execution_time.date()
     window = latest_complete_window(today)
     if window is None:
@@ -88,6 +87,16 @@ def _train_latest_window(
     symbols = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
     if not symbols:
         return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
+    return window, symbols
+
+
+def _train_latest_window(
+    context: ScheduleEvaluationContext, market_data: MarketDataResource
+) -> list[RunRequest] | SkipReason:
+    found = _newest_window_and_symbols(context)
+    if isinstance(found, SkipReason):
+        return found
+    window, symbols = found
     partitions = {symbol: str(make_key(symbol, window)) for symbol in symbols}
     # A batch records a skipped partition as materialised, with the reason in its metadata.
     newest = newest_metadata(context.instance, "student_model", partitions.values())
@@ -164,13 +173,10 @@ def _fetch_new_bars(context: ScheduleEvaluationContext, asset: str) -> list[RunR
     """Every registered symbol's newest complete window of `asset`, through the newest day: the
     days of the window in progress (which has no partition yet) land in the cache as they come, and
     the sensors retrain what they complete or correct. The schedule itself never calls the source."""
-    today = context.scheduled_execution_time.date()
-    window = latest_complete_window(today)
-    if window is None:
-        return SkipReason(f"no window has ended before {today}")
-    symbols = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    if not symbols:
-        return SkipReason("no symbols registered (SENSEQUANT_SYMBOLS, the universe file or the UI)")
+    found = _newest_window_and_symbols(context)
+    if isinstance(found, SkipReason):
+        return found
+    window, symbols = found
     notes = [problem for symbol in symbols if (problem := key_symbol_problem(symbol)) is not None]
     partitions = {s: str(make_key(s, window)) for s in symbols if key_symbol_problem(s) is None}
     busy = in_flight(context.instance, partitions.values())

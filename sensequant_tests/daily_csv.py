@@ -33,3 +33,15 @@ def write_daily(
         stamp = int(day.timestamp()) + int(bump * 1000)
         os.utime(path, ns=(stamp * 10**9, stamp * 10**9))
     return len(days)
+
+
+def write_bars(data_dir: Path, symbol: str, bars: pd.DataFrame) -> Path:
+    """One file per bar of `bars` (a source's frame) in `<SYMBOL>/1day/`; returns that folder."""
+    folder = data_dir / symbol / "1day"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ts, row in bars.iterrows():
+        (folder / f"{ts.date().isoformat()}.csv").write_text(
+            "timestamp,open,high,low,close,volume\n"
+            f"{ts.isoformat(sep=' ')},{row.open},{row.high},{row.low},{row.close},{row.volume}\n"
+        )
+    return folder

@@ -48,6 +48,18 @@ def _materialisations(result, asset: str) -> list[dict]:
     ]
 
 
+def _breeze_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The breeze source with credentials set, its cache under `tmp_path`."""
+    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
+    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
+    for name, value in (
+        ("BREEZE_API_KEY", KEY),
+        ("BREEZE_API_SECRET", SECRET),
+        ("BREEZE_SESSION_TOKEN", TOKEN),
+    ):
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture(autouse=True)
 def _no_breeze_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("BREEZE_API_KEY", "BREEZE_API_SECRET", "BREEZE_SESSION_TOKEN", "BREEZE_SESSION_TOKEN_FILE"):
@@ -155,14 +167,7 @@ def test_the_jobs_and_sensors_take_the_ingestion_assets_of_the_source_the_defini
     from sensequant_assets.definitions import build_definitions
     from sensequant_assets.sensors import partitions_backfill
 
-    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
-    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
-    for name, value in (
-        ("BREEZE_API_KEY", KEY),
-        ("BREEZE_API_SECRET", SECRET),
-        ("BREEZE_SESSION_TOKEN", TOKEN),
-    ):
-        monkeypatch.setenv(name, value)
+    _breeze_env(monkeypatch, tmp_path)
     breeze = build_definitions()
     monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "synthetic")
     synthetic = build_definitions()
@@ -212,14 +217,7 @@ def test_the_daily_schedule_fetches_every_symbols_newest_window_through_the_newe
     from sensequant_assets.definitions import build_definitions
     from sensequant_assets.sensors import RANGE_END, RANGE_START
 
-    monkeypatch.setenv("SENSEQUANT_DATA_SOURCE", "breeze")
-    monkeypatch.setenv("SENSEQUANT_DATA_DIR", str(tmp_path / "cache"))
-    for name, value in (
-        ("BREEZE_API_KEY", KEY),
-        ("BREEZE_API_SECRET", SECRET),
-        ("BREEZE_SESSION_TOKEN", TOKEN),
-    ):
-        monkeypatch.setenv(name, value)
+    _breeze_env(monkeypatch, tmp_path)
     fetch = build_definitions().resolve_schedule_def("fetch_new_bars")
     assert fetch.default_status.value == "RUNNING" and fetch.cron_schedule == "0 19 * * 1-5"
     when = JULY.replace(hour=19)

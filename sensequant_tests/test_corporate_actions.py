@@ -28,6 +28,7 @@ from sensequant_assets.sources.corporate_actions import (
     parse_actions,
 )
 from sensequant_tests import daily_csv
+from sensequant_tests.daily_csv import write_bars
 
 D = dt.date
 HEADER = "timestamp,open,high,low,close,volume"
@@ -39,16 +40,6 @@ QUARTERS = [(D(2024, 1, 1), D(2024, 3, 31)), (D(2024, 4, 1), D(2024, 6, 30)), (D
 def reference(symbol: str = "TCS", start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
     """Known-good (continuous) bars: synthetic, so no fixture files to maintain."""
     return SyntheticSource(seed=3).bars(symbol, start or D(2024, 1, 1), end or D(2024, 9, 30))
-
-
-def write_daily(root: Path, symbol: str, bars: pd.DataFrame) -> Path:
-    folder = root / symbol / "1day"
-    folder.mkdir(parents=True, exist_ok=True)
-    for ts, row in bars.iterrows():
-        (folder / f"{ts.date().isoformat()}.csv").write_text(
-            f"{HEADER}\n{ts.isoformat(sep=' ')},{row.open},{row.high},{row.low},{row.close},{row.volume}\n"
-        )
-    return folder
 
 
 def actions_file(path: Path, *rows: str) -> Path:
@@ -69,7 +60,7 @@ def unadjusted_split(bars: pd.DataFrame, ex_date: str, factor: float) -> pd.Data
 def test_a_1_to_2_split_gives_continuous_prices_and_doubled_volumes_before_it(tmp_path: Path) -> None:
     ref = reference(end=D(2024, 3, 29))
     raw = unadjusted_split(ref, "2024-02-15", 0.5)
-    folder = write_daily(tmp_path / "data", "TCS", raw)
+    folder = write_bars(tmp_path / "data", "TCS", raw)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     plain = CsvDirSource(tmp_path / "data", actions_files=())
     with pytest.raises(DataSourceError, match="SENSEQUANT_CORPORATE_ACTIONS_FILE"):
@@ -92,7 +83,7 @@ def test_a_1_to_2_split_gives_continuous_prices_and_doubled_volumes_before_it(tm
 
 def test_an_action_adjusted_by_source_changes_nothing_and_a_wrong_flag_is_caught(tmp_path: Path) -> None:
     ref = reference()
-    write_daily(tmp_path / "data", "TCS", ref)  # the vendor already adjusted: continuous
+    write_bars(tmp_path / "data", "TCS", ref)  # the vendor already adjusted: continuous
     plain = CsvDirSource(tmp_path / "data", actions_files=())
     done = actions_file(tmp_path / "done.csv", "TCS,2024-05-16,bonus,1:1,,yes,")
     source = CsvDirSource(tmp_path / "data", actions_files=(done,))
@@ -112,7 +103,7 @@ def test_adding_an_action_changes_exactly_the_fingerprints_of_the_windows_it_adj
     ref = reference()
     data = tmp_path / "data"
     if layout == "daily":
-        write_daily(data, "TCS", ref)
+        write_bars(data, "TCS", ref)
     else:
         data.mkdir()
         ref.to_csv(data / "TCS.csv")
@@ -186,7 +177,7 @@ def test_a_bad_header_a_repeated_row_and_a_missing_file_are_named(tmp_path: Path
     ):
         parse_actions(text, path)
     # Through a source, the error names the file and the window asked for.
-    write_daily(tmp_path / "data", "TCS", reference(end=D(2024, 1, 31)))
+    write_bars(tmp_path / "data", "TCS", reference(end=D(2024, 1, 31)))
     monkeypatch.setenv(ACTIONS_FILE_ENV, str(tmp_path / "missing.csv"))
     with pytest.raises(
         DataSourceError, match=r"missing\.csv: cannot be read.*\[window 2024-01-01\.\.2024-01-31\]"
@@ -234,7 +225,7 @@ def test_the_shipped_demerger_removes_reliances_9_percent_drop_from_breezes_cach
     ref = reference("RELIANCE", D(2023, 6, 1), D(2023, 8, 31))
     raw = unadjusted_split(ref, "2023-07-20", 2580.0 / 2841.85)  # as Breeze serves it: a -9 % open
     raw["volume"] = ref["volume"]  # a demerger leaves the share count alone
-    write_daily(tmp_path, "RELIANCE", raw)
+    write_bars(tmp_path, "RELIANCE", raw)
     breeze = MarketDataResource(data_source="breeze", data_dir=str(tmp_path)).source_for("RELIANCE")
     bars = breeze.bars("RELIANCE", D(2023, 6, 1), D(2023, 8, 31))  # the shipped file
     np.testing.assert_allclose(bars["close"], ref["close"] * 2580.0 / 2841.85, rtol=1e-7)
@@ -373,7 +364,7 @@ def test_the_merged_actions_are_built_once_per_change_of_the_files_not_per_looku
     big = actions_file(tmp_path / "big.csv", *rows)
     monkeypatch.setenv(ACTIONS_FILE_ENV, str(big))
     for symbol in symbols[:3]:
-        write_daily(tmp_path / "data", symbol, reference(symbol, D(2024, 7, 1), D(2024, 9, 30)))
+        write_bars(tmp_path / "data", symbol, reference(symbol, D(2024, 7, 1), D(2024, 9, 30)))
     built = []
     merge = CorporateActions.of_rows.__func__
 

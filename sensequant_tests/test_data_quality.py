@@ -20,22 +20,12 @@ from sensequant_assets.sources.quality import (
     quality_report,
     repaired_rows,
 )
+from sensequant_tests.daily_csv import write_bars
 
 D = dt.date
 TODAY = D(2026, 12, 1)
-HEADER = "timestamp,open,high,low,close,volume"
 JANUARY = (D(2023, 1, 1), D(2023, 1, 31))
 MISSING = ("2023-01-17", "2023-01-18", "2023-01-24")  # sessions taken out of the cache
-
-
-def write_daily(root: Path, symbol: str, bars: pd.DataFrame) -> Path:
-    folder = root / symbol / "1day"
-    folder.mkdir(parents=True, exist_ok=True)
-    for ts, row in bars.iterrows():
-        (folder / f"{ts.date().isoformat()}.csv").write_text(
-            f"{HEADER}\n{ts.isoformat(sep=' ')},{row.open},{row.high},{row.low},{row.close},{row.volume}\n"
-        )
-    return folder
 
 
 def half_year_cache(root: Path, symbol: str = "INFY") -> Path:
@@ -44,7 +34,7 @@ def half_year_cache(root: Path, symbol: str = "INFY") -> Path:
     the window's first bar)."""
     bars = SyntheticSource(seed=5).bars(symbol, D(2022, 12, 26), D(2023, 6, 30))
     bars = bars.drop(pd.DatetimeIndex([pd.Timestamp(d, tz="Asia/Kolkata") for d in MISSING]))
-    return write_daily(root, symbol, bars)
+    return write_bars(root, symbol, bars)
 
 
 def test_the_nse_calendar_is_the_librarys_with_holidays_not_weekdays() -> None:
@@ -89,7 +79,7 @@ def test_an_unexplained_jump_is_flagged_and_an_action_on_its_day_explains_it(
     bars = SyntheticSource(seed=2).bars("TCS", D(2024, 1, 15), D(2024, 3, 28))
     after = bars.index >= pd.Timestamp("2024-02-01", tz="Asia/Kolkata")  # the first bar of the window
     bars.loc[after, ["open", "high", "low", "close"]] *= 0.5  # an unadjusted 1:1 bonus
-    write_daily(tmp_path / "data", "TCS", bars)
+    write_bars(tmp_path / "data", "TCS", bars)
     window = (D(2024, 2, 1), D(2024, 3, 31))
     none = CsvDirSource(tmp_path / "data", actions_files=())
     with pytest.raises(DataSourceError):
@@ -129,7 +119,7 @@ def test_a_csv_users_unadjusted_jump_names_the_shipped_action_of_its_day(tmp_pat
     bars = SyntheticSource(seed=2).bars("RELIANCE", D(2024, 10, 14), D(2024, 11, 29))
     after = bars.index >= pd.Timestamp("2024-10-28", tz="Asia/Kolkata")
     bars.loc[after, ["open", "high", "low", "close"]] *= 0.5  # the unadjusted 1:1 bonus
-    write_daily(tmp_path, "RELIANCE", bars)
+    write_bars(tmp_path, "RELIANCE", bars)
     window = (D(2024, 10, 1), D(2024, 11, 30))
 
     def report(kind: str):
