@@ -43,10 +43,8 @@ if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         "BROWSER_TEST_CHROMIUM)",
         allow_module_level=True,
     )
-pytest.importorskip(
-    "pytest_playwright", reason="pytest-playwright is not installed (`pip install -e '.[dev]'`)"
-)
-from playwright.sync_api import Locator, Page, Route, expect  # noqa: E402
+pytest.importorskip("playwright", reason="playwright is not installed (`pip install -e '.[dev]'`)")
+from playwright.sync_api import Locator, Page, Route, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -81,15 +79,17 @@ def _dir(artifacts: Path, symbol: str, window: str) -> Path:
     return artifacts / f"{symbol}_{window}_to_{dict(WINDOWS)[window]}"
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
-    """Debian's chromium: Playwright cannot download a browser build here."""
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
-
-
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict) -> dict:
-    return {**browser_context_args, "viewport": {"width": 1600, "height": 1000}}
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """Debian's chromium (Playwright cannot download a browser build here), started and stopped by this
+    test: pytest-playwright's session fixtures keep Playwright's event loop running in the worker after
+    the test, and every later `asyncio.run` there (Dagster's GraphQL test helper) then fails."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+        finally:
+            browser.close()
 
 
 @pytest.fixture
