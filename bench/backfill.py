@@ -18,6 +18,10 @@ symbols x 8 half-year windows = 160 partitions):
             `dagster.yaml` (Dagster's defaults: QueuedRunCoordinator, 10 concurrent runs, 5 s
             dequeue interval) and with the project's batching switched off (`DEFAULT_MODE_ENV`):
             one run per partition, multiprocess executor.
+- cli:      `sensequant train` over the same partitions, headless, on a fresh DAGSTER_HOME with the
+            backfill's `dagster.yaml`; it trains and evaluates (all five assets), so with
+            `--with-evaluation` it is compared with the backfill's training and evaluation (a line of
+            its own, not in the last line). Not run unless named in `--modes`.
 
 The backfill daemon looks for new backfills every 30 s (fixed in Dagster), so the pickup depends on
 when in that loop the backfill is launched. By default (`--launch-phase mid`) the launch is placed
@@ -29,6 +33,14 @@ so edits made while the benchmark runs change nothing. Before each launch every 
 automation sensor included) is stopped through GraphQL, so that only the backfill starts runs
 (`--keep-sensors` leaves them running, as a deployment would); any other run is reported, with
 the sensor or backfill that started it.
+
+`--loop-symbols N` runs the loop over the first N symbols only (every window) and scales its times
+to the whole universe: the loop holds nothing across symbols, so its time is linear in them, and the
+scale run's loop would otherwise take as long as the backfill.
+
+`--loop-symbols N` runs the loop over the first N symbols only (every window) and scales its times
+to the whole universe: the loop holds nothing across symbols, so its time is linear in them, and the
+scale run's loop would otherwise take as long as the backfill.
 
 `--with-evaluation` adds `student_evaluation` (every window but the first): in the loop after the
 training; in the servers, with `--keep-sensors`, requested by the `follow_upstream` sensor as the
@@ -95,13 +107,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("loop", "backfill", "default")
+MODES = ("loop", "backfill", "default", "cli")
 BACKFILL_ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model")
 # `--with-evaluation` adds it to the backfill (and the loop): the previous window's student scored on
 # this window, so the first window has none.
@@ -561,7 +573,7 @@ def scale_fields(results: Sequence[Result]) -> dict[str, float]:
 
 def last_line(medians: dict[str, float], partitions: int, fields: dict[str, float]) -> str:
     """The benchmark's last line: the ratios and medians, then the backfill mode's scale fields."""
-    a, b, c = (medians.get(m, float("nan")) for m in MODES)
+    a, b, c = (medians.get(m, float("nan")) for m in ("loop", "backfill", "default"))
     return (
         f"backfill_ratio={b / a:.3f} default_ratio={c / a:.3f} partitions={partitions} "
         f"loop_s={a:.3f} backfill_s={b:.3f} default_s={c:.3f} "
@@ -742,8 +754,21 @@ def code_description(code: Path) -> str:
 
 
 def run_loop(
-    universe: Universe, workdir: Path, repeat: int, code: Path, with_evaluation: bool = False
+    universe: Universe,
+    workdir: Path,
+    repeat: int,
+    code: Path,
+    with_evaluation: bool = False,
+    sample_symbols: int | None = None,
 ) -> tuple[Result, Path]:
+    """The serial loop over the universe, or over its first `sample_symbols` symbols (all windows) with
+    the times scaled to the whole universe: the loop goes symbol by symbol and holds nothing across
+    symbols, so its time is linear in them (the scale run's loop would otherwise take as long as the
+    backfill it is compared with)."""
+    full = len(universe.keys)
+    if sample_symbols is not None and sample_symbols < len(universe.symbols):
+        universe = Universe(universe.symbols[:sample_symbols], universe.windows, universe.start)
+    scale, sample = full / len(universe.keys), (len(universe.symbols), len(universe.keys))
     artifacts = workdir / "artifacts"
     spec = workdir / "loop.json"
     workdir.mkdir(parents=True)
@@ -773,15 +798,77 @@ def run_loop(
         tail = log.read_text(errors="replace")[-3000:]
         raise BenchError(f"loop repeat {repeat}: the loop process exited with {proc.returncode}\n{tail}")
     timings = json.loads(out.decode().strip().splitlines()[-1])
+    evaluation_s = timings.get("evaluation_seconds")
     result = Result(
         "loop",
         repeat,
-        timings["seconds"],
-        len(universe.keys),
+        timings["seconds"] * scale,
+        full,
         max(memory.peak_rss, timings["maxrss"]),
         memory.peak_pss,
         memory.peak_procs,
-        {"import_s": timings["import_seconds"], "evaluation_s": timings.get("evaluation_seconds")},
+        {
+            "import_s": timings["import_seconds"],
+            "evaluation_s": None if evaluation_s is None else evaluation_s * scale,
+            "sampled": (*sample, timings["seconds"]) if scale > 1 else None,
+        },
+    )
+    return result, artifacts
+
+
+# --- (d) the headless command, `sensequant train` -----------------------------------------------
+
+CLI_TOTAL = re.compile(r"^total: (\d+) partitions, (\d+) materialised.* in ([0-9.]+)s \((\d+) runs\)", re.M)
+
+
+def run_cli(universe: Universe, workdir: Path, repeat: int, args: argparse.Namespace) -> tuple[Result, Path]:
+    """`sensequant train` over the universe on a fresh DAGSTER_HOME with the backfill's dagster.yaml:
+    the same partitions, the evaluation included (the command trains all five assets), headless.
+    Timed by the command's own `total:` line (from its first read of the bars to its last run; the
+    imports and the briefing it ends with are outside), the whole process's wall time printed too."""
+    from sensequant_assets.devserver import write_instance_yaml
+
+    home, artifacts = workdir / "dagster_home", workdir / "artifacts"
+    home.mkdir(parents=True)
+    write_instance_yaml(home, TUNED_DAGSTER_YAML.format(max_concurrent_runs=args.max_concurrent_runs))
+    register_symbols(home, universe.symbols)  # the order the UI's backfill ranges follow
+    end = add_months(date.fromisoformat(universe.windows[-1]), WINDOW_MONTHS) - timedelta(days=1)
+    script = "import sys; from sensequant_assets.cli import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", script, "train", "--symbols", ",".join(universe.symbols)]
+    cmd += ["--start", universe.windows[0], "--end", end.isoformat(), "--artifacts-dir", str(artifacts)]
+    env = {**os.environ, **universe.env(), "DAGSTER_HOME": str(home), **code_env(args.code)}
+    log = workdir / "cli.log"
+    began = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=args.code, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            with MemorySampler(proc.pid) as memory:
+                proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(
+                f"cli repeat {repeat}: `sensequant train` still running after {args.timeout:.0f} s"
+            ) from exc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    wall = time.perf_counter() - began
+    text = log.read_text(errors="replace")
+    total = CLI_TOTAL.search(text)
+    if proc.returncode != 0 or total is None:
+        raise BenchError(
+            f"cli repeat {repeat}: `sensequant train` exited with {proc.returncode}\n{text[-3000:]}"
+        )
+    partitions, materialised, seconds, runs = int(total[1]), int(total[2]), float(total[3]), int(total[4])
+    if materialised != partitions:
+        raise BenchError(
+            f"cli repeat {repeat}: {materialised} of {partitions} partitions materialised\n{text[-3000:]}"
+        )
+    details = {"wall_s": wall, "runs": runs}
+    result = Result(
+        "cli", repeat, seconds, partitions, memory.peak_rss, memory.peak_pss, memory.peak_procs, details
     )
     return result, artifacts
 
@@ -1554,8 +1641,19 @@ def describe(result: Result) -> str:
         f"PSS {fmt_mib(result.peak_pss)}, {result.peak_procs} process(es)"
     )
     d = result.details
+    if result.mode == "cli":
+        return text + (
+            f"; {d['runs']} runs; training and evaluation, as the command's `total:` line reports it; "
+            f"the process's wall time with imports and the closing briefing {d['wall_s']:.2f} s"
+        )
     if result.mode == "loop":
         text += f"; imports {d['import_s']:.2f} s (not timed)"
+        if d.get("sampled"):
+            symbols, partitions, seconds = d["sampled"]
+            text += (
+                f"\n    measured on the first {symbols} symbols ({partitions} partitions, {seconds:.2f} s of "
+                f"training) and scaled to all {result.partitions}"
+            )
         if d.get("evaluation_s") is not None:
             text += f"\n    then student_evaluation of every window but the first: {d['evaluation_s']:.2f} s"
         return text
@@ -1687,7 +1785,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="repeats of the default mode, the slowest by far (default: --repeats)",
     )
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="comma-separated subset of loop,backfill,default"
+        "--modes",
+        default="loop,backfill,default",
+        help="comma-separated subset of loop,backfill,default,cli (default: loop,backfill,default)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     parser.add_argument(
@@ -1780,6 +1880,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the working tree itself instead of a snapshot of sensequant_assets/ taken at the start",
     )
+    parser.add_argument(
+        "--loop-symbols",
+        type=int,
+        metavar="N",
+        help="run the loop mode over the first N symbols only (every window) and scale its times to the "
+        "whole universe (the loop is linear in symbols); the backfill's files are compared with the "
+        "loop's for those symbols",
+    )
     parser.add_argument("--loop-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -1789,8 +1897,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.modes = [m for m in MODES if m in modes]
     if args.default_repeats is None:
         args.default_repeats = args.repeats
-    for name in ("symbols", "windows", "repeats", "default_repeats"):
-        if getattr(args, name) < 1:
+    for name in ("symbols", "windows", "repeats", "default_repeats", "loop_symbols"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.timeout is None:
         args.timeout = max(900.0, 60.0 * args.symbols * args.windows)
@@ -1872,6 +1980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backfill mode dagster.yaml: {source} (max_concurrent_runs={args.max_concurrent_runs})")
     sys.stdout.flush()
 
+    loop_symbols = set(universe.symbols[: args.loop_symbols or None])
     results: dict[str, list[Result]] = defaultdict(list)
     reference: dict[str, dict[str, str]] | None = None
     began = time.monotonic()
@@ -1883,11 +1992,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 workdir = root / f"{mode}-{repeat}"
                 if mode == "loop":
-                    result, artifacts = run_loop(universe, workdir, repeat, args.code, args.with_evaluation)
+                    result, artifacts = run_loop(
+                        universe, workdir, repeat, args.code, args.with_evaluation, args.loop_symbols
+                    )
+                elif mode == "cli":
+                    result, artifacts = run_cli(universe, workdir, repeat, args)
                 else:
                     result, artifacts = run_backfill(mode, universe, workdir, repeat, args)
-                evaluated = universe.evaluated_keys if args.with_evaluation else ()
-                sums = verify_artifacts(artifacts, keys, f"{mode} repeat {repeat}", evaluated)
+                # the command evaluates every window but the first whatever the options
+                with_evaluation = args.with_evaluation or mode == "cli"
+                evaluated = universe.evaluated_keys if with_evaluation else []
+                if mode == "loop":  # the symbols it ran (all but with --loop-symbols)
+                    checked = [k for k in keys if k.split("|")[0] in loop_symbols]
+                    evaluated = [k for k in evaluated if k.split("|")[0] in loop_symbols]
+                else:
+                    checked = keys
+                sums = verify_artifacts(artifacts, checked, f"{mode} repeat {repeat}", evaluated)
                 if reference is None and mode == "loop":
                     reference = sums
                 elif reference is not None:
@@ -1926,7 +2046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{fmt_mib(max(r.peak_rss for r in results[mode])):>10} "
             f"{fmt_mib(max(r.peak_pss for r in results[mode])):>10}"
         )
-        if mode != "loop":
+        if mode in ("backfill", "default"):
             pickups = [r.details["pickup_s"] for r in results[mode]]
             print(
                 f"{'':<9} daemon pickup median {median(pickups):.1f} s; "
@@ -1953,6 +2073,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"loop {evaluations['loop']:.2f} s, backfill {evaluations['backfill']:.2f} s "
             f"(ratio {evaluations['backfill'] / evaluations['loop']:.3f})"
         )
+    if results["cli"]:
+        cli_s = median(r.seconds for r in results["cli"])
+        if args.with_evaluation and results["backfill"]:
+            backfill_all = median(
+                r.details["evaluation_s"]
+                if r.details.get("evaluation_followed")
+                else r.seconds + r.details["evaluation_s"]
+                for r in results["backfill"]
+            )
+            print(
+                f"sensequant train / UI backfill, the same partitions trained and evaluated: {cli_s:.2f} s / "
+                f"{backfill_all:.2f} s (ratio {cli_s / backfill_all:.3f}; not in the line below)"
+            )
+        else:
+            print(
+                f"sensequant train: {cli_s:.2f} s for training and evaluation (compared with a backfill "
+                "only with --with-evaluation and the backfill mode)"
+            )
     fields = scale_fields(results["backfill"])
     if results["backfill"]:
         cursor = max(r.sensor_cursor_max_bytes for r in results["backfill"])
