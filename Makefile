@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml setup.cfg
 install: $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml $(STAMP)
-	$(BIN)/python -c 'import sys; from sensequant_assets.devserver import write_instance_yaml as w; w(sys.argv[1])' "$(DAGSTER_HOME)"
+	$(BIN)/python -c 'import sys; from sensequant_assets.deployment.devserver import write_instance_yaml as w; w(sys.argv[1])' "$(DAGSTER_HOME)"
 
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m sensequant_assets.devserver -w workspace.yaml
+	$(BIN)/python -m sensequant_assets.deployment.devserver -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -160,10 +160,10 @@ run_coordinator:
     max_concurrent_runs: {max_concurrent_runs}
     dequeue_interval_seconds: 1
 run_launcher:
-  module: sensequant_assets.run_launcher
+  module: sensequant_assets.deployment.run_launcher
   class: ForkingRunLauncher
 event_log_storage:
-  module: sensequant_assets.event_storage
+  module: sensequant_assets.deployment.event_storage
   class: CachedEngineSqliteEventLogStorage
   config:
     base_dir: "@DAGSTER_HOME@/history/runs"
@@ -318,7 +318,7 @@ PROCESS_KINDS = (
     ("webserver", ("dagster-webserver", "dagster_webserver")),
     ("daemon", ("dagster-daemon", "dagster._daemon", "_daemon")),
     ("code server", ("grpc", "code-server", "code_server")),
-    ("dagster dev", ("dagster dev", "sensequant_assets.devserver")),  # the parent of the others
+    ("dagster dev", ("dagster dev", "sensequant_assets.deployment.devserver")),  # the parent of the others
 )
 
 
@@ -826,7 +826,7 @@ def run_cli(universe: Universe, workdir: Path, repeat: int, args: argparse.Names
     the same partitions, the evaluation included (the command trains all five assets), headless.
     Timed by the command's own `total:` line (from its first read of the bars to its last run; the
     imports and the briefing it ends with are outside), the whole process's wall time printed too."""
-    from sensequant_assets.devserver import write_instance_yaml
+    from sensequant_assets.deployment.devserver import write_instance_yaml
 
     home, artifacts = workdir / "dagster_home", workdir / "artifacts"
     home.mkdir(parents=True)
@@ -1381,7 +1381,7 @@ def run_backfill(
     window's student it scores; and it marks the first window's evaluations, which have nothing to
     score and so no output, as failed (seen with Dagster 1.13.28: the backfill ended COMPLETED_FAILED).
     """
-    from sensequant_assets.devserver import DagsterDev, write_instance_yaml
+    from sensequant_assets.deployment.devserver import DagsterDev, write_instance_yaml
 
     home, artifacts = workdir / "dagster_home", workdir / "artifacts"
     home.mkdir(parents=True)

@@ -53,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 from dagster._core.execution.backfill import BulkActionStatus  # noqa: E402
 
-from sensequant_assets.devserver import DagsterDev, write_instance_yaml  # noqa: E402
+from sensequant_assets.deployment.devserver import DagsterDev, write_instance_yaml  # noqa: E402
+from sensequant_assets.deployment.run_launcher import RUN_WORKER_TAG, worker_pid  # noqa: E402
 from sensequant_assets.io_manager import (  # noqa: E402
     CHECKSUMS,
     TXN_DIR,
@@ -61,7 +62,6 @@ from sensequant_assets.io_manager import (  # noqa: E402
     ArtifactStore,
     codec_for,
 )
-from sensequant_assets.run_launcher import RUN_WORKER_TAG, worker_pid  # noqa: E402
 
 ASSETS = ("market_bars", "teacher_model", "teacher_labels", "student_model", "student_evaluation")
 MARKER = {  # a file each asset always writes

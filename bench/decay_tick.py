@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     from dagster import AssetMaterialization, DagsterInstance, MetadataValue, build_sensor_context
 
     from sensequant_assets.definitions import defs
-    from sensequant_assets.devserver import write_instance_yaml
+    from sensequant_assets.deployment.devserver import write_instance_yaml
     from sensequant_assets.partitions import window_partitions
     from sensequant_assets.resources import MarketDataResource
     from sensequant_assets.sensors import model_decay

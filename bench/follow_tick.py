@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from dagster._core.utils import make_new_run_id
 
     from sensequant_assets.definitions import defs
-    from sensequant_assets.devserver import write_instance_yaml
+    from sensequant_assets.deployment.devserver import write_instance_yaml
     from sensequant_assets.follow import FOLLOWERS, TEACHER, _save, follow_upstream
     from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME, window_partitions
     from sensequant_assets.sensors import RANGE_END, RANGE_START

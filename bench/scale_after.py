@@ -179,7 +179,7 @@ def time_ui(instance: object, args: argparse.Namespace) -> None:
     """
     from dagster import DagsterRunStatus, RunsFilter
 
-    from sensequant_assets.devserver import DagsterDev
+    from sensequant_assets.deployment.devserver import DagsterDev
 
     queued = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]))
     for run in queued:

@@ -109,7 +109,7 @@ def _export(args: argparse.Namespace) -> None:
             os.environ[var] = str(Path(value).resolve()) if flag != "data_source" else value
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    from sensequant_assets.devserver import DEPLOYMENT_ENV, INSTANCE_YAML, write_instance_yaml
+    from sensequant_assets.deployment.devserver import DEPLOYMENT_ENV, INSTANCE_YAML, write_instance_yaml
 
     if not (home / "dagster.yaml").exists():
         # A new instance gets the deployment's settings, as `make run` writes them, so the CLI's runs

@@ -188,7 +188,7 @@ def test_sensequant_train_reads_the_breeze_cache_without_credentials(
 ) -> None:
     """It never calls Breeze: it trains on the cache, so no credential is asked for."""
     from sensequant_assets import cli
-    from sensequant_assets.devserver import DEPLOYMENT_ENV
+    from sensequant_assets.deployment.devserver import DEPLOYMENT_ENV
     from sensequant_tests.test_breeze_fetch import make
 
     cache = tmp_path / "cache"

@@ -21,7 +21,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 
 from sensequant_assets import cli, train_plan
 from sensequant_assets.assets.teacher import bars_hash
-from sensequant_assets.devserver import write_instance_yaml
+from sensequant_assets.deployment.devserver import write_instance_yaml
 from sensequant_assets.ml.features import HISTORY_DAYS
 from sensequant_assets.sources.csv_dir import CsvDirSource
 from sensequant_tests.daily_csv import write_daily

@@ -40,15 +40,15 @@ from dagster._core.workspace.load_target import GrpcServerTarget
 from dagster._grpc.client import DagsterGrpcClient
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from sensequant_assets.devserver import (
+from sensequant_assets.deployment.devserver import (
     DEPLOYMENT_ENV,
     INSTANCE_YAML,
     ROOT,
     free_port,
     write_instance_yaml,
 )
+from sensequant_assets.deployment.run_launcher import RUN_WORKER_TAG
 from sensequant_assets.io_manager import CHECKSUMS, LOCKS_DIR, TXN_DIR, ArtifactStore, codec_for
-from sensequant_assets.run_launcher import RUN_WORKER_TAG
 from sensequant_tests.daily_csv import write_daily
 
 W1, W2, W3 = "2025-01-01", "2025-07-01", "2026-01-01"  # windows from SENSEQUANT_START_DATE=2025-01-01

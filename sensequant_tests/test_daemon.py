@@ -11,7 +11,7 @@ import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 
 from sensequant_assets import registry
-from sensequant_assets.devserver import DagsterDev, write_instance_yaml
+from sensequant_assets.deployment.devserver import DagsterDev, write_instance_yaml
 from sensequant_tests.daily_csv import write_daily
 from sensequant_tests.pipeline_helpers import PARTITIONED, promote_toy_model, resources
 

@@ -18,13 +18,13 @@ from dagster import (
 )
 from dagster._core.events.log import EventLogEntry
 
-from sensequant_assets import event_storage
-from sensequant_assets.devserver import INSTANCE_YAML, write_instance_yaml
-from sensequant_assets.event_storage import CachedEngineSqliteEventLogStorage
+from sensequant_assets.deployment import event_storage
+from sensequant_assets.deployment.devserver import INSTANCE_YAML, write_instance_yaml
+from sensequant_assets.deployment.event_storage import CachedEngineSqliteEventLogStorage
 
 STORAGE_YAML = """
 event_log_storage:
-  module: sensequant_assets.event_storage
+  module: sensequant_assets.deployment.event_storage
   class: CachedEngineSqliteEventLogStorage
   config:
     base_dir: "@DAGSTER_HOME@/history/runs"

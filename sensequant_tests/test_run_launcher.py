@@ -15,9 +15,14 @@ from dagster._core.test_utils import create_run_for_test, instance_for_test, pol
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import PythonFileTarget
 
-from sensequant_assets import run_launcher
-from sensequant_assets.run_forkserver import process_start_time
-from sensequant_assets.run_launcher import RUN_WORKER_TAG, ForkingRunLauncher, ForkServerError, worker_pid
+from sensequant_assets.deployment import run_launcher
+from sensequant_assets.deployment.run_forkserver import process_start_time
+from sensequant_assets.deployment.run_launcher import (
+    RUN_WORKER_TAG,
+    ForkingRunLauncher,
+    ForkServerError,
+    worker_pid,
+)
 
 JOBS = """
 import os, signal, time
@@ -54,7 +59,7 @@ def crash_job():
 
 defs = Definitions(jobs=[ok_job, sleepy_job, crash_job])
 """
-LAUNCHER = {"module": "sensequant_assets.run_launcher", "class": "ForkingRunLauncher"}
+LAUNCHER = {"module": "sensequant_assets.deployment.run_launcher", "class": "ForkingRunLauncher"}
 
 
 def write_jobs(path: Path, out: Path, version: int) -> None:

@@ -34,7 +34,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
-from sensequant_assets.devserver import DagsterDev, write_instance_yaml
+from sensequant_assets.deployment.devserver import DagsterDev, write_instance_yaml
 
 CHROMIUM = Path(os.environ.get("BROWSER_TEST_CHROMIUM", "/usr/bin/chromium"))
 if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):

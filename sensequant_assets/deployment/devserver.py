@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
 # Environment defaults of the deployment (`make run`, the tests' and the benchmark's servers). With a batch
 # size, Dagster hands the event storage a batched output's materialisations and a new run's planned events
@@ -75,7 +75,13 @@ class DagsterDev:
 
     def start(self, timeout: float = 180.0) -> DagsterDev:
         self.home.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "sensequant_assets.devserver", "-w", str(self.cwd / "workspace.yaml")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sensequant_assets.deployment.devserver",
+            "-w",
+            str(self.cwd / "workspace.yaml"),
+        ]
         cmd += ["-p", str(self.port), "-h", "127.0.0.1"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

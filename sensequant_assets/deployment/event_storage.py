@@ -39,7 +39,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from sensequant_assets.devserver import HOME_PLACEHOLDER
+from sensequant_assets.deployment.devserver import HOME_PLACEHOLDER
 
 MAX_ENGINES = 16  # the index shard plus the runs writing at once, with room to spare
 

@@ -1,6 +1,6 @@
 """A run launcher that starts each run as a fork of a worker that has already imported the code.
 
-Configured in `deploy/dagster.yaml` (`run_launcher: module: sensequant_assets.run_launcher`,
+Configured in `deploy/dagster.yaml` (`run_launcher: module: sensequant_assets.deployment.run_launcher`,
 `class: ForkingRunLauncher`). It behaves as Dagster's `DefaultRunLauncher` except that a run of a
 code location it can load starts as a fork of a long-lived server (`run_forkserver`) instead of
 a fresh Python process: run start-up falls from seconds to milliseconds, which is most of what a
@@ -33,7 +33,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClassData, serialize_value
 
-from sensequant_assets.run_forkserver import process_start_time
+from sensequant_assets.deployment.run_forkserver import process_start_time
 
 RUN_WORKER_TAG = "sensequant/run_worker"  # "<pid>:<start time>" of a forked run worker
 RETRY_AFTER_SECONDS = 300.0  # a code location whose fork server failed to start is not retried sooner
@@ -49,7 +49,7 @@ class ForkServer:
     def __init__(self, executable: str, serialized_origin: str, start_timeout: float) -> None:
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            [executable, "-m", "sensequant_assets.run_forkserver", serialized_origin],
+            [executable, "-m", "sensequant_assets.deployment.run_forkserver", serialized_origin],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
