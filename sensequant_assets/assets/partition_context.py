@@ -20,7 +20,6 @@ steps skip them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -39,6 +38,7 @@ from dagster import (
 )
 
 from sensequant_assets.assets.workers import compute_each, run_workers
+from sensequant_assets.cpus import usable_cpus
 from sensequant_assets.partitions import split_key, window_bounds
 from sensequant_assets.settings import flag, number
 
@@ -147,7 +147,7 @@ def _step_workers(context: AssetExecutionContext, partitions: int, threads_per_t
         RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
     )
     others = max(0, active - 1)
-    idle = ((os.cpu_count() or 1) - others) // max(1, threads_per_task)
+    idle = (usable_cpus() - others) // max(1, threads_per_task)
     workers = max(1, min(cap, idle, partitions))
     context.log.info(
         f"{partitions} partitions in {workers} process(es) ({others} other run(s) active, cap {cap})"

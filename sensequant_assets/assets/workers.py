@@ -2,10 +2,10 @@
 
 A backfill run covers many partitions whose work is independent, CPU-bound and single-threaded
 (tiny LightGBM and logistic fits), so a run with N partitions uses up to `SENSEQUANT_RUN_WORKERS`
-cores (0, the default: one per core). The workers are forked from the run worker, which has
-already imported everything, so they start in milliseconds. The task and its inputs reach
-them through the fork, never pickled; only partition keys go in and results come back. A single
-partition (a UI click, a sensor's run) is computed in the run's own process.
+cores (0, the default: one per usable CPU, see `cpus.py`). The workers are forked from the run
+worker, which has already imported everything, so they start in milliseconds. The task and its
+inputs reach them through the fork, never pickled; only partition keys go in and results come
+back. A single partition (a UI click, a sensor's run) is computed in the run's own process.
 
 Forking and OpenMP: GNU OpenMP's thread pool does not survive a fork, so a child must not run a
 multi-threaded region after its parent ran one. The teacher is the only multi-threaded task
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import TypeVar
 
+from sensequant_assets.cpus import usable_cpus
 from sensequant_assets.settings import number
 
 T = TypeVar("T")
@@ -32,9 +33,14 @@ _skip: tuple[type[Exception], ...] = ()
 
 
 def run_workers() -> int:
-    """Worker processes per run step (`SENSEQUANT_RUN_WORKERS`; 0 means one per CPU core)."""
+    """Worker processes per run step (`SENSEQUANT_RUN_WORKERS`; 0 means one per usable CPU).
+
+    Workers are forked, so where there is no `os.fork` (Windows) every step computes in-process.
+    """
     workers = int(number("SENSEQUANT_RUN_WORKERS", int, 0))
-    return workers or os.cpu_count() or 1
+    if not hasattr(os, "fork"):
+        return 1
+    return workers or usable_cpus()
 
 
 def _install(task: Callable[[str], object], skip: tuple[type[Exception], ...]) -> None:
