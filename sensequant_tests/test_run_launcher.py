@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -106,19 +108,25 @@ class Setup:
         return [e.message for e in self.instance.all_logs(run_id) if e.message]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    out, jobs = tmp_path / "out", tmp_path / "jobs.py"
+@contextlib.contextmanager
+def make_setup(tmp_path: Path, overrides: Mapping[str, object] | None = None) -> Iterator[Setup]:
+    out, jobs, home = tmp_path / "out", tmp_path / "jobs.py", tmp_path / "home"
     out.mkdir()
-    (tmp_path / "home").mkdir()
+    home.mkdir()
     write_jobs(jobs, out, version=1)
-    overrides = {"run_launcher": LAUNCHER, "run_monitoring": {"enabled": False}}
-    with instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as instance:
+    overrides = {"run_launcher": LAUNCHER, "run_monitoring": {"enabled": False}, **(overrides or {})}
+    with instance_for_test(overrides=overrides, temp_dir=str(home)) as instance:
         target = PythonFileTarget(
             python_file=str(jobs), attribute=None, working_directory=str(tmp_path), location_name="forkable"
         )
         with WorkspaceProcessContext(instance, target) as context:
             yield Setup(instance, context, out)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with make_setup(tmp_path) as made:
+        yield made
 
 
 def test_runs_start_as_forks_of_one_preloaded_server(setup: Setup) -> None:
@@ -190,6 +198,53 @@ def test_a_server_that_cannot_start_falls_back_to_the_code_server(setup: Setup, 
     # One failed start, not one per run: the second run went straight to the code server.
     assert len(starts) == 1
     assert any("not retried for 300 s" in m for m in setup.engine_messages(second))
+
+
+def assert_launched_by_the_code_server(setup: Setup, why: str) -> None:
+    """Two runs succeed without a fork server; only the first says why (once per reason, not per run)."""
+    first, second = setup.launch("ok_job"), setup.launch("ok_job")
+    for run_id in (first, second):
+        assert setup.finish(run_id) == DagsterRunStatus.SUCCESS
+        assert RUN_WORKER_TAG not in setup.instance.get_run_by_id(run_id).tags
+    assert setup.launcher._servers == {}
+    told = [m for m in setup.engine_messages(first) if "not as forks of a preloaded worker" in m]
+    assert len(told) == 1 and why in told[0]
+    assert not any("not as forks" in m for m in setup.engine_messages(second))
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_runs_are_not_forked_off_linux(setup: Setup, monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
+    """Elsewhere a forked worker cannot be found through /proc: run monitoring would fail it at once
+    and terminate could not signal it."""
+    monkeypatch.setattr(sys, "platform", platform)
+    assert_launched_by_the_code_server(
+        setup, f"only on Linux, where their worker processes can be watched through /proc; this is {platform}"
+    )
+
+
+def test_runs_are_not_forked_without_os_fork(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "fork")
+    assert_launched_by_the_code_server(setup, "this Python has no os.fork")
+
+
+def test_runs_are_not_forked_with_a_run_storage_other_hosts_share(tmp_path: Path) -> None:
+    """With Postgres (or any run storage but Dagster's SQLite one) other hosts' daemons may monitor or
+    terminate the runs, where this host's pids mean nothing. `LegacyRunStorage` stands in for it here:
+    a run storage class that is not `SqliteRunStorage`, and that the code server's runs can use."""
+    storage = {
+        "module": "dagster._core.storage.legacy_storage",
+        "class": "LegacyRunStorage",
+        "config": {
+            "module_name": "dagster._core.storage.sqlite_storage",
+            "class_name": "DagsterSqliteStorage",
+            "config_yaml": f"base_dir: {tmp_path / 'home'}\n",
+        },
+    }
+    with make_setup(tmp_path, {"run_storage": storage}) as setup:
+        assert type(setup.instance.run_storage).__name__ == "LegacyRunStorage"
+        assert_launched_by_the_code_server(
+            setup, "only with Dagster's SQLite run storage; this instance's is LegacyRunStorage"
+        )
 
 
 def test_worker_pid_names_a_live_process_only() -> None:

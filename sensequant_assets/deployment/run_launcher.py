@@ -5,8 +5,14 @@ Configured in `deploy/dagster.yaml` (`run_launcher: module: sensequant_assets.de
 code location it can load starts as a fork of a long-lived server (`run_forkserver`) instead of
 a fresh Python process: run start-up falls from seconds to milliseconds, which is most of what a
 batched backfill run or a sensor's one-partition run costs beyond its training. Whenever a fork is
-not possible (no `os.fork`, the server cannot import the code, it is not answering) the run is
-launched the default way, through the code server, with an engine event saying why.
+not possible (the server cannot import the code, it is not answering) the run is launched the
+default way, through the code server, with an engine event saying why.
+
+Forks are only tried where the launcher can watch them: on Linux (a worker is known by its pid and
+`/proc` start time; elsewhere it would look dead at once to run monitoring and could not be
+terminated) and with Dagster's SQLite run storage (one host; with Postgres or another shared run
+storage, other hosts' daemons monitor and terminate runs, and a pid of this host means nothing
+there). Anywhere else every run is launched the default way, and the first says why.
 
 Termination, run monitoring (`check_run_worker_health`) and crash reporting work on the child's
 pid and start time, kept in the `sensequant/run_worker` run tag. This module only imports Dagster:
@@ -21,6 +27,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -30,6 +37,7 @@ from dagster import Field
 from dagster._core.launcher import DefaultRunLauncher, LaunchRunContext
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClassData, serialize_value
 
@@ -112,10 +120,11 @@ class ForkingRunLauncher(DefaultRunLauncher):
         self, inst_data: ConfigurableClassData | None = None, enabled: bool = True, start_timeout: float = 300
     ) -> None:
         super().__init__(inst_data=inst_data)
-        self.enabled = enabled and hasattr(os, "fork")
+        self.enabled = enabled
         self.start_timeout = start_timeout
         self._servers: dict[str, ForkServer] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # origin -> (when, why) of a failed start
+        self._told: set[str] = set()  # reasons not to fork at all, each reported on one run
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,9 +145,38 @@ class ForkingRunLauncher(DefaultRunLauncher):
     ) -> ForkingRunLauncher:
         return cls(inst_data=inst_data, **config_value)
 
+    def cannot_fork(self) -> str | None:
+        """Why no run of this instance may be forked here, or None."""
+        if not sys.platform.startswith("linux"):
+            return (
+                f"runs start as forks only on Linux, where their worker processes can be watched "
+                f"through /proc; this is {sys.platform}"
+            )
+        if not hasattr(os, "fork"):
+            return "this Python has no os.fork"
+        storage = self._instance.run_storage
+        if not isinstance(storage, SqliteRunStorage):
+            return (
+                f"runs start as forks only with Dagster's SQLite run storage; this instance's is "
+                f"{type(storage).__name__}, whose runs other hosts may monitor, where this host's "
+                "process ids mean nothing"
+            )
+        return None
+
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        if self.enabled and run.job_code_origin is not None:
+        reason = self.cannot_fork() if self.enabled else None
+        if reason is not None:
+            with self._lock:
+                first = reason not in self._told
+                self._told.add(reason)
+            if first:
+                self._instance.report_engine_event(
+                    f"Launching runs through the code server, not as forks of a preloaded worker: {reason}.",
+                    run,
+                    cls=self.__class__,
+                )
+        elif self.enabled and run.job_code_origin is not None:
             try:
                 pid, start = self._fork(run)
             except (ForkServerError, OSError, ValueError) as exc:
