@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint format clean
+.PHONY: install run test test-scaleout lint format clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,23 @@ TEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# Dagster's distributed deployment (deploy/scaleout/: PostgreSQL, Celery on RabbitMQ) tested on this machine.
+# Its libraries pin the dagster release they were built with, so they get an environment of their own.
+SCALEOUT_VENV := .venv-scaleout
+SCALEOUT_STAMP := $(SCALEOUT_VENV)/.installed-stamp
+
+$(SCALEOUT_STAMP): pyproject.toml setup.cfg
+	test -x $(SCALEOUT_VENV)/bin/python || $(PYTHON) -m venv $(SCALEOUT_VENV)
+	$(SCALEOUT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SCALEOUT_VENV)/bin/python -m pip install --quiet -e ".[dev,scaleout]"
+	touch $(SCALEOUT_STAMP)
+
+test-scaleout: $(SCALEOUT_STAMP)
+	$(SCALEOUT_VENV)/bin/pytest -m scaleout -p no:cacheprovider -rs sensequant_tests/test_scaleout.py
+
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SCALEOUT_VENV) .pytest_cache .ruff_cache *.egg-info

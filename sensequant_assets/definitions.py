@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions
 
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.assets.briefing import production_models, promotion_briefing
@@ -14,6 +14,7 @@ from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.symbol_briefing import symbol_briefing
 from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
+from sensequant_assets.deployment.executors import executor_from_env
 from sensequant_assets.follow import follow_upstream
 from sensequant_assets.io_manager import PartitionDirIOManager
 from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
@@ -33,10 +34,11 @@ def build_definitions(*, fetch: bool = True) -> Definitions:
     # and sensors select them through jobs.PARTITION_SELECTION.
     market_data = market_data_from_env(fetch=fetch)
     ingestion = ingestion_for(market_data) if fetch else []
-    # In-process: a run's steps share one process (no per-step Python start-up); parallelism comes
-    # from concurrent runs (deploy/dagster.yaml), each training on one core.
+    # By default in-process: a run's steps share one process (no per-step Python start-up); parallelism
+    # comes from concurrent runs (deploy/dagster.yaml) and the batched steps' own workers. Celery on more
+    # than one machine (SENSEQUANT_EXECUTOR, deploy/scaleout/).
     return Definitions(
-        executor=in_process_executor if BATCHED else multiprocess_executor,
+        executor=executor_from_env(BATCHED),
         assets=[
             *ingestion,
             after_ingestion(market_bars, ingestion),

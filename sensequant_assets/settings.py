@@ -46,6 +46,11 @@ DEFAULTS: dict[str, str] = {
     "SENSEQUANT_BREEZE_DAILY_QUOTA": "5000",
     "SENSEQUANT_BREEZE_REFRESH_DAYS": "5",
     "SENSEQUANT_FETCH_CRON": "0 19 * * 1-5",
+    # Where a run's steps execute (deployment/executors.py): "" picks in-process (batched) or multiprocess;
+    # "celery" sends each step to the Celery workers of the broker below (deploy/scaleout/).
+    "SENSEQUANT_EXECUTOR": "",
+    "SENSEQUANT_CELERY_BROKER": "pyamqp://guest@localhost:5672//",
+    "SENSEQUANT_CELERY_BACKEND": "rpc://",
 }
 
 DATA_SOURCES = ("synthetic", "csv", "breeze")
