@@ -16,7 +16,6 @@ directory whose name starts with a dot is bookkeeping, not a partition.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import io
@@ -44,6 +43,7 @@ from dagster import (
     OutputContext,
 )
 
+from sensequant_assets import locks
 from sensequant_assets.artifacts import BriefingArtifact, EvaluationArtifact, StudentArtifact, TeacherArtifact
 from sensequant_assets.partitions import split_key, window_bounds
 from sensequant_assets.sources.symbols import InvalidSymbolError, key_symbol_problem
@@ -362,12 +362,8 @@ class ArtifactStore:
                 raise
             yield
             return
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with fh, locks.locked(fh, shared=shared):
+            yield
 
     def _recover(self, final: Path) -> None:
         """Undo what a crash between the two renames of a swap, or mid-staging, left behind.

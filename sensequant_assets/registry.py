@@ -37,7 +37,6 @@ make sure production only ever receives a student of the configuration that was 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -50,6 +49,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sensequant_assets import locks
 from sensequant_assets.io_manager import (
     CHECKSUMS,
     ArtifactError,
@@ -258,12 +258,8 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 def _locked(root: Path) -> Iterator[None]:
     """Serialise registry changes of one symbol across processes (CLI, Dagster job, sensor)."""
     root.mkdir(parents=True, exist_ok=True)
-    with (root / _LOCK).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with (root / _LOCK).open("a") as fh, locks.locked(fh):
+        yield
 
 
 def _read_verified(directory: Path, rel: str) -> bytes:

@@ -4,7 +4,7 @@ Breeze allows about 100 calls a minute and 5,000 a day per account, across every
 uses it, so the count lives in a file (`<cache>/.breeze/calls.json`), not in one run's memory: two
 runs share one budget. What was fetched lives in another (`<cache>/.breeze/state.json`), so
 deleting it (to have everything asked again) never resets the quota. Both are changed under an
-exclusive `fcntl` lock and replaced atomically. A run that stopped at the quota is resumed by the
+exclusive file lock (`locks.py`) and replaced atomically. A run that stopped at the quota is resumed by the
 next from the ranges recorded as fetched. The csv source never looks inside `.breeze/` (it has no
 `1day` directory). No Dagster here.
 """
@@ -12,7 +12,6 @@ next from the ranges recorded as fetched. The csv source never looks inside `.br
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import secrets
@@ -22,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
+
+from sensequant_assets import locks
 
 from .base import IST, DataSourceError
 
@@ -125,12 +126,8 @@ class StateFile:
         """An exclusive lock named `name` (a file in `.breeze/`; by default this file's), released
         on exit."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / f"{name or self.path.stem}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(self.dir / f"{name or self.path.stem}.lock", "a+b") as handle, locks.locked(handle):
+            yield
 
     def read(self) -> dict[str, Any]:
         try:
