@@ -225,7 +225,11 @@ def _iso(ts: datetime) -> str:
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make renames and new entries in `path` durable, so the journal's ordering holds after a crash."""
+    """Make renames and new entries in `path` durable, so the journal's ordering holds after a crash.
+
+    Windows cannot open a directory as a file (PermissionError); NTFS journals its metadata itself."""
+    if os.name == "nt":
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
