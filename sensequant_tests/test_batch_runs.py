@@ -150,7 +150,8 @@ def test_a_batch_forks_only_onto_cores_no_other_run_is_using(
     from dagster import DagsterRunStatus
     from dagster._core.test_utils import create_run_for_test
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    for module in ("workers", "partition_context"):  # two usable CPUs, whatever the machine
+        monkeypatch.setattr(f"sensequant_assets.assets.{module}.usable_cpus", lambda: 2)
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "0")
     instance = instance_with("RELIANCE")
     for _ in range(other_runs):
@@ -173,7 +174,8 @@ def test_a_batch_forks_only_onto_cores_no_other_run_is_using(
 def test_a_multi_threaded_teacher_counts_its_threads_as_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    for module in ("workers", "partition_context"):  # two usable CPUs, whatever the machine
+        monkeypatch.setattr(f"sensequant_assets.assets.{module}.usable_cpus", lambda: 2)
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "0")
     instance = instance_with("RELIANCE")
     defs = Definitions(

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from sensequant_assets.assets.workers import compute_each, run_workers
+from sensequant_assets.cpus import usable_cpus
 from sensequant_assets.settings import SettingsError
 
 
@@ -64,7 +65,7 @@ def test_an_unexpected_error_stops_the_step() -> None:
 
 def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "0")
-    assert run_workers() == (os.cpu_count() or 1)
+    assert run_workers() == (usable_cpus() if hasattr(os, "fork") else 1)
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "3")
     assert run_workers() == 3
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "-1")
