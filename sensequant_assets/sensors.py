@@ -29,6 +29,9 @@ from dagster import (
     SkipReason,
     sensor,
 )
+
+# Private: Dagster 1.13 has no public way for a sensor to request a backfill or to filter backfills;
+# guarded by sensequant_tests/test_dagster_private_apis.py (docs/dagster_private_apis.md).
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus

@@ -13,6 +13,12 @@ launcher starts a fresh server and closes this one, which exits once its childre
 that dies without finishing its run (killed, out of memory) has its run marked failed here, as
 Dagster's code server does for the processes it starts.
 
+A child runs Dagster's private entry point for `dagster api execute_run` (`run_entry`). At start-up,
+before loading the code, the server checks that this entry is still there and still takes the
+arguments passed to it; if a Dagster upgrade moved or changed it, the server answers `{"error": ...}`
+and exits, and the launcher launches runs through the code server as for any failed start, instead
+of forking children that would all fail (see docs/dagster_private_apis.md).
+
 Protocol, one JSON object per line. stdin: `{"run_args": <serialised ExecuteRunArgs>}`; stdout:
 `{"ready": <pid>}` once the code is loaded (or `{"error": ...}` and exit), then per request
 `{"pid": <child pid>, "start": <child start time>}` or `{"stale": <why>}`. Standard output is
@@ -22,13 +28,21 @@ moved to standard error before anything else, so nothing but replies reaches the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import selectors
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
+
+RUN_ENTRY = "dagster._cli.api.execute_run_command.callback"  # the function `dagster api execute_run` runs
+
+
+class RunEntryError(RuntimeError):
+    """Dagster's run entry point is gone or takes other arguments (the server must not start)."""
 
 
 def process_start_time(pid: int, *, alive_only: bool = True) -> str | None:
@@ -70,20 +84,41 @@ def changed_file(files: dict[str, int]) -> str | None:
     return None
 
 
+def run_entry() -> Callable[..., Any]:
+    """Dagster's entry point for `dagster api execute_run`, checked to accept what `run_child` passes.
+
+    It is private to Dagster, so an upgrade may move it or change its parameters: checked once at
+    start-up, a change stops this server before it forks a run, rather than failing every run.
+    """
+    try:
+        from dagster._cli.api import execute_run_command
+    except ImportError as exc:
+        raise RunEntryError(f"{RUN_ENTRY} cannot be imported: {exc}") from exc
+    callback = getattr(execute_run_command, "callback", None)
+    if not callable(callback):
+        raise RunEntryError(f"{RUN_ENTRY} is missing or not callable")
+    try:
+        inspect.signature(callback).bind(input_json="", compressed_input_json=None)
+    except (TypeError, ValueError) as exc:
+        raise RunEntryError(
+            f"{RUN_ENTRY} no longer takes (input_json, compressed_input_json): {exc}"
+        ) from exc
+    return callback
+
+
 def preload(serialized_origin: str) -> None:
     """Import the code location and the run-execution machinery a child would otherwise import."""
-    from dagster._cli.api import execute_run_command  # noqa: F401  (the child's entry point)
+    from dagster import deserialize_value
     from dagster._core.execution.api import execute_run_iterator  # noqa: F401
     from dagster._core.executor.in_process import InProcessExecutor  # noqa: F401
     from dagster._core.origin import RepositoryPythonOrigin
-    from dagster._serdes import deserialize_value
     from dagster._utils.hosted_user_process import recon_repository_from_origin
 
     origin = deserialize_value(serialized_origin, RepositoryPythonOrigin)
     recon_repository_from_origin(origin).get_definition()
 
 
-def run_child(run_args: str, close: list[int]) -> NoReturn:
+def run_child(entry: Callable[..., Any], run_args: str, close: list[int]) -> NoReturn:
     """In the forked child: execute the run as `dagster api execute_run` would, then exit."""
     code = 1
     try:
@@ -93,9 +128,7 @@ def run_child(run_args: str, close: list[int]) -> NoReturn:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in close:
             os.close(fd)
-        from dagster._cli.api import execute_run_command
-
-        execute_run_command.callback(input_json=run_args, compressed_input_json=None)
+        entry(input_json=run_args, compressed_input_json=None)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -109,9 +142,8 @@ def run_child(run_args: str, close: list[int]) -> NoReturn:
 
 def report_lost_run(run_args: str, pid: int, status: int) -> None:
     """Mark the run of a child that exited abnormally as failed, unless it finished."""
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, deserialize_value
     from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import deserialize_value
 
     args = deserialize_value(run_args, ExecuteRunArgs)
     if args.instance_ref is None:
@@ -139,7 +171,8 @@ def drain(fd: int) -> None:
 class Server:
     """The request loop: forks on each request, reaps children as SIGCHLD arrives."""
 
-    def __init__(self, requests: int, replies: Any, files: dict[str, int]) -> None:
+    def __init__(self, entry: Callable[..., Any], requests: int, replies: Any, files: dict[str, int]) -> None:
+        self.entry = entry
         self.requests = requests
         self.replies = replies
         self.files = files
@@ -193,7 +226,7 @@ class Server:
             return
         pid = os.fork()
         if pid == 0:
-            run_child(run_args, [self.requests, self.wake_r, self.wake_w, self.replies.fileno()])
+            run_child(self.entry, run_args, [self.requests, self.wake_r, self.wake_w, self.replies.fileno()])
         self.children[pid] = run_args
         self.reply(pid=pid, start=process_start_time(pid, alive_only=False))  # it may have exited already
 
@@ -223,13 +256,14 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     try:
+        entry = run_entry()  # first: a changed entry is reported without loading the code
         preload(sys.argv[1])
     except BaseException as exc:
         traceback.print_exc()
         replies.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
         replies.flush()
         sys.exit(1)
-    server = Server(requests, replies, module_files())
+    server = Server(entry, requests, replies, module_files())
     server.reply(ready=os.getpid())
     with contextlib.suppress(KeyboardInterrupt):  # `dagster dev` stopping: its process group gets SIGINT
         server.serve()
