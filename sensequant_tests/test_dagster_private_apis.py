@@ -25,7 +25,9 @@ import pytest
 from sensequant_assets.deployment import run_forkserver
 
 # The Dagster versions every recorded value below was checked on: 1.13.28 is the main environment's,
-# 1.13.27 the scale-out one's (its Dagster libraries pin it; the sensors run there too).
+# 1.13.27 the scale-out one's (its Dagster libraries pin it; the sensors run there too). Another release
+# is not refused as such: the values themselves are what must hold (a patch release that keeps them all
+# passes, one that changes what we use fails, naming our file to re-check).
 RECORDED_ON = ("1.13.27", "1.13.28")
 RECORDED = " and ".join(RECORDED_ON)
 
@@ -157,16 +159,6 @@ def test_copied_or_overridden_dagster_source_is_as_recorded(path: str, recorded:
     where = f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
     assert found == recorded, changed(
         path, f"source (at {where}; ours: {why})", found, recorded, EVENT_STORAGE
-    )
-
-
-def test_the_installed_dagster_is_the_one_the_values_were_recorded_on() -> None:
-    """Another patch release may keep every value above; say so when one is installed."""
-    assert dagster.__version__ in RECORDED_ON, (
-        f"The private-API guards were recorded on Dagster {RECORDED}; {dagster.__version__} is "
-        f"installed. If every other test in sensequant_tests/test_dagster_private_apis.py passes, nothing "
-        f"we use changed in a way they can see: add {dagster.__version__!r} to RECORDED_ON there. "
-        f"Otherwise follow their messages."
     )
 
 
