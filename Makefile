@@ -44,7 +44,7 @@ $(SCALEOUT_STAMP): pyproject.toml setup.cfg
 	touch $(SCALEOUT_STAMP)
 
 test-scaleout: $(SCALEOUT_STAMP)
-	$(SCALEOUT_VENV)/bin/pytest -m scaleout -p no:cacheprovider -rs sensequant_tests/test_scaleout.py
+	$(SCALEOUT_VENV)/bin/pytest -p no:cacheprovider -rs sensequant_tests/test_scaleout.py sensequant_tests/test_executors.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -109,8 +109,14 @@ def _export(args: argparse.Namespace) -> None:
             os.environ[var] = str(Path(value).resolve()) if flag != "data_source" else value
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    from sensequant_assets.deployment.devserver import DEPLOYMENT_ENV, INSTANCE_YAML, write_instance_yaml
+    from sensequant_assets.deployment.devserver import (
+        DEPLOYMENT_ENV,
+        INSTANCE_YAML,
+        rename_moved_modules,
+        write_instance_yaml,
+    )
 
+    rename_moved_modules(home)
     if not (home / "dagster.yaml").exists():
         # A new instance gets the deployment's settings, as `make run` writes them, so the CLI's runs
         # write their events as fast as the UI's (the event log keeps its engines between writes) and

@@ -182,3 +182,21 @@ def test_a_batch_of_asset_events_is_stored_as_event_by_event_in_two_transactions
     assert singles.count("ASSET_MATERIALIZATION") == 4 and singles.count("ASSET_MATERIALIZATION_PLANNED") == 4
     assert "ASSET_MATERIALIZATION" not in batched_singles
     assert "ASSET_MATERIALIZATION_PLANNED" not in batched_singles
+
+
+def test_an_instance_naming_the_modules_before_they_moved_is_rewritten(tmp_path: Path) -> None:
+    """`sensequant train` and `make run` rewrite the old module paths of an existing dagster.yaml, so an
+    instance from before sensequant_assets/deployment/ still loads; nothing else in the file changes."""
+    from sensequant_assets.deployment.devserver import rename_moved_modules
+
+    current = write_instance_yaml(tmp_path).read_text()
+    old = current.replace("sensequant_assets.deployment.", "sensequant_assets.")
+    old += "# a comment naming sensequant_assets.run_launcher stays\n"
+    (tmp_path / "dagster.yaml").write_text(old)
+    assert rename_moved_modules(tmp_path)
+    text = (tmp_path / "dagster.yaml").read_text()
+    assert text == current + "# a comment naming sensequant_assets.run_launcher stays\n"
+    assert not rename_moved_modules(tmp_path)  # already current
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert type(instance.run_launcher).__name__ == "ForkingRunLauncher"
+        assert type(instance.event_log_storage).__name__ == "CachedEngineSqliteEventLogStorage"

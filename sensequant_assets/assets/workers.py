@@ -35,10 +35,12 @@ _skip: tuple[type[Exception], ...] = ()
 def run_workers() -> int:
     """Worker processes per run step (`SENSEQUANT_RUN_WORKERS`; 0 means one per usable CPU).
 
-    Workers are forked, so where there is no `os.fork` (Windows) every step computes in-process.
+    Workers are forked, so where there is no `os.fork` (Windows) every step computes in-process, and
+    so does a step in a daemonic process (a Celery worker's default prefork pool), which may not start
+    children (deployment/executors.py: run Celery workers with the solo pool to use the cores).
     """
     workers = int(number("SENSEQUANT_RUN_WORKERS", int, 0))
-    if not hasattr(os, "fork"):
+    if not hasattr(os, "fork") or multiprocessing.current_process().daemon:
         return 1
     return workers or usable_cpus()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,32 @@ def write_instance_yaml(home: Path | str, text: str | None = None) -> Path:
     target = home / "dagster.yaml"
     target.write_text(source.replace(HOME_PLACEHOLDER, str(home)))
     return target
+
+
+# Modules that moved into sensequant_assets/deployment/ (2026-12-02); an older instance names the old ones.
+MOVED_MODULES = {
+    f"sensequant_assets.{name}": f"sensequant_assets.deployment.{name}"
+    for name in ("run_launcher", "event_storage")
+}
+
+
+def rename_moved_modules(home: Path | str) -> bool:
+    """Rewrite the old module paths in `home`'s dagster.yaml (a `sensequant train` instance from before the
+    move would otherwise fail to load); True if the file changed. Only exact `module:` lines are touched."""
+    target = Path(home) / "dagster.yaml"
+    try:
+        text = target.read_text()
+    except FileNotFoundError:
+        return False
+    renamed = text
+    for old, new in MOVED_MODULES.items():
+        renamed = re.sub(rf"(?m)^(\s*module:\s*){re.escape(old)}\s*$", rf"\g<1>{new}", renamed)
+    if renamed == text:
+        return False
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(renamed)
+    os.replace(tmp, target)
+    return True
 
 
 def free_port() -> int:
@@ -141,6 +168,8 @@ def main() -> None:
     dagster = Path(sys.executable).with_name("dagster")
     for name, value in DEPLOYMENT_ENV.items():
         os.environ.setdefault(name, value)
+    if home := os.environ.get("DAGSTER_HOME"):
+        rename_moved_modules(home)
     os.execv(str(dagster), [str(dagster), "dev", *sys.argv[1:]])
 
 
