@@ -38,10 +38,6 @@ the sensor or backfill that started it.
 to the whole universe: the loop holds nothing across symbols, so its time is linear in them, and the
 scale run's loop would otherwise take as long as the backfill.
 
-`--loop-symbols N` runs the loop over the first N symbols only (every window) and scales its times
-to the whole universe: the loop holds nothing across symbols, so its time is linear in them, and the
-scale run's loop would otherwise take as long as the backfill.
-
 `--with-evaluation` adds `student_evaluation` (every window but the first): in the loop after the
 training; in the servers, with `--keep-sensors`, requested by the `follow_upstream` sensor as the
 students land (as deployed; timed from the training's launch to the last evaluation), otherwise as
@@ -862,6 +858,9 @@ def run_cli(universe: Universe, workdir: Path, repeat: int, args: argparse.Names
             f"cli repeat {repeat}: `sensequant train` exited with {proc.returncode}\n{text[-3000:]}"
         )
     partitions, materialised, seconds, runs = int(total[1]), int(total[2]), float(total[3]), int(total[4])
+    if partitions != len(universe.keys):
+        expected = len(universe.keys)
+        raise BenchError(f"cli repeat {repeat}: the command trained {partitions} partitions, not {expected}")
     if materialised != partitions:
         raise BenchError(
             f"cli repeat {repeat}: {materialised} of {partitions} partitions materialised\n{text[-3000:]}"
