@@ -111,6 +111,19 @@ def parse_partition_dir_name(name: str) -> tuple[str, date, date]:
     return m["symbol"], date.fromisoformat(m["start"]), date.fromisoformat(m["end"])
 
 
+def partition_dir_name_of(partition_key: str) -> str:
+    """The partition's directory name, for a canonical symbol only: keys added outside the CLI (the
+    UI's "Add partition", the API) are not validated by Dagster, and a symbol must never become
+    a path outside the store nor a second directory for another spelling of the same symbol."""
+    symbol, window_key = split_key(partition_key)
+    if (problem := key_symbol_problem(symbol)) is not None:
+        raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
+    start, end = window_bounds(window_key)
+    if start.isoformat() != window_key:  # Dagster maps any date to a window: another's directory
+        raise ValueError(f"partition {partition_key!r}: {window_key!r} is not the first day of a window")
+    return partition_dir_name(symbol, start, end)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -317,16 +330,7 @@ class ArtifactStore:
     base_dir: Path
 
     def partition_dir(self, partition_key: str) -> Path:
-        """The partition's directory, for a canonical symbol only: keys added outside the CLI (the
-        UI's "Add partition", the API) are not validated by Dagster, and a symbol must never become
-        a path outside the store nor a second directory for another spelling of the same symbol."""
-        symbol, window_key = split_key(partition_key)
-        if (problem := key_symbol_problem(symbol)) is not None:
-            raise InvalidSymbolError(f"partition {partition_key!r}: {problem}")
-        start, end = window_bounds(window_key)
-        if start.isoformat() != window_key:  # Dagster maps any date to a window: another's directory
-            raise ValueError(f"partition {partition_key!r}: {window_key!r} is not the first day of a window")
-        path = self.base_dir / partition_dir_name(symbol, start, end)
+        path = self.base_dir / partition_dir_name_of(partition_key)
         return inside(self.base_dir, path, f"partition {partition_key!r}")
 
     def partition_key(self, directory: Path) -> str:
@@ -649,15 +653,15 @@ class ArtifactStore:
         except MissingArtifactError:
             raise
         except ArtifactError as exc:  # corrupt: say how to replace it
-            raise ArtifactError(f"{exc}; {_REMATERIALISE.format(asset=asset, key=partition_key)}") from exc
+            raise ArtifactError(f"{exc}; {REMATERIALISE.format(asset=asset, key=partition_key)}") from exc
         except Exception as exc:  # a verified file that still fails to parse: say which asset/partition
             raise ArtifactError(
                 f"{asset} for partition {partition_key} in {directory} could not be read: {exc}; "
-                + _REMATERIALISE.format(asset=asset, key=partition_key)
+                + REMATERIALISE.format(asset=asset, key=partition_key)
             ) from exc
 
 
-_REMATERIALISE = (
+REMATERIALISE = (
     "re-materialise {asset} for {key} to replace it (Materialize that partition in the UI, or "
     "`sensequant train` for its symbol and window)"
 )
@@ -686,6 +690,20 @@ def verified_bytes(directory: Path, rel: str, sums: dict[str, str], *, who: str 
     return data
 
 
+def open_store(location: str | Path) -> Any:
+    """The artifact store at `location`: `ArtifactStore` for a local directory (a path or
+    `file://`), `object_store.ObjectArtifactStore` for object storage (`s3://`, `gs://`, `az://`,
+    `memory://`). Both offer the same methods and the same guarantees."""
+    from fsspec.core import split_protocol
+
+    from sensequant_assets.object_store import ObjectArtifactStore, is_object_location
+
+    if is_object_location(location):
+        return ObjectArtifactStore(str(location))
+    protocol, path = split_protocol(str(location))
+    return ArtifactStore(Path(path if protocol in ("file", "local") else location))
+
+
 class LazyPartitions(Mapping[str, Any]):
     """An input of many partitions whose values load (verified) only when looked up.
 
@@ -694,7 +712,7 @@ class LazyPartitions(Mapping[str, Any]):
     caches what it derives from a partition (the briefing) reads only those whose identity moved.
     """
 
-    def __init__(self, store: ArtifactStore, codec: Codec, asset: str, keys: list[str]) -> None:
+    def __init__(self, store: Any, codec: Codec, asset: str, keys: list[str]) -> None:
         self._store, self._codec, self._asset = store, codec, asset
         self._identity: dict[str, str] = {}
         for key in keys:
@@ -736,7 +754,7 @@ class PartitionDirIOManager(ConfigurableIOManager):
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.base_dir))
+        return open_store(self.base_dir)
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         asset = context.asset_key.to_user_string()

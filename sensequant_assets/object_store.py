@@ -1,0 +1,466 @@
+"""Artifacts on object storage (`s3://`, `gs://`, `az://`, `memory://`): commits with no rename, link or lock.
+
+An object store replaces one object atomically and can create one only if it does not exist yet
+(`If-None-Match: *` on S3, `ifGenerationMatch=0` on GCS, `overwrite=False` on Azure: fsspec's
+mode `"xb"`), and offers nothing else: no rename, no hard link, no lock. So every directory that
+must change as a whole (a partition, a symbol's production models, the briefings, a sensor's
+state) is a *versioned tree*:
+
+    <root>/v/<txid>/<rel>               the files one commit wrote; never rewritten
+                                        (txid = <UTC time YYYYMMDDTHHMMSSZ>-<random hex>)
+    <root>/commits/<seq, 10 digits>.json    version <seq>: every file of the tree, each with the
+                                        object that holds it (`v/<txid>/<rel>`) and its sha256
+
+A commit uploads its new files under a fresh txid, then writes the manifest of version seq+1 with
+a create-only write: that single write is the commit. A crash before it leaves an unreferenced
+`v/<txid>/` prefix (garbage collected); two writers racing for the same seq cannot both win: the
+loser rebuilds on the newest version and tries the next seq (or gives up, when what it derived
+its files from has changed). Files a commit does not replace are carried over by reference, never
+copied. Readers take the newest manifest and verify every file against its sha256, so they never
+see a half-written version and never trust a corrupt byte.
+
+After each commit the tree keeps its newest `keep` versions and removes older manifests and every
+`v/<txid>/` prefix no kept version references once it is older than `GRACE` (an upload in flight
+is younger; the writer checks its own age before committing). Clocks of the machines sharing a
+bucket must agree to well within `GRACE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fsspec.core import split_protocol
+from upath import UPath
+
+from sensequant_assets.io_manager import ArtifactError, MissingArtifactError, sha256_bytes
+
+COMMITS = "commits"
+VERSIONS = "v"
+MANIFEST_FORMAT = "sensequant-manifest/1"
+KEEP = 3  # versions kept per tree: a reader holding an older manifest retries on the newest
+GRACE = 6 * 3600.0  # seconds before an unreferenced upload prefix is garbage
+COMMIT_ATTEMPTS = 50
+_TXID_TIME = "%Y%m%dT%H%M%SZ"
+_LOCAL_PROTOCOLS = {None, "", "file", "local"}
+
+
+class ObjectStoreError(ArtifactError):
+    """A versioned tree is unreadable or a commit could not land; the message names the tree."""
+
+
+class CorruptObjectError(ObjectStoreError):
+    """A manifest or a file does not match what the tree recorded."""
+
+
+class MissingObjectError(ObjectStoreError, MissingArtifactError):
+    """The tree has no version, or the version has no such file."""
+
+
+def is_object_location(location: str | Any) -> bool:
+    """Whether `location` names object storage (a URL with a remote or in-memory protocol), not a
+    local directory (a plain path, `file://`, or a Windows drive letter)."""
+    protocol, _ = split_protocol(str(location))
+    return protocol not in _LOCAL_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file of a version: the object holding it (relative to the tree root) and its sha256."""
+
+    object: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Version:
+    seq: int
+    files: Mapping[str, FileRef]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def checksums(self) -> dict[str, str]:
+        return {rel: ref.sha256 for rel, ref in sorted(self.files.items())}
+
+
+def new_txid(now: float | None = None) -> str:
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime(_TXID_TIME)
+    return f"{stamp}-{secrets.token_hex(6)}"
+
+
+def txid_time(txid: str) -> float | None:
+    """When the txid was made (seconds since the epoch), or None for a name that is not a txid."""
+    try:
+        return datetime.strptime(txid.split("-", 1)[0], _TXID_TIME).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _safe_rel(rel: str, where: str) -> str:
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+        raise CorruptObjectError(f"{where}: {rel!r} is not a relative file name inside the tree")
+    return rel
+
+
+class VersionedTree:
+    """One directory on object storage whose versions are manifests (see the module docstring)."""
+
+    def __init__(self, root: UPath, *, keep: int = KEEP, grace: float = GRACE) -> None:
+        self.root = root
+        self.fs = root.fs
+        self.path = root.path.rstrip("/")
+        self.keep = keep
+        self.grace = grace
+
+    def __repr__(self) -> str:
+        return f"VersionedTree({self.root})"
+
+    def _p(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def seqs(self) -> list[int]:
+        """The versions whose manifests exist, oldest first."""
+        try:
+            names = self.fs.ls(self._p(COMMITS), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        seqs = []
+        for name in names:
+            stem = name.rstrip("/").rsplit("/", 1)[-1]
+            if stem.endswith(".json") and stem[:-5].isdigit():
+                seqs.append(int(stem[:-5]))
+        return sorted(seqs)
+
+    def version(self, seq: int) -> Version:
+        path = self._p(COMMITS, f"{seq:010d}.json")
+        where = f"{self.root}: manifest {COMMITS}/{seq:010d}.json"
+        try:
+            raw = json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise MissingObjectError(f"{where} does not exist (removed by a newer commit)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptObjectError(f"{where} is corrupt (not valid JSON): {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT or raw.get("seq") != seq:
+            raise CorruptObjectError(f"{where} is not a {MANIFEST_FORMAT} manifest of version {seq}")
+        files = {}
+        for rel, entry in dict(raw.get("files") or {}).items():
+            obj = entry.get("object", "") if isinstance(entry, dict) else ""
+            if not obj.startswith(f"{VERSIONS}/"):
+                raise CorruptObjectError(f"{where}: {rel!r} points outside {VERSIONS}/ ({obj!r})")
+            files[_safe_rel(rel, where)] = FileRef(_safe_rel(obj, where), str(entry.get("sha256", "")))
+        return Version(seq, files, dict(raw.get("meta") or {}))
+
+    def latest(self) -> Version | None:
+        """The newest version, or None if nothing was ever committed. A manifest removed between
+        the listing and the read (garbage collected after newer commits) is re-listed."""
+        for _ in range(COMMIT_ATTEMPTS):
+            seqs = self.seqs()
+            if not seqs:
+                return None
+            try:
+                return self.version(seqs[-1])
+            except MissingObjectError:
+                continue
+        raise ObjectStoreError(f"{self.root}: no manifest could be read; commits keep replacing it")
+
+    def read(self, version: Version, rel: str, *, who: str = "") -> bytes:
+        """A file's bytes, only if they match the sha256 its version recorded."""
+        ref = version.files.get(rel)
+        if ref is None:
+            raise MissingObjectError(f"{who}missing file {self.root}/{rel} (not in version {version.seq})")
+        try:
+            data = self.fs.cat_file(self._p(ref.object))
+        except FileNotFoundError:
+            raise MissingObjectError(
+                f"{who}{self.root}/{ref.object} (file {rel} of version {version.seq}) is gone"
+            ) from None
+        actual = sha256_bytes(data)
+        if actual != ref.sha256:
+            raise CorruptObjectError(
+                f"{who}{self.root}/{ref.object} ({rel}) is corrupt "
+                f"(sha256 {actual[:12]}... != recorded {ref.sha256[:12]}...)"
+            )
+        return data
+
+    # --- committing ------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        build: Callable[[Version | None], Mapping[str, bytes | FileRef] | None],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Version | None:
+        """Commit the tree `build` returns for the newest version (None: nothing to change).
+
+        `build` gets the newest version (None if there is none) and returns every file of the new
+        version: bytes to upload, or a `FileRef` of the base version to carry over. It is called
+        again on the new newest version whenever another writer won the race; anything it raises
+        (a superseded commit) propagates and nothing is committed.
+        """
+        for _ in range(COMMIT_ATTEMPTS):
+            base = self.latest()
+            files = build(base)
+            if files is None:
+                return None
+            txid, started = new_txid(), time.time()
+            refs: dict[str, FileRef] = {}
+            uploads: dict[str, bytes] = {}
+            for rel, value in files.items():
+                _safe_rel(rel, f"{self.root}: commit")
+                if isinstance(value, FileRef):
+                    refs[rel] = value
+                else:
+                    obj = f"{VERSIONS}/{txid}/{rel}"
+                    refs[rel] = FileRef(obj, sha256_bytes(value))
+                    uploads[self._p(obj)] = bytes(value)
+            if uploads:
+                self.fs.pipe(uploads)
+            seq = (base.seq if base else 0) + 1
+            if time.time() - started > self.grace / 2:  # GC may judge this upload abandoned
+                self._remove_prefix(txid)
+                continue
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "seq": seq,
+                "parent": base.seq if base else None,
+                "txid": txid,
+                "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "meta": dict(meta or {}),
+                "files": {r: {"object": f.object, "sha256": f.sha256} for r, f in sorted(refs.items())},
+            }
+            try:
+                with self.fs.open(self._p(COMMITS, f"{seq:010d}.json"), "xb") as fh:
+                    fh.write((json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+            except FileExistsError:  # another writer committed seq first: rebuild on it
+                self._remove_prefix(txid)
+                continue
+            version = Version(seq, refs, manifest["meta"])
+            with contextlib.suppress(OSError):  # garbage is collected by the next commit too
+                self.collect_garbage()
+            return version
+        raise ObjectStoreError(
+            f"{self.root}: {COMMIT_ATTEMPTS} commits in a row lost the race to other writers; try again"
+        )
+
+    def _remove_prefix(self, txid: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.rm(self._p(VERSIONS, txid), recursive=True)
+
+    def collect_garbage(self, now: float | None = None) -> dict[str, int]:
+        """Remove manifests older than the newest `keep` and upload prefixes no kept version
+        references that are older than `grace` (abandoned by a crash, or only referenced by
+        removed versions). Returns how many of each were removed."""
+        now = time.time() if now is None else now
+        seqs = self.seqs()
+        kept, old = seqs[-self.keep :], seqs[: -self.keep]
+        referenced: set[str] = set()
+        for seq in kept:
+            with contextlib.suppress(MissingObjectError):
+                for ref in self.version(seq).files.values():
+                    referenced.add(ref.object.split("/")[1])
+        if old:
+            self.fs.rm([self._p(COMMITS, f"{s:010d}.json") for s in old])
+        try:
+            prefixes = self.fs.ls(self._p(VERSIONS), detail=False, refresh=True)
+        except FileNotFoundError:
+            prefixes = []
+        removed = 0
+        for prefix in prefixes:
+            txid = prefix.rstrip("/").rsplit("/", 1)[-1]
+            made = txid_time(txid)
+            if txid in referenced or made is None or now - made < self.grace:
+                continue
+            self._remove_prefix(txid)
+            removed += 1
+        return {"manifests": len(old), "prefixes": removed}
+
+
+def open_root(location: str, **storage_options: Any) -> UPath:
+    """The UPath of an object-store location; credentials and endpoints come from the usual
+    environment of each filesystem (AWS_* for s3fs, GOOGLE_* for gcsfs, AZURE_* for adlfs)."""
+    return UPath(location, **storage_options)
+
+
+# --- the artifact store on object storage -----------------------------------------------------------
+
+STATE = ".state"
+_NO_REF = FileRef("", "")
+STATE_FILE = "state"
+
+
+@dataclass(frozen=True)
+class ObjectArtifactStore:
+    """`ArtifactStore`'s interface on object storage: each partition directory, each unpartitioned
+    asset's location and each sensor state is a `VersionedTree` under `location`.
+
+    Layout (next to the local one in the README): `<location>/<SYMBOL>_<start>_to_<end>/commits/`
+    and `.../v/<txid>/<the local directory's relative paths>`, so a partition is found from its
+    symbol and window exactly as on a local disk; the manifest plays the part of checksums.json.
+    """
+
+    location: str
+
+    @property
+    def base_dir(self) -> UPath:
+        return open_root(self.location)
+
+    def partition_dir(self, partition_key: str) -> UPath:
+        from sensequant_assets.io_manager import partition_dir_name_of
+
+        return self.base_dir / partition_dir_name_of(partition_key)
+
+    def partition_key(self, directory: UPath | str) -> str:
+        from sensequant_assets.io_manager import parse_partition_dir_name
+
+        symbol, start, _ = parse_partition_dir_name(str(directory).rstrip("/").rsplit("/", 1)[-1])
+        return f"{symbol}|{start.isoformat()}"
+
+    def tree(self, partition_key: str) -> VersionedTree:
+        return VersionedTree(self.partition_dir(partition_key))
+
+    def write(
+        self,
+        partition_key: str,
+        codec: Any,
+        obj: Any,
+        *,
+        together: Any = (),
+        written: dict[str, str] | None = None,
+        requires: Mapping[str, str] | None = None,
+    ) -> UPath:
+        """As `ArtifactStore.write`: the codecs' files replace the ones they own, every other file
+        is carried over, all in one commit; `requires` is checked against the version built on."""
+        from sensequant_assets.io_manager import SupersededError
+
+        tree = self.tree(partition_key)
+        codecs = [(codec, obj), *together]
+        new = {rel: data for c, value in codecs for rel, data in c.dump(value).items()}
+
+        def build(base: Version | None) -> dict[str, bytes | FileRef]:
+            current = base.files if base else {}
+            # nothing committed yet holds none of them either
+            if requires and any(current.get(rel, _NO_REF).sha256 != d for rel, d in requires.items()):
+                raise SupersededError(
+                    f"{tree.root}: {', '.join(sorted(requires))} replaced by another commit"
+                )
+            carried = {
+                rel: ref for rel, ref in current.items() if not any(c.owns_path(rel) for c, _ in codecs)
+            }
+            return {**carried, **new}
+
+        tree.commit(build, meta={"partition": partition_key})
+        if written is not None:
+            written.update({rel: sha256_bytes(data) for rel, data in new.items()})
+        return tree.root
+
+    def read(self, partition_key: str, codec: Any, asset: str) -> Any:
+        """Load one asset's value from the partition's newest version, every file verified."""
+        from sensequant_assets.io_manager import REMATERIALISE
+
+        tree = self.tree(partition_key)
+        who = f"{asset} for partition {partition_key}: "
+        for attempt in range(3):
+            version = tree.latest()
+            if version is None:
+                raise MissingArtifactError(
+                    f"{asset} for partition {partition_key} has not been materialised: "
+                    f"{tree.root} has no committed version"
+                )
+            try:
+                return codec.load(lambda rel, v=version: tree.read(v, rel, who=who))
+            except MissingObjectError as exc:
+                if "is gone" in str(exc) and attempt < 2:  # collected after newer commits: re-read
+                    continue
+                raise
+            except MissingArtifactError:
+                raise
+            except ArtifactError as exc:
+                raise ArtifactError(f"{exc}; {REMATERIALISE.format(asset=asset, key=partition_key)}") from exc
+            except Exception as exc:
+                raise ArtifactError(
+                    f"{asset} for partition {partition_key} in {tree.root} could not be read: {exc}; "
+                    + REMATERIALISE.format(asset=asset, key=partition_key)
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def owned_checksums(self, partition_key: str, codec: Any) -> dict[str, str]:
+        from sensequant_assets.sources.symbols import InvalidSymbolError
+
+        try:
+            version = self.tree(partition_key).latest()
+        except InvalidSymbolError:
+            return {}
+        sums = version.checksums() if version else {}
+        return {rel: digest for rel, digest in sums.items() if codec.owns_path(rel)}
+
+    def holds(self, partition_key: str, sums: Mapping[str, str]) -> bool:
+        version = self.tree(partition_key).latest()
+        current = version.checksums() if version else {}
+        return all(current.get(rel) == digest for rel, digest in sums.items())
+
+    # --- unpartitioned assets and sensor state -----------------------------------------------------
+
+    def write_fixed(self, codec: Any, obj: Any) -> UPath:
+        """An unpartitioned asset's files, committed together (the other files carried over)."""
+        tree = VersionedTree(self.base_dir / codec.location)
+        new = codec.dump(obj)
+        tree.commit(lambda base: {**(dict(base.files) if base else {}), **new})
+        return tree.root
+
+    def read_fixed(self, codec: Any, asset: str) -> Any:
+        tree = VersionedTree(self.base_dir / codec.location)
+        version = tree.latest()
+        if version is None:
+            raise MissingArtifactError(
+                f"{asset} has not been materialised: {tree.root} has no committed version"
+            )
+        try:
+            return codec.load(lambda rel: tree.read(version, rel, who=f"{asset}: "))
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"{asset} in {tree.root} could not be read: {exc}") from exc
+
+    def _state_tree(self, name: str, keep: int) -> VersionedTree:
+        _safe_rel(name, f"sensor state {name!r}")
+        return VersionedTree(self.base_dir / STATE / name, keep=keep)
+
+    def write_state(self, name: str, data: bytes, keep: int = 5) -> str:
+        """As `ArtifactStore.write_state`: the key is the content's digest; the newest `keep`
+        versions stay readable by key."""
+        key = sha256_bytes(data)[:20]
+        tree = self._state_tree(name, keep)
+
+        def build(base: Version | None) -> dict[str, bytes] | None:
+            ref = base.files.get(STATE_FILE) if base else None
+            return None if ref is not None and ref.sha256.startswith(key) else {STATE_FILE: data}
+
+        tree.commit(build)
+        return key
+
+    def read_state(self, name: str, key: str) -> bytes | None:
+        tree = self._state_tree(name, KEEP)
+        for seq in reversed(tree.seqs()):
+            with contextlib.suppress(MissingObjectError):
+                version = tree.version(seq)
+                ref = version.files.get(STATE_FILE)
+                if ref is not None and ref.sha256.startswith(key):
+                    return tree.read(version, STATE_FILE)
+        return None
+
+    def latest_state(self, name: str) -> bytes | None:
+        tree = self._state_tree(name, KEEP)
+        version = tree.latest()
+        if version is None or STATE_FILE not in version.files:
+            return None
+        with contextlib.suppress(MissingObjectError):
+            return tree.read(version, STATE_FILE)
+        return None
