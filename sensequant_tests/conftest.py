@@ -27,3 +27,6 @@ def pytest_collection_modifyitems(items: list) -> None:
     """Longest files first; the others, and the tests within each file, in their usual order."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+pytest_plugins = ["sensequant_tests.object_storage"]
