@@ -150,17 +150,23 @@ class VersionedTree:
             raise CorruptObjectError(f"{where} is corrupt (not valid JSON): {exc}") from exc
         if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT or raw.get("seq") != seq:
             raise CorruptObjectError(f"{where} is not a {MANIFEST_FORMAT} manifest of version {seq}")
+        entries, meta = raw.get("files") or {}, raw.get("meta") or {}
+        if not isinstance(entries, dict) or not isinstance(meta, dict):
+            raise CorruptObjectError(f"{where} is corrupt: its files and meta must be JSON objects")
         files = {}
-        for rel, entry in dict(raw.get("files") or {}).items():
+        for rel, entry in entries.items():
             obj = entry.get("object", "") if isinstance(entry, dict) else ""
-            if not obj.startswith(f"{VERSIONS}/"):
+            if not isinstance(obj, str) or not obj.startswith(f"{VERSIONS}/"):
                 raise CorruptObjectError(f"{where}: {rel!r} points outside {VERSIONS}/ ({obj!r})")
             files[_safe_rel(rel, where)] = FileRef(_safe_rel(obj, where), str(entry.get("sha256", "")))
-        return Version(seq, files, dict(raw.get("meta") or {}))
+        return Version(seq, files, dict(meta))
 
-    def latest(self) -> Version | None:
+    def latest(self, *, unreadable_as_empty: bool = False) -> Version | None:
         """The newest version, or None if nothing was ever committed. A manifest removed between
-        the listing and the read (garbage collected after newer commits) is re-listed."""
+        the listing and the read (garbage collected after newer commits) is re-listed. A newest
+        manifest that is corrupt raises CorruptObjectError, or with `unreadable_as_empty` (what a
+        commit builds on) stands as a version with no files: the commit replacing it vouches for
+        its own files only, as a local commit over an unreadable checksums.json does."""
         for _ in range(COMMIT_ATTEMPTS):
             seqs = self.seqs()
             if not seqs:
@@ -169,6 +175,10 @@ class VersionedTree:
                 return self.version(seqs[-1])
             except MissingObjectError:
                 continue
+            except CorruptObjectError:
+                if unreadable_as_empty:
+                    return Version(seqs[-1], {})
+                raise
         raise ObjectStoreError(f"{self.root}: no manifest could be read; commits keep replacing it")
 
     def read(self, version: Version, rel: str, *, who: str = "") -> bytes:
@@ -206,7 +216,7 @@ class VersionedTree:
         (a superseded commit) propagates and nothing is committed.
         """
         for _ in range(COMMIT_ATTEMPTS):
-            base = self.latest()
+            base = self.latest(unreadable_as_empty=True)
             files = build(base)
             if files is None:
                 return None
@@ -242,8 +252,18 @@ class VersionedTree:
             except FileExistsError:  # another writer committed seq first: rebuild on it
                 self._remove_prefix(txid)
                 continue
+            if max(self.seqs(), default=seq) > seq:
+                # `base` fell out of `keep` while this commit was built: its successors' manifests
+                # were removed, so seq's slot was free, below the newest version where no reader
+                # looks (and the files carried from `base` may be collected). Withdraw, rebuild.
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    self.fs.rm(self._p(COMMITS, f"{seq:010d}.json"))
+                self._remove_prefix(txid)
+                continue
             version = Version(seq, refs, manifest["meta"])
-            with contextlib.suppress(OSError):  # garbage is collected by the next commit too
+            # The commit has landed: a failing collection must not report it failed (the next
+            # commit collects the garbage too).
+            with contextlib.suppress(OSError, ArtifactError):
                 self.collect_garbage()
             return version
         raise ObjectStoreError(
@@ -262,12 +282,25 @@ class VersionedTree:
         seqs = self.seqs()
         kept, old = seqs[-self.keep :], seqs[: -self.keep]
         referenced: set[str] = set()
+        unreadable = False
         for seq in kept:
-            with contextlib.suppress(MissingObjectError):
+            try:
                 for ref in self.version(seq).files.values():
                     referenced.add(ref.object.split("/")[1])
+            except MissingObjectError:  # removed by a concurrent collection: a newer one is kept
+                continue
+            except CorruptObjectError:  # what it references is unknown: remove no prefix this time
+                unreadable = True
         if old:
-            self.fs.rm([self._p(COMMITS, f"{s:010d}.json") for s in old])
+            paths = [self._p(COMMITS, f"{s:010d}.json") for s in old]
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:  # some removed by a concurrent collection
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm(path)
+        if unreadable:
+            return {"manifests": len(old), "prefixes": 0}
         try:
             prefixes = self.fs.ls(self._p(VERSIONS), detail=False, refresh=True)
         except FileNotFoundError:
@@ -368,7 +401,12 @@ class ObjectArtifactStore:
         tree = self.tree(partition_key)
         who = f"{asset} for partition {partition_key}: "
         for attempt in range(3):
-            version = tree.latest()
+            try:
+                version = tree.latest()
+            except ObjectStoreError as exc:  # the manifest itself is unreadable
+                raise ArtifactError(
+                    f"{who}{exc}; {REMATERIALISE.format(asset=asset, key=partition_key)}"
+                ) from exc
             if version is None:
                 raise MissingArtifactError(
                     f"{asset} for partition {partition_key} has not been materialised: "
@@ -417,7 +455,10 @@ class ObjectArtifactStore:
 
     def read_fixed(self, codec: Any, asset: str) -> Any:
         tree = VersionedTree(self.base_dir / codec.location)
-        version = tree.latest()
+        try:
+            version = tree.latest()
+        except ObjectStoreError as exc:
+            raise ArtifactError(f"{asset}: {exc}; materialise {asset} again to replace it") from exc
         if version is None:
             raise MissingArtifactError(
                 f"{asset} has not been materialised: {tree.root} has no committed version"
