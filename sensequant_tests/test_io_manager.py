@@ -24,7 +24,9 @@ from sensequant_assets.io_manager import (
     ArtifactStore,
     LazyPartitions,
     PartitionDirIOManager,
+    SupersededError,
     codec_for,
+    open_store,
     parse_partition_dir_name,
     partition_dir_name,
 )
@@ -45,6 +47,12 @@ def _teacher(tag: str) -> TeacherArtifact:
         metadata={"symbol": "RELIANCE", "tag": tag},
         importance=pd.DataFrame({"feature": ["a"], "importance": [1.0], "rank": [1]}),
     )
+
+
+def _io(location: str | Path) -> PartitionDirIOManager:
+    """The IO manager on `location` (a directory or an object-store URL)."""
+    at = getattr(PartitionDirIOManager, "at", None)  # the IO manager on an artifacts resource
+    return at(location) if at is not None else PartitionDirIOManager(base_dir=str(location))
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +81,7 @@ def test_partition_key_maps_to_directory_and_back(tmp_path: Path) -> None:
 
 
 def test_one_partition_round_trip_with_path_metadata(tmp_path: Path, instance: DagsterInstance) -> None:
-    io = PartitionDirIOManager(base_dir=str(tmp_path))
+    io = _io(tmp_path)
     bars = _bars()
     out = build_output_context(
         asset_key="market_bars",
@@ -97,7 +105,7 @@ def test_one_partition_round_trip_with_path_metadata(tmp_path: Path, instance: D
 def test_several_partitions_per_call_write_and_load_as_dict(
     tmp_path: Path, instance: DagsterInstance
 ) -> None:
-    io = PartitionDirIOManager(base_dir=str(tmp_path))
+    io = _io(tmp_path)
     keys = ["RELIANCE|2023-01-01", "RELIANCE|2023-07-01", "RELIANCE|2024-01-01"]
     key_range = PartitionKeyRange(keys[0], keys[-1])
     values = {k: _bars(3 + i) for i, k in enumerate(keys)}
@@ -126,7 +134,7 @@ def test_several_partitions_per_call_write_and_load_as_dict(
 
 
 def test_several_partitions_need_a_dict_of_their_keys(tmp_path: Path, instance: DagsterInstance) -> None:
-    io = PartitionDirIOManager(base_dir=str(tmp_path))
+    io = _io(tmp_path)
     out = build_output_context(
         asset_key="market_bars",
         asset_partitions_def=symbol_window_partitions,
@@ -426,14 +434,17 @@ def test_the_store_refuses_a_symbol_that_is_not_a_canonical_name(
     assert written == []  # nothing staged, nothing outside the store
 
 
-def test_reads_racing_commits_see_one_whole_version(tmp_path: Path) -> None:
+def test_reads_racing_commits_see_one_whole_version(artifact_location: str) -> None:
     """A reader verifies checksums.json and then reads each file; a commit that swapped the
     directory in between gave a false "corrupt" or "missing" error. Readers now hold a shared
-    lock, so a read sees the old directory or the new one, never half of each."""
-    store = ArtifactStore(tmp_path)
+    lock, so a read sees the old directory or the new one, never half of each. On object storage
+    a reader takes one manifest and verifies every file against it (and re-reads on the newest
+    one if the files of its version were collected meanwhile)."""
+    store = open_store(artifact_location)
     key, codec = "RELIANCE|2023-01-01", codec_for("teacher_model")
     versions = [_teacher("a" * 20_000), _teacher("b" * 20_000)]
     store.write(key, codec, versions[0])
+    reads = 300 if isinstance(store, ArtifactStore) else 30  # an S3 read is a few HTTP requests
     stop = threading.Event()
     errors: list[BaseException] = []
     seen: set[str] = set()
@@ -445,7 +456,7 @@ def test_reads_racing_commits_see_one_whole_version(tmp_path: Path) -> None:
             store.write(key, codec, versions[i % 2])
 
     def reader() -> None:
-        for _ in range(300):
+        for _ in range(reads):
             try:
                 seen.add(store.read(key, codec, "teacher_model").metadata["tag"][0])
             except BaseException as exc:
@@ -462,15 +473,15 @@ def test_reads_racing_commits_see_one_whole_version(tmp_path: Path) -> None:
 
 
 def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
-    tmp_path: Path, instance: DagsterInstance
+    artifact_location: str, instance: DagsterInstance
 ) -> None:
     """teacher_model and teacher_labels are two outputs of one step, handled one after the other.
     Run A's teacher, then run B's teacher, then A's labels used to leave B's model beside A's
     labels. The teacher now commits its labels in the same swap, and A's labels output finds B's
     pair in place and leaves it (with a warning): the directory holds B's model and B's labels."""
-    io = PartitionDirIOManager(base_dir=str(tmp_path))
+    io = _io(artifact_location)
     key = "TCS|2023-07-01"
-    directory = tmp_path / "TCS_2023-07-01_to_2023-12-31"
+    store = open_store(artifact_location)
 
     def handle(run: str, asset: str, value: object) -> None:
         context = build_output_context(
@@ -489,17 +500,60 @@ def test_two_runs_on_one_partition_leave_one_runs_teacher_and_labels(
     }
     teachers = {run: replace(_teacher(run), labels=labels[run]) for run in "AB"}
     handle("A", "teacher_model", teachers["A"])
-    assert pd.read_csv(directory / "labels.csv.gz")["label"].tolist() == [0]  # committed with the model
+    labels_now = store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist()
+    assert labels_now == [0]  # committed with the model
     handle("B", "teacher_model", teachers["B"])
     handle("A", "teacher_labels", labels["A"])  # B's pair is in place: A's labels are not written
     handle("B", "teacher_labels", labels["B"])  # its pair is in place: nothing to write
-    store = ArtifactStore(tmp_path)
     assert store.read(key, codec_for("teacher_model"), "teacher_model").metadata["tag"] == "B"
     assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [1]
     assert io_manager._PAIRED == {}  # each step's record is cleared by its labels output
     # A labels output without a teacher committed in its step (another flow) is written as before.
     handle("C", "teacher_labels", labels["A"])
     assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [0]
+
+
+def test_a_student_whose_teacher_was_replaced_is_not_written(
+    artifact_location: str, instance: DagsterInstance
+) -> None:
+    """The student's commit requires the teacher it learned from (the model sha256 in its
+    metadata): with another run's teacher in place, a student of one partition fails, saying
+    why, and one in a batch is counted as superseded; neither is written. A student of the
+    teacher in place is written."""
+    from sensequant_assets.artifacts import StudentArtifact
+
+    io, store = _io(artifact_location), open_store(artifact_location)
+    keys = ["TCS|2023-01-01", "TCS|2023-07-01"]
+    for key in keys:
+        store.write(key, codec_for("teacher_model"), _teacher("A"))
+    learned_from = store.owned_checksums(keys[0], codec_for("teacher_model"))["model.pkl"]
+    for key in keys:  # another run's teacher, committed while the student trained
+        store.write(key, codec_for("teacher_model"), _teacher("B"))
+
+    def student(teacher_sha: str) -> StudentArtifact:
+        return StudentArtifact({"s": 1}, {"auc": 0.6}, {"teacher": {"model_sha256": teacher_sha}})
+
+    def context(**partitions: object):
+        return build_output_context(
+            asset_key="student_model",
+            asset_partitions_def=symbol_window_partitions,
+            instance=instance,
+            **partitions,
+        )
+
+    with pytest.raises(SupersededError, match="another run committed its own teacher"):
+        io.handle_output(context(partition_key=keys[0]), student(learned_from))
+    batch = context(asset_partition_key_range=PartitionKeyRange(keys[0], keys[1]))
+    io.handle_output(batch, {key: student(learned_from) for key in keys})
+    assert batch.get_logged_metadata()["partitions_superseded"].value == 2
+    for key in keys:
+        with pytest.raises(ArtifactError, match=r"student_model\.pkl"):
+            store.read(key, codec_for("student_model"), "student_model")
+        assert store.read(key, codec_for("teacher_model"), "teacher_model").metadata["tag"] == "B"
+    current = store.owned_checksums(keys[1], codec_for("teacher_model"))["model.pkl"]
+    io.handle_output(context(partition_key=keys[1]), student(current))
+    got = store.read(keys[1], codec_for("student_model"), "student_model")
+    assert got.metadata["teacher"]["model_sha256"] == current
 
 
 def test_a_superseded_student_of_a_run_alone_fails_instead_of_being_recorded(
