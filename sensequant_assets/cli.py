@@ -462,9 +462,8 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
     """Each partition of a run from its events: failed (the run's first error), materialised (its
     directory, plus the steps that skipped it) or skipped (the reason)."""
     from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
-    from sensequant_assets.io_manager import ArtifactStore
+    from sensequant_assets.io_manager import ArtifactsResource
     from sensequant_assets.partitions import make_key
-    from sensequant_assets.settings import env
 
     errors = [
         f"{e.step_key}: {_innermost(e.step_failure_data.error)}"
@@ -487,7 +486,7 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
             skipped[where] = skip.value
         else:
             done.add(where)
-    store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
+    store = ArtifactsResource.from_env().store()
     out = {}
     for symbol in symbols:
         key = str(make_key(symbol, window))
@@ -523,11 +522,10 @@ def _brief(defs, instance, symbols: list[str], rerun: bool = True) -> bool:
     evaluation; print the decision of every trained symbol."""
     briefing = None
     if not rerun and _briefing_is_current(instance):
-        from sensequant_assets.io_manager import ArtifactError, ArtifactStore, codec_for
-        from sensequant_assets.settings import env
+        from sensequant_assets.io_manager import ArtifactError, ArtifactsResource, codec_for
 
         try:
-            store = ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
+            store = ArtifactsResource.from_env().store()
             briefing = store.read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
             print(f"promotion briefing (up to date, generated {briefing.generated_at}):")
         except ArtifactError:
@@ -592,18 +590,18 @@ def registry_command(args: argparse.Namespace) -> int:
     """`promote` follows the stored briefing's decision; `rollback` restores an archive."""
     _export(args)
     from sensequant_assets import registry
-    from sensequant_assets.io_manager import ArtifactError, ArtifactStore, codec_for
-    from sensequant_assets.settings import env
+    from sensequant_assets.io_manager import ArtifactError, ArtifactsResource, codec_for
     from sensequant_assets.sources.symbols import InvalidSymbolError, validate_symbol
 
-    base = env("SENSEQUANT_ARTIFACTS_DIR")
+    artifacts = ArtifactsResource.from_env()
+    base = artifacts.location
     try:
         symbol = validate_symbol(args.symbol)
         if args.command == "rollback":
             record = registry.rollback(base, symbol, args.to or None, reason="sensequant rollback")
             print(f"{symbol}: production model is now {record.partition_key} (restored)")
             return 0
-        briefing = ArtifactStore(Path(base)).read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
+        briefing = artifacts.store().read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
         entry = next((b for b in briefing.symbols if b["symbol"] == symbol), None)
         if entry is None:
             print(f"error: briefing {briefing.generated_at} has no decision for {symbol}", file=sys.stderr)

@@ -16,12 +16,11 @@ from sensequant_assets.assets.teacher import teacher
 from sensequant_assets.automation import automation_sensor
 from sensequant_assets.deployment.executors import executor_from_env
 from sensequant_assets.follow import follow_upstream
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactsResource, PartitionDirIOManager
 from sensequant_assets.jobs import briefing_job, demote_job, rollback_job, train_job
 from sensequant_assets.resources import market_data_from_env, settings_from_env
 from sensequant_assets.schedules import fetch_schedules, train_latest_window
 from sensequant_assets.sensors import model_decay, new_data, symbol_universe
-from sensequant_assets.settings import env
 
 
 def build_definitions(*, fetch: bool = True) -> Definitions:
@@ -33,6 +32,7 @@ def build_definitions(*, fetch: bool = True) -> Definitions:
     # (Breeze's breeze_bars, upstream of market_bars; none for a source read directly). The jobs
     # and sensors select them through jobs.PARTITION_SELECTION.
     market_data = market_data_from_env(fetch=fetch)
+    artifacts = ArtifactsResource.from_env()
     ingestion = ingestion_for(market_data) if fetch else []
     # By default in-process: a run's steps share one process (no per-step Python start-up); parallelism
     # comes from concurrent runs (deploy/dagster.yaml) and the batched steps' own workers. Celery on more
@@ -54,7 +54,8 @@ def build_definitions(*, fetch: bool = True) -> Definitions:
         sensors=[symbol_universe, new_data, model_decay, follow_upstream, automation_sensor],
         schedules=[train_latest_window, *fetch_schedules(ingestion)],
         resources={
-            "artifacts_io_manager": PartitionDirIOManager(base_dir=env("SENSEQUANT_ARTIFACTS_DIR")),
+            "artifacts": artifacts,
+            "artifacts_io_manager": PartitionDirIOManager(artifacts=artifacts),
             "market_data": market_data,
             "settings": settings_from_env(),
             **(market_data.api_resources() if fetch else {}),

@@ -47,6 +47,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
+from sensequant_assets.io_manager import ArtifactsResource
 from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME, split_key, window_partitions
 from sensequant_assets.sensors import (
     ACTIVE,
@@ -56,7 +57,6 @@ from sensequant_assets.sensors import (
     REASON,
     REQUEST,
     TRIGGER,
-    _store,
 )
 
 UPSTREAMS = ("market_bars", "teacher_model", "teacher_labels", "student_model")
@@ -94,11 +94,11 @@ def _cursor(text: str | None) -> tuple[int | None, int | None, str | None]:
     return int(after), (int(oldest) if oldest != "-" else None), (key if key != "-" else None)
 
 
-def _load(key: str | None) -> dict[Item, Due] | None:
+def _load(store: Any, key: str | None) -> dict[Item, Due] | None:
     """The waiting items a cursor names; None when the state is gone or unreadable."""
     if key is None:
         return {}
-    data = _store().read_state(STATE_NAME, key)
+    data = store.read_state(STATE_NAME, key)
     if data is None or hashlib.sha256(data).hexdigest()[:20] != key:
         return None
     try:
@@ -108,7 +108,7 @@ def _load(key: str | None) -> dict[Item, Due] | None:
     return {(asset, part): due for asset, parts in packed.items() for part, due in parts.items()}
 
 
-def _save(after: int, waiting: dict[Item, Due]) -> str:
+def _save(store: Any, after: int, waiting: dict[Item, Due]) -> str:
     """The cursor: storage ids read up to and of the oldest change waiting, and the key of the
     state the artifact store keeps (Dagster copies a cursor into every tick row, so it stays a few
     dozen bytes; with the oldest change in it, a lost state is rebuilt by reading from there)."""
@@ -119,7 +119,7 @@ def _save(after: int, waiting: dict[Item, Due]) -> str:
         packed[asset][part] = due
     data = zlib.compress(json.dumps(packed, separators=(",", ":")).encode(), 6)
     oldest = min(due[1] for due in waiting.values())
-    return f"{_PREFIX}{after}:{oldest}:{_store().write_state(STATE_NAME, data)}"
+    return f"{_PREFIX}{after}:{oldest}:{store.write_state(STATE_NAME, data)}"
 
 
 # --- the asset graph -------------------------------------------------------------------------
@@ -369,14 +369,16 @@ def _note(notes: list[str], what: str, found: dict[Item, str]) -> None:
         "Reads only the events since its cursor and what is in progress."
     ),
 )
-def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
+def follow_upstream(context: SensorEvaluationContext, artifacts: ArtifactsResource) -> SensorResult:
     instance = context.instance
     after, oldest, state_key = _cursor(context.cursor)
     if after is None:  # the first tick: follow changes from now on, not the whole history
         latest = _latest_id(instance)
-        return SensorResult(cursor=_save(latest, {}), skip_reason=f"following changes after event {latest}")
+        return SensorResult(
+            cursor=_save(artifacts.store(), latest, {}), skip_reason=f"following changes after event {latest}"
+        )
     notes: list[str] = []
-    pending = _load(state_key)
+    pending = _load(artifacts.store(), state_key)
     if pending is None:  # state lost (artifacts moved, a corrupt file): re-read from its oldest change
         notes.append(f"the waiting state {state_key} was unreadable: changes re-read from event {oldest}")
         pending, after = {}, (oldest or after + 1) - 1
@@ -448,4 +450,6 @@ def follow_upstream(context: SensorEvaluationContext) -> SensorResult:
     if not requests:
         skip = "; ".join(notes) or f"no upstream changes to follow (events read up to {read_to})"
     remaining = {item: due for item, due in pending.items() if item in waiting}
-    return SensorResult(run_requests=requests, cursor=_save(read_to, remaining), skip_reason=skip)
+    return SensorResult(
+        run_requests=requests, cursor=_save(artifacts.store(), read_to, remaining), skip_reason=skip
+    )

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from dagster import (
     ConfigurableIOManager,
+    ConfigurableResource,
     DagsterInvariantViolationError,
     InputContext,
     MetadataValue,
@@ -747,14 +748,44 @@ def codec_for(asset: str) -> Codec:
 _PAIRED: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
 
 
-class PartitionDirIOManager(ConfigurableIOManager):
-    """Dagster face of `ArtifactStore`: one partition -> the object, several -> a dict by key."""
+class ArtifactsResource(ConfigurableResource):
+    """Where the artifacts live: a local directory or an object-store URL (`SENSEQUANT_ARTIFACTS_DIR`).
 
-    base_dir: str
+    The one seam to the store: the IO manager, the registry's callers (the jobs, `production_models`,
+    the symbol pages) and the sensors all receive this resource, so moving the artifacts to object
+    storage is one setting, and a test points everything at its own store with one value.
+    """
+
+    location: str
+
+    @classmethod
+    def from_env(cls) -> ArtifactsResource:
+        """The deployment's store: SENSEQUANT_ARTIFACTS_DIR (its default when unset)."""
+        from sensequant_assets.settings import env
+
+        return cls(location=env("SENSEQUANT_ARTIFACTS_DIR"))
+
+    def store(self) -> Any:
+        """`ArtifactStore` (local) or `ObjectArtifactStore` (object storage), same methods."""
+        return open_store(self.location)
+
+
+class PartitionDirIOManager(ConfigurableIOManager):
+    """Dagster face of the artifact store: one partition -> the object, several -> a dict by key."""
+
+    artifacts: ArtifactsResource
+
+    @classmethod
+    def at(cls, location: str | Path) -> PartitionDirIOManager:
+        return cls(artifacts=ArtifactsResource(location=str(location)))
 
     @property
-    def store(self) -> ArtifactStore:
-        return open_store(self.base_dir)
+    def base_dir(self) -> str:
+        return self.artifacts.location
+
+    @property
+    def store(self) -> Any:
+        return self.artifacts.store()
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         asset = context.asset_key.to_user_string()

@@ -12,7 +12,7 @@ from dagster import (
     op,
 )
 
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactsResource
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.registry import demote, rollback
 
@@ -60,10 +60,9 @@ class RollbackConfig(Config):
     to: str = ""
 
 
-@op(required_resource_keys={"artifacts_io_manager"})
-def rollback_model(context: OpExecutionContext, config: RollbackConfig) -> None:
-    store: PartitionDirIOManager = context.resources.artifacts_io_manager
-    record = rollback(store.base_dir, config.symbol, config.to or None)
+@op
+def rollback_model(context: OpExecutionContext, config: RollbackConfig, artifacts: ArtifactsResource) -> None:
+    record = rollback(artifacts.location, config.symbol, config.to or None)
     context.log.info(f"{config.symbol}: production model is now {record.partition_key}")
 
 
@@ -82,11 +81,10 @@ class DemoteConfig(Config):
     after_window: str  # the newest evaluated window behind the verdict; retraining waits for a newer one
 
 
-@op(required_resource_keys={"artifacts_io_manager"})
-def demote_model(context: OpExecutionContext, config: DemoteConfig) -> None:
-    store: PartitionDirIOManager = context.resources.artifacts_io_manager
+@op
+def demote_model(context: OpExecutionContext, config: DemoteConfig, artifacts: ArtifactsResource) -> None:
     entry = demote(
-        store.base_dir,
+        artifacts.location,
         config.symbol,
         expected=config.expected,
         expected_promoted_at=config.expected_promoted_at or None,

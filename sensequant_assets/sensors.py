@@ -39,7 +39,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
-from sensequant_assets.io_manager import ArtifactStore
+from sensequant_assets.io_manager import ArtifactsResource
 from sensequant_assets.jobs import PARTITION_SELECTION, demote_job, partition_asset_keys, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -114,7 +114,7 @@ UNIVERSE_STATE = "symbol_universe"
 _UNIVERSE_PREFIX = "u1:"
 
 
-def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str], str | None]:
+def _handled_symbols(store: Any, cursor: str | None, registered: set[str]) -> tuple[set[str], str | None]:
     """The registered symbols whose history was requested (or deliberately not), and a note when
     this tick starts from a baseline instead.
 
@@ -127,13 +127,13 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     symbols registered from then on, never for a whole existing index at once.
     """
     if cursor and cursor.startswith(_UNIVERSE_PREFIX):
-        data = _store().read_state(UNIVERSE_STATE, str(_cursor_parts(cursor, _UNIVERSE_PREFIX)[0]))
+        data = store.read_state(UNIVERSE_STATE, str(_cursor_parts(cursor, _UNIVERSE_PREFIX)[0]))
         if data is not None:
             return set(json.loads(data)), None
     elif cursor:  # the earlier version's cursor: its pending symbols still need their backfill
         pending = set(json.loads(cursor).get("pending_backfill", []))
         return registered - pending, None
-    elif (data := _store().latest_state(UNIVERSE_STATE)) is not None:
+    elif (data := store.latest_state(UNIVERSE_STATE)) is not None:
         return set(json.loads(data)), None
     note = (
         f"taking the {len(registered)} symbols registered before this tick as they are"
@@ -143,11 +143,11 @@ def _handled_symbols(cursor: str | None, registered: set[str]) -> tuple[set[str]
     return set(registered), note
 
 
-def _save_handled(handled: set[str], previous: str | None) -> str:
+def _save_handled(store: Any, handled: set[str], previous: str | None) -> str:
     """The cursor naming this set, with a generation that grows whenever the set changes (see
     `_save_state`), so that a repeated tick and a later one asking for the same symbols differ."""
     data = json.dumps(sorted(handled), separators=(",", ":")).encode()
-    key = _store().write_state(UNIVERSE_STATE, data)
+    key = store.write_state(UNIVERSE_STATE, data)
     old_key, generation = _cursor_parts(previous, _UNIVERSE_PREFIX)
     return f"{_UNIVERSE_PREFIX}{key}#{generation + (key != old_key)}"
 
@@ -185,7 +185,9 @@ def _state_unavailable(
         "partition' or `sensequant symbols add`) as one backfill, once. Bad symbols are named."
     ),
 )
-def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+def symbol_universe(
+    context: SensorEvaluationContext, artifacts: ArtifactsResource
+) -> SensorResult | SkipReason:
     try:
         wanted, origin = universe()
         backfill = flag("SENSEQUANT_BACKFILL_NEW_SYMBOLS")
@@ -196,7 +198,7 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
     new = [s for s in wanted if s not in known]  # registered by this tick, backfilled on the next
     adds = [AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, new)] if new else []
     try:
-        handled, baseline = _handled_symbols(context.cursor, known)
+        handled, baseline = _handled_symbols(artifacts.store(), context.cursor, known)
     except OSError as exc:
         return _state_unavailable(context, adds, exc)
     unhandled = [s for s in registered if s not in handled]  # in registration order
@@ -233,7 +235,7 @@ def symbol_universe(context: SensorEvaluationContext) -> SensorResult | SkipReas
         context.log.info(message)
     # A symbol removed from the partitions drops out, so one registered again is backfilled again.
     try:
-        cursor = _save_handled((handled & known) | set(unhandled), context.cursor)
+        cursor = _save_handled(artifacts.store(), (handled & known) | set(unhandled), context.cursor)
     except OSError as exc:  # without the state saved, a backfill now would be requested again
         return _state_unavailable(context, adds, exc)
     return SensorResult(
@@ -283,27 +285,27 @@ def due_for_sweep(symbol: str, since: float | None, now: float, period: float = 
     return latest > since
 
 
-def _load_state(cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+def _load_state(store: Any, cursor: str | None) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
     """The state a cursor names: Dagster copies a cursor into every tick row, so it holds only the
     key of the packed state the artifact store keeps (`ArtifactStore.write_state`). Without a
     cursor, the newest stored state: a first tick whose cursor Dagster never committed (a daemon
     killed right after it) must not record a correction made since as a baseline. A state gone
     missing (artifacts moved) starts over: every symbol's first look records a baseline."""
     if cursor and cursor.startswith(_STATE_PREFIX):
-        data = _store().read_state(STATE_NAME, str(_cursor_parts(cursor)[0]))
+        data = store.read_state(STATE_NAME, str(_cursor_parts(cursor)[0]))
         return decode_cursor(data.decode()) if data else ({}, {})
     if not cursor:
-        data = _store().latest_state(STATE_NAME)
+        data = store.latest_state(STATE_NAME)
         return decode_cursor(data.decode()) if data else ({}, {})
     return decode_cursor(cursor)  # a cursor of an older version holds its state itself
 
 
 def _save_state(
-    tokens: dict[str, str], seen: dict[str, dict[str, str | None]], previous: str | None = None
+    store: Any, tokens: dict[str, str], seen: dict[str, dict[str, str | None]], previous: str | None = None
 ) -> str:
     """The cursor naming this state: its key and a generation that grows whenever the state
     changes (`previous` is the tick's input cursor), so run keys can tell ticks apart."""
-    key = _store().write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
+    key = store.write_state(STATE_NAME, encode_cursor(tokens, seen).encode())
     old_key, generation = _cursor_parts(previous)
     return f"{_STATE_PREFIX}{key}#{generation + (key != old_key)}"
 
@@ -314,10 +316,6 @@ def _cursor_parts(cursor: str | None, prefix: str = _STATE_PREFIX) -> tuple[str 
         return None, 0
     key, _, generation = cursor[len(prefix) :].partition("#")
     return key, int(generation or 0)
-
-
-def _store() -> ArtifactStore:
-    return ArtifactStore(Path(env("SENSEQUANT_ARTIFACTS_DIR")))
 
 
 def encode_cursor(tokens: dict[str, str], seen: dict[str, dict[str, str | None]]) -> str:
@@ -457,8 +455,10 @@ def _already_read(
         "sensor's backfill)."
     ),
 )
-def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
-    tokens, seen = _load_state(context.cursor)
+def new_data(
+    context: SensorEvaluationContext, market_data: MarketDataResource, artifacts: ArtifactsResource
+) -> SensorResult:
+    tokens, seen = _load_state(artifacts.store(), context.cursor)
     generation = _cursor_parts(context.cursor)[1]
     windows = [(key, *window_bounds(key)) for key in window_partitions.get_partition_keys()]
     requests, problems, baselines, answered = [], [], [], []
@@ -548,7 +548,7 @@ def new_data(context: SensorEvaluationContext, market_data: MarketDataResource) 
     skip = None
     if not requests:
         skip = "; ".join(notes) or f"no new or corrected bars ({market_data.data_source} source)"
-    cursor = _save_state(tokens, seen, context.cursor)
+    cursor = _save_state(artifacts.store(), tokens, seen, context.cursor)
     return SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
 
 
@@ -787,13 +787,15 @@ def _retrain_request(
         "is complete, requests its training once. Reasons are in the runs' tags and the ticks."
     ),
 )
-def model_decay(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
+def model_decay(
+    context: SensorEvaluationContext, market_data: MarketDataResource, artifacts: ArtifactsResource
+) -> SensorResult:
     try:
         min_auc = float(number("SENSEQUANT_DECAY_MIN_AUC", float, 0.0))
         needed = int(number("SENSEQUANT_DECAY_WINDOWS", int, 1))
     except SettingsError as exc:
         return SensorResult(skip_reason=str(exc))
-    base = env("SENSEQUANT_ARTIFACTS_DIR")
+    base = artifacts.location
     requests, healthy = [], []
     registered = _registered(context)
     # A symbol the UI added that names no canonical directory (`../X`) has no production model.

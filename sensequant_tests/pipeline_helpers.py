@@ -16,7 +16,7 @@ from sensequant_assets.assets.briefing import production_models, promotion_brief
 from sensequant_assets.assets.evaluation import student_evaluation
 from sensequant_assets.assets.student import student_model
 from sensequant_assets.assets.teacher import teacher
-from sensequant_assets.io_manager import ArtifactStore, PartitionDirIOManager, codec_for
+from sensequant_assets.io_manager import ArtifactsResource, ArtifactStore, PartitionDirIOManager, codec_for
 from sensequant_assets.resources import MarketDataResource, PipelineSettings
 
 TRAINING = [market_bars, teacher, student_model]
@@ -26,7 +26,8 @@ ALL_ASSETS = [*PARTITIONED, promotion_briefing, production_models]
 
 def resources(artifacts: Path, **market_data: Any) -> dict[str, Any]:
     return {
-        "artifacts_io_manager": PartitionDirIOManager(base_dir=str(artifacts)),
+        "artifacts": ArtifactsResource(location=str(artifacts)),
+        "artifacts_io_manager": PartitionDirIOManager.at(artifacts),
         "market_data": MarketDataResource(**market_data),
         "settings": PipelineSettings(),
     }

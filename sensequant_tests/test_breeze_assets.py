@@ -75,7 +75,7 @@ def test_breeze_bars_fills_the_cache_and_market_bars_trains_from_it(tmp_path: Pa
     resources = {
         "breeze": fake_api(client, FakeClock(JULY), data_dir=str(cache)),
         "market_data": BreezeMarketData(data_dir=str(cache)),
-        "artifacts_io_manager": PartitionDirIOManager(base_dir=str(artifacts)),
+        "artifacts_io_manager": PartitionDirIOManager.at(artifacts),
     }
     result = materialize(
         [breeze_bars, bars_after], partition_key=KEY_WINDOW, instance=instance, resources=resources

@@ -14,7 +14,7 @@ from dagster import build_sensor_context, instance_for_test, materialize
 
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.definitions import defs
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactsResource, PartitionDirIOManager
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.sensors import new_data
 from sensequant_assets.sources import CsvDirSource, DataSourceError, SyntheticSource
@@ -326,7 +326,13 @@ def test_an_action_added_later_makes_new_data_retrain_exactly_the_windows_it_adj
 
         def tick(cursor: str | None):
             context = build_sensor_context(
-                instance=instance, cursor=cursor, definitions=defs, resources={"market_data": market}
+                instance=instance,
+                cursor=cursor,
+                definitions=defs,
+                resources={
+                    "market_data": market,
+                    "artifacts": ArtifactsResource(location=str(tmp_path / "m")),
+                },
             )
             return new_data(context)
 
@@ -343,7 +349,7 @@ def test_an_action_added_later_makes_new_data_retrain_exactly_the_windows_it_adj
         theirs = actions_file(tmp_path / "theirs.csv", "RELIANCE,2022-07-01,dividend,,0.95,no,")
         resources = {
             "market_data": market,
-            "artifacts_io_manager": PartitionDirIOManager(base_dir=str(tmp_path / "m")),
+            "artifacts_io_manager": PartitionDirIOManager.at(tmp_path / "m"),
         }
         read = materialize(
             [market_bars], partition_key="RELIANCE|2022-01-01", instance=instance, resources=resources

@@ -154,7 +154,7 @@ def test_promotion_copies_the_newest_student_and_rollback_restores(graph) -> Non
     registry.promote(artifacts, SIGNAL, f"{SIGNAL}|2024-01-01", "PROMOTE", {}, reason="test")
     result = rollback_job.execute_in_process(
         run_config={"ops": {"rollback_model": {"config": {"symbol": SIGNAL}}}},
-        resources={"artifacts_io_manager": resources(artifacts)["artifacts_io_manager"]},
+        resources={"artifacts": resources(artifacts)["artifacts"]},
         instance=instance,
     )
     assert result.success

@@ -29,6 +29,7 @@ from dagster._core.utils import make_new_run_id
 
 from sensequant_assets.definitions import defs
 from sensequant_assets.follow import FOLLOWERS, TEACHER, follow_upstream
+from sensequant_assets.io_manager import ArtifactsResource
 from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME as SYMBOLS
 from sensequant_assets.sensors import RANGE_END, RANGE_START
 
@@ -46,7 +47,10 @@ def instance(tmp_path: Path, monkeypatch):
 
 
 def _tick(instance, cursor):
-    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+    artifacts = ArtifactsResource(location=os.environ["SENSEQUANT_ARTIFACTS_DIR"])
+    with build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources={"artifacts": artifacts}
+    ) as context:
         result = follow_upstream(context)
     return result
 

@@ -205,7 +205,7 @@ def test_the_io_manager_refuses_a_bad_symbol_from_dagster_and_creates_nothing(
     tmp_path: Path, instance: DagsterInstance, symbol: str
 ) -> None:
     """The Dagster face: a run of such a partition fails naming the symbol and the rule."""
-    io = PartitionDirIOManager(base_dir=str(tmp_path / "models"))
+    io = PartitionDirIOManager.at(tmp_path / "models")
     key = MultiPartitionKey({"symbol": symbol, "window": "2023-01-01"})
     common = {"partition_key": key, "asset_partitions_def": symbol_window_partitions, "instance": instance}
     rule = "it is empty" if symbol == "" else _rule(symbol)

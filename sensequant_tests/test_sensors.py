@@ -29,7 +29,7 @@ from dagster._core.utils import make_new_run_id
 from sensequant_assets import registry, sensors
 from sensequant_assets.assets.bars import market_bars
 from sensequant_assets.definitions import defs
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactsResource, PartitionDirIOManager
 from sensequant_assets.jobs import PARTITION_ASSETS
 from sensequant_assets.partitions import previous_window
 from sensequant_assets.resources import MarketDataResource
@@ -61,8 +61,14 @@ def instance():
         yield inst
 
 
+def _artifacts_resource() -> ArtifactsResource:
+    """The store the deployment's sensors receive, at the test's SENSEQUANT_ARTIFACTS_DIR."""
+    return ArtifactsResource(location=os.environ["SENSEQUANT_ARTIFACTS_DIR"])
+
+
 def _tick(sensor, instance, cursor=None, since: float | None = None, **resources) -> SensorResult:
     """One evaluation; `since`: when the previous tick was (None: the sensor's first tick)."""
+    resources.setdefault("artifacts", _artifacts_resource())
     context = build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
     context._last_tick_completion_time = since  # the daemon sets it; build_sensor_context cannot
     return sensor(context)
@@ -81,7 +87,12 @@ def test_universe_registers_then_backfills_the_history_of_new_symbols(instance, 
 
     second = _tick(symbol_universe, instance, first.cursor)
     # The daemon's own validation of the tick (it refuses backfill requests the sensor does not target).
-    context = build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs)
+    context = build_sensor_context(
+        instance=instance,
+        cursor=first.cursor,
+        definitions=defs,
+        resources={"artifacts": _artifacts_resource()},
+    )
     assert symbol_universe.evaluate_tick(context).run_requests
     [backfill] = second.run_requests
     subset = backfill.asset_graph_subset
@@ -144,7 +155,12 @@ def test_symbols_registered_outside_the_universe_get_their_history_once(instance
     [backfill] = second.run_requests
     assert backfill.tags["sensequant/trigger"] == "symbol_universe"
     assert "WIPRO, M&M" in backfill.tags["sensequant/reason"]
-    context = build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs)
+    context = build_sensor_context(
+        instance=instance,
+        cursor=first.cursor,
+        definitions=defs,
+        resources={"artifacts": _artifacts_resource()},
+    )
     assert symbol_universe.evaluate_tick(context).run_requests  # the daemon accepts the request
 
     third = _tick(symbol_universe, instance, second.cursor)  # not again, however many ticks
@@ -350,10 +366,12 @@ def test_a_new_window_partition_compares_every_symbol_at_once(instance, csv_worl
     day.write_text(day.read_text().replace("1000\n", "1001\n"))  # seen only by a comparison
     monkeypatch.setattr(sensors, "due_for_sweep", lambda symbol, since, now: False)
     assert _tick(new_data, instance, cursor, since=time.time() - 1, market_data=market).run_requests == []
-    tokens, seen = sensors._load_state(cursor)
+    tokens, seen = sensors._load_state(_artifacts_resource().store(), cursor)
     newest = max(seen["RELIANCE"])
     older = sensors._save_state(
-        tokens, {s: {k: f for k, f in w.items() if k != newest} for s, w in seen.items()}
+        _artifacts_resource().store(),
+        tokens,
+        {s: {k: f for k, f in w.items() if k != newest} for s, w in seen.items()},
     )
     [request] = _tick(new_data, instance, older, since=time.time() - 1, market_data=market).run_requests
     assert request.partition_key == "RELIANCE|2022-01-01"
@@ -367,7 +385,7 @@ def _bars_read(instance, market: MarketDataResource, tmp_path: Path, partition: 
         instance=instance,
         resources={
             "market_data": market,
-            "artifacts_io_manager": PartitionDirIOManager(base_dir=str(tmp_path / "artifacts")),
+            "artifacts_io_manager": PartitionDirIOManager.at(tmp_path / "artifacts"),
         },
     )
     assert result.success
@@ -403,7 +421,9 @@ def test_a_change_a_training_run_already_read_is_not_requested_again(instance, t
     assert corrected.partition_key == "RELIANCE|2022-01-01"
     assert "bars corrected" in corrected.tags["sensequant/reason"]
     # RELIANCE|2022-07-01 is the run's: not requested, it keeps its previous state until judged.
-    assert sensors._load_state(during.cursor)[1]["RELIANCE"]["2022-07-01"] is None
+    assert (
+        sensors._load_state(_artifacts_resource().store(), during.cursor)[1]["RELIANCE"]["2022-07-01"] is None
+    )
 
     # The run's market_bars reads the bars, the run ends: its window is not requested again.
     read_by = _bars_read(instance, market, tmp_path, "RELIANCE|2022-07-01")
@@ -448,7 +468,10 @@ def test_a_window_completed_across_the_index_is_one_backfill(instance, tmp_path:
     [backfill] = _tick(new_data, instance, cursor, market_data=market).run_requests
     # The daemon's own validation accepts it (a sensor may only backfill assets it targets).
     context = build_sensor_context(
-        instance=instance, cursor=cursor, definitions=defs, resources={"market_data": market}
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        resources={"market_data": market, "artifacts": _artifacts_resource()},
     )
     assert new_data.evaluate_tick(context).run_requests
     keys = {

@@ -16,7 +16,6 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    ResourceParam,
     asset,
 )
 from pydantic import Field
@@ -28,7 +27,7 @@ from sensequant_assets.assets.partition_context import partition_metadata
 from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.assets.symbol_briefing import symbol_page_link
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
-from sensequant_assets.io_manager import ArtifactError, LazyPartitions, PartitionDirIOManager, codec_for
+from sensequant_assets.io_manager import ArtifactError, ArtifactsResource, LazyPartitions, codec_for
 from sensequant_assets.ml.briefing import (
     BRIEFING_COLUMNS,
     INSUFFICIENT_DATA,
@@ -301,7 +300,7 @@ def promotion_briefing(
     config: BriefingConfig,
     student_evaluation: LazyPartitions,
     settings: PipelineSettings,
-    artifacts_io_manager: ResourceParam[PartitionDirIOManager],
+    artifacts: ArtifactsResource,
 ) -> BriefingArtifact:
     judged = judged_config_id(config, settings.forecast_horizon)
     gates = config.gates()
@@ -309,7 +308,7 @@ def promotion_briefing(
     keys_by_symbol: dict[str, list[str]] = {}
     for key in sorted(student_evaluation):
         keys_by_symbol.setdefault(split_key(key)[0], []).append(key)
-    previous = _previous_cache(artifacts_io_manager)
+    previous = _previous_cache(artifacts)
     cache, statistics, reused = {}, [], 0
     for symbol, keys in sorted(keys_by_symbol.items()):
         trials = max(tried.get(symbol, 0), 1) + config.extra_trials
@@ -339,7 +338,7 @@ def promotion_briefing(
     markdown = _configuration_header(
         render_markdown(briefings, generated_at=generated_at), judged, is_default, left_out
     )
-    markdown = _with_demotions(markdown, artifacts_io_manager.base_dir, briefings)
+    markdown = _with_demotions(markdown, artifacts.location, briefings)
     counts = pd.Series([b["decision"] for b in briefings], dtype="object").value_counts().to_dict()
     context.add_output_metadata(
         {
@@ -355,10 +354,10 @@ def promotion_briefing(
     return BriefingArtifact(generated_at=generated_at, symbols=briefings, markdown=markdown, cache=cache)
 
 
-def _previous_cache(store: PartitionDirIOManager) -> dict[str, dict[str, Any]]:
+def _previous_cache(artifacts: ArtifactsResource) -> dict[str, dict[str, Any]]:
     """The last briefing's per-symbol cache ({} on a first briefing or an unreadable one)."""
     try:
-        return store.store.read_fixed(codec_for("promotion_briefing"), "promotion_briefing").cache
+        return artifacts.store().read_fixed(codec_for("promotion_briefing"), "promotion_briefing").cache
     except ArtifactError:
         return {}
 
@@ -378,10 +377,10 @@ def _previous_cache(store: PartitionDirIOManager) -> dict[str, dict[str, Any]]:
 def production_models(
     context: AssetExecutionContext,
     promotion_briefing: BriefingArtifact,
-    artifacts_io_manager: ResourceParam[PartitionDirIOManager],
+    artifacts: ArtifactsResource,
 ) -> MaterializeResult:
     materialised = context.instance.get_materialized_partitions(AssetKey("student_model"))
-    base_dir = artifacts_io_manager.base_dir
+    base_dir = artifacts.location
     lines = []
     for entry in promotion_briefing.symbols:
         symbol, decision = entry["symbol"], entry["decision"]

@@ -17,13 +17,12 @@ from dagster import (
     AutomationCondition,
     BackfillPolicy,
     MetadataValue,
-    ResourceParam,
     asset,
 )
 
 from sensequant_assets.artifacts import BriefingArtifact
 from sensequant_assets.assets.catalog import OWNERS
-from sensequant_assets.io_manager import PartitionDirIOManager
+from sensequant_assets.io_manager import ArtifactsResource
 from sensequant_assets.ml.briefing import render_symbol_markdown
 from sensequant_assets.partitions import symbol_partitions
 from sensequant_assets.registry import active_demotion, current
@@ -103,10 +102,10 @@ def _page(briefing: dict[str, Any] | None, symbol: str, generated_at: str, base_
 def symbol_briefing(
     context: AssetExecutionContext,
     promotion_briefing: BriefingArtifact,
-    artifacts_io_manager: ResourceParam[PartitionDirIOManager],
+    artifacts: ArtifactsResource,
 ) -> None:
     by_symbol = {b["symbol"]: b for b in promotion_briefing.symbols}
-    base_dir = artifacts_io_manager.base_dir
+    base_dir = artifacts.location
     for symbol in context.partition_keys:
         if (problem := key_symbol_problem(symbol)) is not None:  # e.g. added in the UI as `../X`
             context.log.warning(f"no page for {symbol!r}: {problem}")
