@@ -19,10 +19,11 @@ its files from has changed). Files a commit does not replace are carried over by
 copied. Readers take the newest manifest and verify every file against its sha256, so they never
 see a half-written version and never trust a corrupt byte.
 
-After each commit the tree keeps its newest `keep` versions and removes older manifests and every
-`v/<txid>/` prefix no kept version references once it is older than `GRACE` (an upload in flight
-is younger; the writer checks its own age before committing). Clocks of the machines sharing a
-bucket must agree to well within `GRACE`.
+After each commit the tree keeps its newest `keep` versions and removes older manifests, and every
+`v/<txid>/` prefix no kept version references, once they are older than `GRACE` (an upload in
+flight is younger, and so is a manifest a slow writer could otherwise re-create below the newest
+version; the writer checks its own age, counted from its read of the base, before committing).
+Clocks of the machines sharing a bucket must agree to well within `GRACE`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Version:
     seq: int
     files: Mapping[str, FileRef]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    txid: str = ""  # the commit's upload prefix; its time bounds when the manifest was made
 
     def checksums(self) -> dict[str, str]:
         return {rel: ref.sha256 for rel, ref in sorted(self.files.items())}
@@ -159,7 +161,7 @@ class VersionedTree:
             if not isinstance(obj, str) or not obj.startswith(f"{VERSIONS}/"):
                 raise CorruptObjectError(f"{where}: {rel!r} points outside {VERSIONS}/ ({obj!r})")
             files[_safe_rel(rel, where)] = FileRef(_safe_rel(obj, where), str(entry.get("sha256", "")))
-        return Version(seq, files, dict(meta))
+        return Version(seq, files, dict(meta), str(raw.get("txid") or ""))
 
     def latest(self, *, unreadable_as_empty: bool = False) -> Version | None:
         """The newest version, or None if nothing was ever committed. A manifest removed between
@@ -216,11 +218,12 @@ class VersionedTree:
         (a superseded commit) propagates and nothing is committed.
         """
         for _ in range(COMMIT_ATTEMPTS):
+            started = time.time()  # before the base is read: see collect_garbage
             base = self.latest(unreadable_as_empty=True)
             files = build(base)
             if files is None:
                 return None
-            txid, started = new_txid(), time.time()
+            txid = new_txid()
             refs: dict[str, FileRef] = {}
             uploads: dict[str, bytes] = {}
             for rel, value in files.items():
@@ -252,15 +255,7 @@ class VersionedTree:
             except FileExistsError:  # another writer committed seq first: rebuild on it
                 self._remove_prefix(txid)
                 continue
-            if max(self.seqs(), default=seq) > seq:
-                # `base` fell out of `keep` while this commit was built: its successors' manifests
-                # were removed, so seq's slot was free, below the newest version where no reader
-                # looks (and the files carried from `base` may be collected). Withdraw, rebuild.
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    self.fs.rm(self._p(COMMITS, f"{seq:010d}.json"))
-                self._remove_prefix(txid)
-                continue
-            version = Version(seq, refs, manifest["meta"])
+            version = Version(seq, refs, manifest["meta"], txid)
             # The commit has landed: a failing collection must not report it failed (the next
             # commit collects the garbage too).
             with contextlib.suppress(OSError, ArtifactError):
@@ -275,12 +270,30 @@ class VersionedTree:
             self.fs.rm(self._p(VERSIONS, txid), recursive=True)
 
     def collect_garbage(self, now: float | None = None) -> dict[str, int]:
-        """Remove manifests older than the newest `keep` and upload prefixes no kept version
-        references that are older than `grace` (abandoned by a crash, or only referenced by
-        removed versions). Returns how many of each were removed."""
+        """Remove manifests older than the newest `keep` once they are older than `grace`, and
+        upload prefixes no kept version references that are older than `grace` (abandoned by a
+        crash, or only referenced by removed versions). Returns how many of each were removed.
+
+        A manifest is never removed younger than `grace`: a writer that read version N as the
+        newest creates N+1 within `grace / 2` of that read (or gives up), so the N+1 of another
+        writer, made after that read, still exists and its create-only write fails. Removing it
+        sooner freed the slot: the slow writer's commit landed below the newest version, where no
+        reader looks, and was lost although reported committed.
+        """
         now = time.time() if now is None else now
         seqs = self.seqs()
-        kept, old = seqs[-self.keep :], seqs[: -self.keep]
+        kept, beyond = seqs[-self.keep :], seqs[: -self.keep]
+        old: list[int] = []
+        for seq in beyond:  # oldest first; the first young one ends the search (the rest are newer)
+            try:
+                made = txid_time(self.version(seq).txid)
+            except MissingObjectError:  # removed by a concurrent collection
+                continue
+            except CorruptObjectError:  # unreadable, and beyond keep: nothing to keep it for
+                made = None
+            if made is not None and now - made < self.grace:
+                break
+            old.append(seq)
         referenced: set[str] = set()
         unreadable = False
         for seq in kept:

@@ -162,7 +162,9 @@ def test_every_codec_round_trips_in_one_partition_directory(object_location: str
     tree = store.tree(KEY)
     assert str(tree.root) == f"{object_location}/{DIR}"
     assert store.partition_key(tree.root) == KEY
-    assert tree.seqs() == [3, 4, 5]  # the newest KEEP = 3 versions
+    assert tree.seqs() == [1, 2, 3, 4, 5]  # manifests stay for GRACE, then the newest KEEP = 3
+    tree.collect_garbage(now=time.time() + GRACE + 60)
+    assert tree.seqs() == [3, 4, 5]
     latest = tree.latest()
     assert latest is not None and latest.meta == {"partition": KEY}
     assert set(latest.files) == {
@@ -383,9 +385,11 @@ def test_sensor_state_is_content_addressed_and_keeps_the_newest_versions(object_
     assert store.read_state("new_data", "0" * 20) is None
     keys = [store.write_state("new_data", f"state {i}".encode()) for i in range(7)]
     state_tree = store._state_tree("new_data", 5)
-    seqs = state_tree.seqs()
     assert store.write_state("new_data", b"state 6") == keys[-1]  # unchanged: no new version
-    assert state_tree.seqs() == seqs == [3, 4, 5, 6, 7]
+    assert state_tree.seqs() == [1, 2, 3, 4, 5, 6, 7]
+    assert store.read_state("new_data", keys[0]) == b"state 0"  # younger than the grace
+    state_tree.collect_garbage(now=time.time() + GRACE + 60)
+    assert state_tree.seqs() == [3, 4, 5, 6, 7]
     assert [store.read_state("new_data", k) for k in keys] == [None, None] + [
         f"state {i}".encode() for i in range(2, 7)
     ]
@@ -410,7 +414,7 @@ def test_garbage_collection_keeps_referenced_and_young_prefixes(object_location:
         tree.commit(lambda base: {**base.files, "b": b"b3"}),
         tree.commit(lambda base: {**base.files, "c": b"c4"}),
     ]
-    assert tree.seqs() == [3, 4]  # each commit removed the manifests beyond keep
+    assert tree.seqs() == [1, 2, 3, 4]  # beyond keep, but younger than the grace
     prefix = {}
     for v, new in zip(versions, ("a", "a", "b", "c"), strict=True):
         assert v is not None
@@ -425,8 +429,10 @@ def test_garbage_collection_keeps_referenced_and_young_prefixes(object_location:
     young = tree.collect_garbage(now=now)
     assert young == {"manifests": 0, "prefixes": 1}
     assert _prefixes(tree) == {*prefix.values(), abandoned_young, "not-a-txid"}
+    assert tree.seqs() == [1, 2, 3, 4]
     later = tree.collect_garbage(now=now + 2 * grace)
-    assert later == {"manifests": 0, "prefixes": 2}  # v1's and the young orphan, now old
+    assert later == {"manifests": 2, "prefixes": 2}  # v1's and the young orphan, now old
+    assert tree.seqs() == [3, 4]
     assert _prefixes(tree) == {prefix["v2"], prefix["v3"], prefix["v4"], "not-a-txid"}
     assert _referenced(tree) == {prefix["v2"], prefix["v3"], prefix["v4"]}
     latest = tree.latest()
@@ -475,9 +481,11 @@ def test_a_reader_whose_version_was_collected_under_it_retries_on_the_newest(
 
 
 def test_a_writer_whose_base_fell_out_of_keep_does_not_commit_below_the_newest(object_location: str) -> None:
-    """A slow writer built on version 1 while others committed 2, 3 and 4 and removed the manifests
-    of 1 to 3 (keep): its create-only write of manifest 2 then succeeds, below version 4, where no
-    reader ever looks: its commit must be retried on the newest version, not reported as landed."""
+    """A slow writer built on version 1 while others committed 2, 3 and 4 (keep 1). Their garbage
+    collection removed the manifests of 1 to 3 at once, so the slow writer's create-only write of
+    manifest 2 succeeded, below version 4, where no reader ever looks: a lost update reported as
+    committed. Manifests now stay for the grace, so the slot is taken and the commit retried on
+    the newest version."""
     tree = _tree(object_location, keep=1)
     tree.commit(lambda base: {"slow": b"0", "fast": b"0"})
     other = _tree(object_location, keep=1)
@@ -496,6 +504,9 @@ def test_a_writer_whose_base_fell_out_of_keep_does_not_commit_below_the_newest(o
     latest = tree.latest()
     assert latest is not None and latest.seq == 5
     assert {rel: tree.read(latest, rel) for rel in latest.files} == {"slow": b"1", "fast": b"3"}
+    assert tree.seqs() == [1, 2, 3, 4, 5]
+    # Once older than the grace, no writer can still be building on them: collected.
+    assert tree.collect_garbage(now=time.time() + GRACE + 60)["manifests"] == 4
     assert tree.seqs() == [5]
 
 
