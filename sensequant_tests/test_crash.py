@@ -584,6 +584,101 @@ def test_a_student_committed_after_another_runs_teacher_is_superseded_not_mixed(
         assert latest_run(instance, asset, key) == second
 
 
+def _student_waiting_to_commit(location: str, teacher_sha: str, reached: Any, release: Any, out: Any) -> None:
+    """Run A's student output for RACE|W1 in its own process, pausing just before its commit."""
+    from dagster import build_output_context
+
+    from sensequant_assets.artifacts import StudentArtifact
+    from sensequant_assets.io_manager import PartitionDirIOManager
+    from sensequant_assets.object_store import VersionedTree
+    from sensequant_assets.partitions import symbol_window_partitions
+
+    real_commit = VersionedTree.commit
+
+    def commit(self: VersionedTree, *args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        release.wait(60)
+        return real_commit(self, *args, **kwargs)
+
+    VersionedTree.commit = commit  # type: ignore[method-assign]
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("symbols", ["RACE"])
+    at = getattr(PartitionDirIOManager, "at", None)
+    io = at(location) if at is not None else PartitionDirIOManager(base_dir=location)
+    context = build_output_context(
+        asset_key="student_model",
+        partition_key=f"RACE|{W1}",
+        asset_partitions_def=symbol_window_partitions,
+        instance=instance,
+    )
+    student = StudentArtifact({"student": "A"}, {"auc": 0.6}, {"teacher": {"model_sha256": teacher_sha}})
+    try:
+        io.handle_output(context, student)
+    except Exception as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
+    else:
+        out.put("written")
+
+
+def test_a_student_committed_after_another_writers_teacher_on_s3_is_superseded_not_mixed(
+    tmp_path: Path,
+) -> None:
+    """The twin of the test above on object storage (S3 on moto), with real processes: A's student
+    waits to commit in its own process while B commits its teacher and labels; A's student must
+    not land beside B's teacher, and its output fails saying why. (Writers killed with SIGKILL
+    mid-commit on S3: test_object_store.py.)"""
+    import multiprocessing
+
+    import pandas as pd
+
+    from sensequant_assets.artifacts import TeacherArtifact
+    from sensequant_assets.io_manager import MissingArtifactError, open_store
+    from sensequant_tests.object_storage import fresh_location
+
+    location = fresh_location("s3", tmp_path)
+    store, key = open_store(location), f"RACE|{W1}"
+
+    def commit_teacher(tag: str, label: int) -> str:
+        importance = pd.DataFrame({"feature": ["a"], "importance": [1.0], "rank": [1]})
+        labels = pd.DataFrame({"ts": ["2025-01-02"], "label": [label], "teacher_proba": [0.5]})
+        teacher = TeacherArtifact({"tag": tag}, {"tag": tag}, importance)
+        written: dict[str, str] = {}
+        store.write(
+            key,
+            codec_for("teacher_model"),
+            teacher,
+            together=[(codec_for("teacher_labels"), labels)],
+            written=written,
+        )
+        return written["model.pkl"]
+
+    teacher_a = commit_teacher("A", 0)
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    reached, release, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_student_waiting_to_commit, args=(location, teacher_a, reached, release, out))
+    child.start()
+    try:
+        assert reached.wait(60), "A's student never reached its commit"
+        commit_teacher("B", 1)
+        seqs = store.tree(key).seqs()
+        release.set()
+        outcome = out.get(timeout=60)
+    finally:
+        release.set()
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    assert outcome.startswith(
+        "SupersededError: student_model RACE|2025-01-01: another run committed its own teacher"
+    )
+    assert store.tree(key).seqs() == seqs  # A's student wrote nothing
+    assert store.read(key, codec_for("teacher_model"), "teacher_model").model == {"tag": "B"}
+    assert store.read(key, codec_for("teacher_labels"), "teacher_labels")["label"].tolist() == [1]
+    with pytest.raises(MissingArtifactError, match=r"student_model\.pkl"):
+        store.read(key, codec_for("student_model"), "student_model")
+
+
 # --- 2. the daemon and the code server killed: sensors' pending work and a backfill --------------
 
 SENSORS = """
