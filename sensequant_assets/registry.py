@@ -1,6 +1,11 @@
 """The production registry: which student serves each symbol, what it replaced, and how to undo it.
 
-Layout under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
+`base_dir` is the artifacts location, a local directory or an object-store URL (`s3://`, `gs://`,
+`az://`, `memory://`), as `io_manager.open_store` takes it. The decisions (what may be promoted,
+what is archived under which id, what a rollback restores, when a demotion is stale) are the same
+on both; only how one symbol's production state is stored and changed differs (`_Production`).
+
+On a local disk, under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
 
     current/                the promoted student, self-contained so it survives re-materialisation
         student_model.pkl   copies of the partition's student/ files
@@ -13,21 +18,29 @@ Layout under `<ARTIFACTS_DIR>/production/<SYMBOL>/`:
                             id = `<UTC archival time YYYYMMDDTHHMMSSZ>_<window>`, sortable
     history.jsonl           one JSON line per promote/rollback/demote
 
+A new `current/` is built in a staging directory and swapped in with renames under a lock; a
+journal (`.pending.json`) written before the first rename lets the next call (or the failing call
+itself) undo a half-done swap, so `current/` is never half-written.
+
+On object storage, `<location>/production/<SYMBOL>/` is one `object_store.VersionedTree` whose
+files are the same names: `current/<name>`, `archive/<id>/<name>`, `history.jsonl` (no
+checksums.json: the manifest records every file's sha256, and reads are verified against it).
+Promote, rollback and demote are each one commit: archiving `current/` re-keys the same objects
+to `archive/<id>/` (nothing is copied), and history.jsonl is rewritten with the new line. A writer
+that loses the race to another re-runs its checks on the newer version, so neither change is lost.
+
 A demotion (`demote`, requested by the `model_decay` sensor) archives `current/` without a
 successor, so the symbol has no production model; it stays in force until a student of a newer
 window than the demoted one is promoted, or a person rolls back (`active_demotion`).
 
-Sources are read through `ArtifactStore.read`, so they are verified against the partition's
-`checksums.json` exactly as the IO manager verifies them. A new `current/` is built in a staging
-directory and swapped in with renames; a journal (`.pending.json`) written before the first rename
-lets the next call (or the failing call itself) undo a half-done swap, so `current/` is never
-half-written. Plain Python: no Dagster context is needed.
+Sources are read through the artifact store's verified `read` (`open_store`), so they are verified
+exactly as the IO manager verifies them. Plain Python: no Dagster context is needed.
 
 Names and paths: every symbol argument is validated (and canonicalised) and every partition key
-must name a canonical symbol and a window's first day, whoever passes them; `production/`, the
-symbol's directory and its entries are never symbolic links, and the journal may only name entries
-of its own directory. A student and its teacher metadata are promoted only as one committed
-version of their partition held them.
+must name a canonical symbol and a window's first day, whoever passes them; locally, `production/`,
+the symbol's directory and its entries are never symbolic links, and the journal may only name
+entries of its own directory. A student and its teacher metadata are promoted only as one
+committed version of their partition held them.
 
 A briefing judges one configuration (teacher + student hyper-parameters and label definition, named
 by the `config_id` the student recorded); `newest_student_of_config` and `promote(config_id=...)`
@@ -37,27 +50,39 @@ make sure production only ever receives a student of the configuration that was 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+from upath import UPath
 
 from sensequant_assets import locks
 from sensequant_assets.io_manager import (
     CHECKSUMS,
     ArtifactError,
-    ArtifactStore,
     Codec,
+    UnsafePathError,
     inside,
+    open_store,
     sha256_bytes,
     verified_bytes,
+)
+from sensequant_assets.object_store import (
+    FileRef,
+    MissingObjectError,
+    Version,
+    VersionedTree,
+    is_object_location,
+    open_root,
 )
 from sensequant_assets.partitions import split_key, window_bounds
 from sensequant_assets.sources.symbols import InvalidSymbolError, key_symbol_problem, validate_symbol
@@ -97,6 +122,7 @@ _STAGING_PREFIX = ".staging-"
 _TS_FORMAT = "%Y%m%dT%H%M%SZ"
 _WINDOW = re.compile(r"\d{4}-\d{2}-\d{2}")
 _READ_ATTEMPTS = 3  # reads of a partition's student and teacher that another commit may interleave
+_GC_RETRIES = 3  # re-reads of a newer version when an object vanished under a reader (collected)
 
 # current/<name> <- partition/<rel>; the student files and the teacher metadata are read in two
 # verified passes so an error names the asset the bad file belongs to.
@@ -106,6 +132,9 @@ _STUDENT_FILES = {
     "metrics.json": "student/metrics.json",
 }
 _TEACHER_FILES = {"teacher_metadata.json": "metadata.json"}
+
+T = TypeVar("T")
+AnyPath = Path | UPath
 
 
 class RegistryError(RuntimeError):
@@ -131,7 +160,7 @@ class PromotionRecord:
     gates: Any
     promoted_at: str
     files: dict[str, str]
-    directory: Path = field(compare=False)
+    directory: AnyPath = field(compare=False)  # a UPath on object storage
     config_id: str | None = None  # the configuration the student recorded (None: trained before ids)
 
     def to_json(self) -> dict[str, Any]:
@@ -180,18 +209,27 @@ def _key(partition_key: str, symbol: str | None = None, *, aligned: bool = True)
     return key_symbol, window
 
 
-def production_dir(base_dir: str | Path, symbol: str) -> Path:
-    """`<base_dir>/production/<SYMBOL>`, after validating the symbol (it becomes a path component).
+def _local_base(base_dir: str | Path) -> Path:
+    """The local artifacts directory `base_dir` names (a path or a `file://` URL)."""
+    return open_store(base_dir).base_dir
+
+
+def production_dir(base_dir: str | Path, symbol: str) -> AnyPath:
+    """`<base_dir>/production/<SYMBOL>` (a UPath on object storage), after validating the symbol
+    (it becomes a path component, or a key prefix).
 
     A symbol argument is canonicalised, as the data sources do (`reliance` is RELIANCE's one
     directory, never a second); a partition key names a directory of the store, so its symbol
     must already be canonical (`_key`).
 
-    Neither that directory nor the entries the registry writes in it may be symbolic links
-    (UnsafePathError): a `production/` or `production/<SYMBOL>/` replaced by a link to another
-    directory would otherwise be written through.
+    On a local disk neither that directory nor the entries the registry writes in it may be
+    symbolic links (UnsafePathError): a `production/` or `production/<SYMBOL>/` replaced by a link
+    to another directory would otherwise be written through. Object storage has no links.
     """
-    base, symbol = Path(base_dir), validate_symbol(symbol)
+    symbol = validate_symbol(symbol)
+    if is_object_location(base_dir):
+        return open_root(str(base_dir)) / PRODUCTION / symbol
+    base = _local_base(base_dir)
     root = base / PRODUCTION / symbol
     for path in (root, *(root / name for name in (CURRENT, ARCHIVE, HISTORY, _LOCK, _JOURNAL))):
         inside(base, path, f"production model of {symbol}")
@@ -289,8 +327,9 @@ def _verify_dir(directory: Path) -> None:
         _read_verified(directory, rel)
 
 
-def _record_from(directory: Path) -> PromotionRecord:
-    raw = json.loads(_read_verified(directory, PROMOTION))
+def _parse_record(raw_bytes: bytes, directory: AnyPath) -> PromotionRecord:
+    """A `promotion.json` (already verified) as the record of the model held in `directory`."""
+    raw = json.loads(raw_bytes)
     return PromotionRecord(
         symbol=raw["symbol"],
         partition_key=raw["partition_key"],
@@ -302,6 +341,10 @@ def _record_from(directory: Path) -> PromotionRecord:
         directory=directory,
         config_id=raw.get(CONFIG_ID),
     )
+
+
+def _record_from(directory: Path) -> PromotionRecord:
+    return _parse_record(_read_verified(directory, PROMOTION), directory)
 
 
 def _existing_record(directory: Path) -> PromotionRecord | None:
@@ -332,9 +375,8 @@ def _list_archives(root: Path) -> list[str]:
     return sorted(p.name for p in archive.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _new_archive_id(root: Path, when: datetime, window: str) -> str:
+def _new_archive_id(existing: Sequence[str], when: datetime, window: str) -> str:
     """Sortable by archival order: the timestamp is bumped past the newest existing id if needed."""
-    existing = _list_archives(root)
     if existing:
         try:
             newest = datetime.strptime(existing[-1].split("_", 1)[0], _TS_FORMAT).replace(tzinfo=UTC)
@@ -345,10 +387,14 @@ def _new_archive_id(root: Path, when: datetime, window: str) -> str:
     return f"{when.strftime(_TS_FORMAT)}_{window}"
 
 
+def _history_line(entry: Mapping[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, default=str) + "\n"
+
+
 def _append_history(root: Path, entry: Mapping[str, Any]) -> None:
     """Append one line; a torn last line (crash mid-append) is cut off first so the file stays JSONL."""
     path = root / HISTORY
-    line = json.dumps(entry, sort_keys=True, default=str) + "\n"
+    line = _history_line(entry)
     with path.open("a+b") as f:
         size = f.seek(0, os.SEEK_END)
         if size:
@@ -469,6 +515,266 @@ def _history_entry(
     }
 
 
+# --- one symbol's production state, on a local disk or on object storage ---------------------------
+
+
+class _Production(Protocol):
+    """One symbol's production state as the registry's decisions see it; only storage differs.
+
+    The public functions run their decisions (a "body") against it inside `_transaction`; the
+    three changes (`install`, `restore`, `retire`) each archive `current/` under `archive_id`
+    (None: there is no `current/`) and append `entry` to the history, as one change.
+    """
+
+    current_dir: AnyPath
+
+    def has_current(self) -> bool: ...
+
+    def current(self) -> PromotionRecord | None:
+        """The record of `current/` (None: there is none); a damaged one raises ArtifactError."""
+
+    def previous(self) -> PromotionRecord | None:
+        """The record of the model about to be replaced; None if damaged, so it can be replaced."""
+
+    def read_current(self, name: str) -> bytes:
+        """One file of `current/`, verified."""
+
+    def archives(self) -> list[str]: ...
+
+    def history(self) -> list[dict[str, Any]]: ...
+
+    def archived(self, archive_id: str) -> PromotionRecord:
+        """The record of an archive after verifying every file in it (ArtifactError if not)."""
+
+    def install(
+        self, files: Mapping[str, bytes], promotion: bytes, archive_id: str | None, entry: dict[str, Any]
+    ) -> None:
+        """`files` plus `promotion` become `current/`."""
+
+    def restore(self, target_id: str, archive_id: str | None, entry: dict[str, Any]) -> None:
+        """The archive `target_id` becomes `current/` (and is no longer an archive)."""
+
+    def retire(self, archive_id: str, entry: dict[str, Any]) -> None:
+        """`current/` is archived with no successor."""
+
+
+class _LocalProduction:
+    """`production/<SYMBOL>/` on a local disk; used under the symbol's lock after `_recover`, and
+    each change is applied (staged, journaled, swapped in with renames) on the spot."""
+
+    def __init__(self, base: Path, root: Path) -> None:
+        self.base, self.root = base, root
+        self.current_dir = root / CURRENT
+
+    def has_current(self) -> bool:
+        return self.current_dir.exists()
+
+    def current(self) -> PromotionRecord | None:
+        return _record_from(self.current_dir) if self.current_dir.exists() else None
+
+    def previous(self) -> PromotionRecord | None:
+        return _existing_record(self.current_dir)
+
+    def read_current(self, name: str) -> bytes:
+        return _read_verified(self.current_dir, name)
+
+    def archives(self) -> list[str]:
+        return _list_archives(self.root)
+
+    def history(self) -> list[dict[str, Any]]:
+        return _read_history(self.root)
+
+    def _archive_dir(self, archive_id: str) -> Path:
+        return inside(self.base, self.root / ARCHIVE / archive_id, f"production model of {self.root.name}")
+
+    def archived(self, archive_id: str) -> PromotionRecord:
+        target = self._archive_dir(archive_id)
+        _verify_dir(target)
+        return _record_from(target)
+
+    def install(
+        self, files: Mapping[str, bytes], promotion: bytes, archive_id: str | None, entry: dict[str, Any]
+    ) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
+        try:
+            for name, data in files.items():
+                _write_file(staging / name, data)
+            _write_file(staging / PROMOTION, promotion)
+            checksums = {**{n: sha256_bytes(d) for n, d in files.items()}, PROMOTION: sha256_bytes(promotion)}
+            _write_file(staging / CHECKSUMS, _json_bytes(dict(sorted(checksums.items()))))
+            _fsync_dir(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        journal = {"staging": staging.name, "archive_id": archive_id, "restored_from": None, "history": entry}
+        _swap(self.root, staging, journal)
+
+    def restore(self, target_id: str, archive_id: str | None, entry: dict[str, Any]) -> None:
+        staging = self.root / f"{_STAGING_PREFIX}rollback-{target_id}"
+        journal = {
+            "staging": staging.name,
+            "archive_id": archive_id,
+            "restored_from": target_id,
+            "history": entry,
+        }
+        _swap(self.root, staging, journal, restored_from=self._archive_dir(target_id))
+
+    def retire(self, archive_id: str, entry: dict[str, Any]) -> None:
+        root = self.root
+        _write_json_atomic(root / _JOURNAL, {"staging": None, "archive_id": archive_id, "history": entry})
+        try:
+            (root / ARCHIVE).mkdir(exist_ok=True)
+            _rename(self.current_dir, root / ARCHIVE / archive_id)
+            _fsync_dir(root)
+            _append_history(root, entry)
+            (root / _JOURNAL).unlink()
+            _fsync_dir(root)
+        except BaseException:
+            _recover(root)
+            raise
+
+
+class _ObjectProduction:
+    """`production/<SYMBOL>/` on object storage: one version of its `VersionedTree`.
+
+    Reads are verified against the version's manifest. A change is not written here: it becomes
+    `change`, the next version's files, which `_transaction` commits; objects that stay (an
+    archived `current/`, a restored archive) are carried over as the same `FileRef`s.
+    """
+
+    def __init__(self, tree: VersionedTree, version: Version | None, root: UPath) -> None:
+        self.tree, self.version, self.root = tree, version, root
+        self.current_dir = root / CURRENT
+        self.files: dict[str, FileRef] = dict(version.files) if version else {}
+        self.change: dict[str, bytes | FileRef] | None = None
+
+    def _under(self, prefix: str) -> dict[str, str]:
+        """{name: rel} of the files below `prefix/`."""
+        return {rel[len(prefix) + 1 :]: rel for rel in self.files if rel.startswith(f"{prefix}/")}
+
+    def _read(self, rel: str) -> bytes:
+        if self.version is None:
+            raise MissingObjectError(f"missing file {self.root}/{rel} (nothing committed)")
+        return self.tree.read(self.version, rel)
+
+    def _record(self, prefix: str, directory: UPath) -> PromotionRecord:
+        return _parse_record(self._read(f"{prefix}/{PROMOTION}"), directory)
+
+    def has_current(self) -> bool:
+        return bool(self._under(CURRENT))
+
+    def current(self) -> PromotionRecord | None:
+        return self._record(CURRENT, self.current_dir) if self.has_current() else None
+
+    def previous(self) -> PromotionRecord | None:
+        try:
+            return self.current()
+        except (ArtifactError, KeyError, TypeError, ValueError):
+            return None
+
+    def read_current(self, name: str) -> bytes:
+        return self._read(f"{CURRENT}/{name}")
+
+    def archives(self) -> list[str]:
+        return sorted({rel.split("/")[1] for rel in self.files if rel.startswith(f"{ARCHIVE}/")})
+
+    def _history_bytes(self) -> bytes:
+        return self._read(HISTORY) if HISTORY in self.files else b""
+
+    def history(self) -> list[dict[str, Any]]:
+        return _parse_history(self._history_bytes().decode(), self.root / HISTORY)
+
+    def archived(self, archive_id: str) -> PromotionRecord:
+        prefix = f"{ARCHIVE}/{archive_id}"
+        for rel in self._under(prefix).values():
+            self._read(rel)
+        return self._record(prefix, self.root / ARCHIVE / archive_id)
+
+    def _changed(self, drop: Sequence[str], archive_id: str | None, entry: dict[str, Any]) -> dict[str, Any]:
+        """The files without those below `drop` prefixes, `current/` re-keyed to `archive_id`, and
+        the history with `entry` appended."""
+        files: dict[str, bytes | FileRef] = {
+            rel: ref for rel, ref in self.files.items() if not any(rel.startswith(f"{p}/") for p in drop)
+        }
+        if archive_id is not None:
+            for name, rel in self._under(CURRENT).items():
+                files[f"{ARCHIVE}/{archive_id}/{name}"] = self.files[rel]
+        files[HISTORY] = self._history_bytes() + _history_line(entry).encode()
+        return files
+
+    def install(
+        self, files: Mapping[str, bytes], promotion: bytes, archive_id: str | None, entry: dict[str, Any]
+    ) -> None:
+        new = self._changed([CURRENT], archive_id, entry)
+        new.update({f"{CURRENT}/{name}": data for name, data in files.items()})
+        new[f"{CURRENT}/{PROMOTION}"] = promotion
+        self.change = new
+
+    def restore(self, target_id: str, archive_id: str | None, entry: dict[str, Any]) -> None:
+        target = self._under(f"{ARCHIVE}/{target_id}")
+        new = self._changed([CURRENT, f"{ARCHIVE}/{target_id}"], archive_id, entry)
+        new.update({f"{CURRENT}/{name}": self.files[rel] for name, rel in target.items()})
+        self.change = new
+
+    def retire(self, archive_id: str, entry: dict[str, Any]) -> None:
+        self.change = self._changed([CURRENT], archive_id, entry)
+
+
+def _transaction(
+    base_dir: str | Path,
+    symbol: str,
+    body: Callable[[_Production], T],
+    *,
+    absent: Callable[[], T] | None = None,
+) -> T:
+    """Run `body` against `symbol`'s newest production state and make its change durable.
+
+    `absent`: what to return (or raise) instead when nothing was ever promoted for `symbol`, so a
+    read or a no-op creates nothing. Local: under the symbol's lock after `_recover`, once. Object
+    storage: `body` runs on the newest version and its change is committed as the next one; if
+    another writer committed first, `body` runs again on that version (its checks re-made). A
+    body that changes nothing, or raises, commits nothing.
+    """
+    root = production_dir(base_dir, symbol)
+    if not isinstance(root, UPath):  # a local directory (production_dir gives object storage a UPath)
+        local = Path(root)
+        if absent is not None and not local.is_dir():
+            return absent()
+        with _locked(local):
+            _recover(local)
+            return body(_LocalProduction(_local_base(base_dir), local))
+
+    tree = VersionedTree(root)
+    outcome: list[T] = []
+    seen: list[int | None] = []
+
+    def build(version: Version | None) -> dict[str, bytes | FileRef] | None:
+        outcome.clear()
+        seen[:] = [version.seq if version else None]
+        if version is None and absent is not None:
+            outcome.append(absent())
+            return None
+        if version is not None and not version.files:
+            # Every registry version holds history.jsonl: an empty one is an unreadable manifest
+            # that a commit would build on as if empty, dropping the history and the archives.
+            tree.version(version.seq)  # raises CorruptObjectError naming it
+            raise RegistryError(f"{root}: version {version.seq} holds no files; refusing to build on it")
+        state = _ObjectProduction(tree, version, root)
+        outcome.append(body(state))
+        return state.change
+
+    for attempt in range(_GC_RETRIES):
+        try:
+            tree.commit(build, meta={"symbol": root.name})
+            return outcome[0]
+        except MissingObjectError:
+            # An object of the version read was collected after newer commits: read the newest.
+            newest = tree.latest()
+            if attempt + 1 == _GC_RETRIES or newest is None or [newest.seq] == seen:
+                raise
+    raise AssertionError("unreachable")
+
+
 # --- public API ------------------------------------------------------------------------------------
 
 
@@ -477,16 +783,15 @@ def _verified(files: Mapping[str, str]) -> Codec:
     return Codec(owns=(), dump=lambda _: {}, load=lambda read: {n: read(r) for n, r in files.items()})
 
 
-def _source_files(base_dir: Path, partition_key: str) -> dict[str, bytes]:
-    """The files `current/` will hold, read through the IO manager's verified reads, all from one
+def _source_files(store: Any, partition_key: str) -> dict[str, bytes]:
+    """The files `current/` will hold, read through the store's verified reads, all from one
     committed version of the partition.
 
-    The student and the teacher are read under separate locks (so an error names the asset), so
-    a commit in between (a re-materialised teacher) could pair the student of one version with
-    the teacher metadata of another. Afterwards the partition must still hold exactly the bytes
-    read, checked under one lock; if a commit intervened they are read again.
+    The student and the teacher are read separately (so an error names the asset), so a commit in
+    between (a re-materialised teacher) could pair the student of one version with the teacher
+    metadata of another. Afterwards the partition must still hold exactly the bytes read, checked
+    on one committed version; if a commit intervened they are read again.
     """
-    store = ArtifactStore(base_dir)
     for _ in range(_READ_ATTEMPTS):
         student = store.read(partition_key, _verified(_STUDENT_FILES), "student_model")
         teacher = store.read(partition_key, _verified(_TEACHER_FILES), "teacher_model")
@@ -513,11 +818,11 @@ def _config_id_in(metadata_json: bytes, partition_key: str) -> str | None:
 def student_config_id(base_dir: str | Path, partition_key: str) -> str | None:
     """The configuration id recorded by the student of `partition_key` (None: trained before ids).
 
-    Read through the IO manager's verified reads: a missing or corrupt file raises ArtifactError.
+    Read through the store's verified reads: a missing or corrupt file raises ArtifactError.
     """
     _key(partition_key)
     files = {"metadata.json": _STUDENT_FILES["metadata.json"]}
-    raw = ArtifactStore(Path(base_dir)).read(partition_key, _verified(files), "student_model")
+    raw = open_store(base_dir).read(partition_key, _verified(files), "student_model")
     return _config_id_in(raw["metadata.json"], partition_key)
 
 
@@ -582,9 +887,9 @@ def promote(
             f"only {PROMOTE!r} is promoted"
         )
     _, window = _key(partition_key, symbol)
-    base = Path(base_dir)
-    source_dir = ArtifactStore(base).partition_dir(partition_key)
-    files = _source_files(base, partition_key)  # raises ArtifactError naming a missing/corrupt file
+    store = open_store(base_dir)
+    source_dir = store.partition_dir(partition_key)
+    files = _source_files(store, partition_key)  # raises ArtifactError naming a missing/corrupt file
     recorded = _config_id_in(files["metadata.json"], partition_key)
     if config_id is not None and recorded != config_id:
         raise PromotionRefused(
@@ -593,10 +898,8 @@ def promote(
         )
     sums = {name: sha256_bytes(data) for name, data in files.items()}
 
-    root = production_dir(base, symbol)
-    with _locked(root):
-        _recover(root)
-        entries = _read_history(root)
+    def body(state: _Production) -> PromotionRecord:
+        entries = state.history()
         demotion = _last_demotion(entries)
         if demotion is not None and window <= split_key(demotion["from"])[1]:
             raise PromotionRefused(
@@ -609,8 +912,7 @@ def promote(
                 f"refusing to promote {symbol} ({partition_key}): this partition's student was demoted "
                 "for decay; only a person can bring it back (rollback), a briefing never does"
             )
-        cur = root / CURRENT
-        previous = _existing_record(cur)
+        previous = state.previous()
         if previous is not None and previous.partition_key == partition_key and previous.files == sums:
             return previous
         at = _utc(now)
@@ -622,22 +924,12 @@ def promote(
             gates=json.loads(json.dumps(gates, default=str)),  # as current() will read it back
             promoted_at=_iso(at),
             files=sums,
-            directory=cur,
+            directory=state.current_dir,
             config_id=recorded,
         )
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
-        try:
-            for name, data in files.items():
-                _write_file(staging / name, data)
-            promotion = _json_bytes(record.to_json())
-            _write_file(staging / PROMOTION, promotion)
-            checksums = {**sums, PROMOTION: sha256_bytes(promotion)}
-            _write_file(staging / CHECKSUMS, _json_bytes(dict(sorted(checksums.items()))))
-            _fsync_dir(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        archive_id = _new_archive_id(root, at, _window_of(previous)) if cur.exists() else None
+        archive_id = (
+            _new_archive_id(state.archives(), at, _window_of(previous)) if state.has_current() else None
+        )
         entry = _history_entry(
             "promote",
             symbol,
@@ -650,9 +942,10 @@ def promote(
             source=str(source_dir),
             config_id=recorded,
         )
-        journal = {"staging": staging.name, "archive_id": archive_id, "restored_from": None, "history": entry}
-        _swap(root, staging, journal)
-    return record
+        state.install(files, _json_bytes(record.to_json()), archive_id, entry)
+        return record
+
+    return _transaction(base_dir, symbol, body)
 
 
 def rollback(
@@ -668,12 +961,12 @@ def rollback(
     The model it replaces is archived, so a rollback can itself be rolled back.
     """
     symbol = validate_symbol(symbol)
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
+
+    def nothing_promoted() -> PromotionRecord:
         raise RollbackError(f"cannot roll back {symbol}: nothing has been promoted for it")
-    with _locked(root):
-        _recover(root)
-        available = _list_archives(root)
+
+    def body(state: _Production) -> PromotionRecord:
+        available = state.archives()
         if not available:
             raise RollbackError(f"cannot roll back {symbol}: there is no archived model to roll back to")
         target_id = available[-1] if to is None else to
@@ -681,16 +974,15 @@ def rollback(
             raise RollbackError(
                 f"cannot roll back {symbol} to {to!r}: no such archive; available: {', '.join(available)}"
             )
-        target = inside(Path(base_dir), root / ARCHIVE / target_id, f"production model of {symbol}")
         try:
-            _verify_dir(target)
-            restored = _record_from(target)
+            restored = state.archived(target_id)
+        except UnsafePathError:
+            raise
         except ArtifactError as exc:
             raise RollbackError(f"cannot roll back {symbol} to {target_id}: {exc}") from exc
-        cur = root / CURRENT
-        previous = _existing_record(cur)
+        previous = state.previous()
         at = _utc(now)
-        archive_id = _new_archive_id(root, at, _window_of(previous)) if cur.exists() else None
+        archive_id = _new_archive_id(available, at, _window_of(previous)) if state.has_current() else None
         entry = _history_entry(
             "rollback",
             symbol,
@@ -703,15 +995,10 @@ def rollback(
             restored=target_id,
             config_id=restored.config_id,
         )
-        staging = root / f"{_STAGING_PREFIX}rollback-{target_id}"
-        journal = {
-            "staging": staging.name,
-            "archive_id": archive_id,
-            "restored_from": target_id,
-            "history": entry,
-        }
-        _swap(root, staging, journal, restored_from=target)
-        return _record_from(cur)
+        state.restore(target_id, archive_id, entry)
+        return dataclasses.replace(restored, directory=state.current_dir)
+
+    return _transaction(base_dir, symbol, body, absent=nothing_promoted)
 
 
 def demote(
@@ -733,19 +1020,15 @@ def demote(
     """
     symbol = validate_symbol(symbol)
     _key(expected, symbol, aligned=False)  # what `current/` holds is the real check
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():  # nothing was ever promoted: nothing to demote, nothing to create
-        return None
-    with _locked(root):
-        _recover(root)
-        cur = root / CURRENT
-        previous = _existing_record(cur)
+
+    def body(state: _Production) -> dict[str, Any] | None:
+        previous = state.previous()
         if previous is None or previous.partition_key != expected:
             return None
         if expected_promoted_at is not None and previous.promoted_at != expected_promoted_at:
             return None  # the same window re-promoted (new bytes) since the verdict: not judged
         at = _utc(now)
-        archive_id = _new_archive_id(root, at, _window_of(previous))
+        archive_id = _new_archive_id(state.archives(), at, _window_of(previous))
         entry = _history_entry(
             DEMOTE,
             symbol,
@@ -758,18 +1041,11 @@ def demote(
             evidence=dict(evidence or {}),
             config_id=previous.config_id,
         )
-        _write_json_atomic(root / _JOURNAL, {"staging": None, "archive_id": archive_id, "history": entry})
-        try:
-            (root / ARCHIVE).mkdir(exist_ok=True)
-            _rename(cur, root / ARCHIVE / archive_id)
-            _fsync_dir(root)
-            _append_history(root, entry)
-            (root / _JOURNAL).unlink()
-            _fsync_dir(root)
-        except BaseException:
-            _recover(root)
-            raise
+        state.retire(archive_id, entry)
         return entry
+
+    # nothing was ever promoted: nothing to demote, nothing to create
+    return _transaction(base_dir, symbol, body, absent=lambda: None)
 
 
 def _demoted_partitions(entries: list[dict[str, Any]]) -> set[str]:
@@ -790,41 +1066,22 @@ def _last_demotion(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def active_demotion(base_dir: str | Path, symbol: str) -> dict[str, Any] | None:
     """The demotion in force for `symbol` (its history entry), or None."""
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
-        return None
-    with _locked(root):
-        _recover(root)
-        return _last_demotion(_read_history(root))
+    return _transaction(base_dir, symbol, lambda state: _last_demotion(state.history()), absent=lambda: None)
 
 
 def current(base_dir: str | Path, symbol: str) -> PromotionRecord | None:
     """The production model's record, or None if `symbol` has never been promoted."""
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
-        return None
-    with _locked(root):
-        _recover(root)
-        cur = root / CURRENT
-        return _record_from(cur) if cur.exists() else None
+    return _transaction(base_dir, symbol, lambda state: state.current(), absent=lambda: None)
 
 
 def history(base_dir: str | Path, symbol: str) -> list[dict[str, Any]]:
     """Every promote/rollback/demote of `symbol`, oldest first."""
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
-        return []
-    with _locked(root):
-        _recover(root)
-        return _read_history(root)
+    return _transaction(base_dir, symbol, lambda state: state.history(), absent=list)
 
 
-def _read_history(root: Path) -> list[dict[str, Any]]:
-    path = root / HISTORY
-    if not path.is_file():
-        return []
+def _parse_history(text: str, path: AnyPath) -> list[dict[str, Any]]:
     entries = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -834,29 +1091,35 @@ def _read_history(root: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _read_history(root: Path) -> list[dict[str, Any]]:
+    path = root / HISTORY
+    if not path.is_file():
+        return []
+    return _parse_history(path.read_text(), path)
+
+
 def archives(base_dir: str | Path, symbol: str) -> list[str]:
     """Archive ids of `symbol`, oldest first (the last one is rollback's default target)."""
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
-        return []
-    with _locked(root):
-        _recover(root)
-        return _list_archives(root)
+    return _transaction(base_dir, symbol, lambda state: state.archives(), absent=list)
 
 
 def load_current_model(base_dir: str | Path, symbol: str) -> Any:
     """Unpickle the production student, only after its bytes match the recorded sha256."""
     symbol = validate_symbol(symbol)
-    root = production_dir(base_dir, symbol)
-    if not root.is_dir():
+
+    def nothing_promoted() -> tuple[bytes, PromotionRecord]:
         raise RegistryError(f"no production model for {symbol}: nothing has been promoted")
-    with _locked(root):
-        _recover(root)
-        cur = root / CURRENT
-        if not cur.is_dir():
-            raise RegistryError(f"no production model for {symbol}: {cur} does not exist")
-        data = _read_verified(cur, MODEL_FILE)
-        record = _record_from(cur)
+
+    def body(state: _Production) -> tuple[bytes, PromotionRecord]:
+        if not state.has_current():
+            raise RegistryError(f"no production model for {symbol}: {state.current_dir} does not exist")
+        data = state.read_current(MODEL_FILE)
+        record = state.current()
+        assert record is not None
+        return data, record
+
+    data, record = _transaction(base_dir, symbol, body, absent=nothing_promoted)
     if record.files.get(MODEL_FILE) != sha256_bytes(data):
+        cur = record.directory
         raise ArtifactError(f"{cur / MODEL_FILE} does not match the sha256 recorded in {cur / PROMOTION}")
     return pickle.loads(data)
