@@ -48,7 +48,14 @@ from sensequant_assets.deployment.devserver import (
     write_instance_yaml,
 )
 from sensequant_assets.deployment.run_launcher import RUN_WORKER_TAG
-from sensequant_assets.io_manager import CHECKSUMS, LOCKS_DIR, TXN_DIR, ArtifactStore, codec_for
+from sensequant_assets.io_manager import (
+    CHECKSUMS,
+    LOCKS_DIR,
+    TXN_DIR,
+    ArtifactsResource,
+    ArtifactStore,
+    codec_for,
+)
 from sensequant_tests.daily_csv import write_daily
 
 W1, W2, W3 = "2025-01-01", "2025-07-01", "2026-01-01"  # windows from SENSEQUANT_START_DATE=2025-01-01
@@ -899,6 +906,7 @@ def test_a_first_tick_repeated_without_its_cursor_loses_no_new_symbol_or_correct
         bars_in_windows(lab, symbol)
 
     def tick(sensor, instance, **resources):
+        resources.setdefault("artifacts", ArtifactsResource(location=str(tmp_path / "models")))
         context = build_sensor_context(instance=instance, cursor=None, definitions=defs, resources=resources)
         return sensor(context)
 
@@ -945,8 +953,13 @@ def test_a_tick_repeated_after_its_history_backfill_was_submitted_does_not_ask_a
     monkeypatch.setenv("SENSEQUANT_ARTIFACTS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SENSEQUANT_SYMBOLS", "FFF,GGG")
 
+    artifacts = ArtifactsResource(location=str(tmp_path / "models"))
+
     def tick(instance, cursor):
-        return symbol_universe(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+        context = build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources={"artifacts": artifacts}
+        )
+        return symbol_universe(context)
 
     def submit(instance, request, backfill_id):  # what the daemon does with the request
         instance.add_backfill(
