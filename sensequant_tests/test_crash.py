@@ -610,8 +610,7 @@ def _student_waiting_to_commit(location: str, teacher_sha: str, reached: Any, re
     VersionedTree.commit = commit  # type: ignore[method-assign]
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("symbols", ["RACE"])
-    at = getattr(PartitionDirIOManager, "at", None)
-    io = at(location) if at is not None else PartitionDirIOManager(base_dir=location)
+    io = PartitionDirIOManager.at(location)
     context = build_output_context(
         asset_key="student_model",
         partition_key=f"RACE|{W1}",

@@ -51,8 +51,7 @@ def _teacher(tag: str) -> TeacherArtifact:
 
 def _io(location: str | Path) -> PartitionDirIOManager:
     """The IO manager on `location` (a directory or an object-store URL)."""
-    at = getattr(PartitionDirIOManager, "at", None)  # the IO manager on an artifacts resource
-    return at(location) if at is not None else PartitionDirIOManager(base_dir=str(location))
+    return PartitionDirIOManager.at(location)
 
 
 @pytest.fixture(autouse=True)
