@@ -25,6 +25,9 @@ def s3_endpoint() -> str:
             from moto.server import ThreadedMotoServer
         except ImportError as exc:
             pytest.skip(f"S3 tests need moto[server] and s3fs (pip install -e '.[dev]'): {exc}")
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per HTTP request
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()

@@ -4,12 +4,15 @@ The parts a multi-machine deployment runs, each as its own process exactly as th
 more than one machine" starts them: a code server (`dagster code-server start`), the daemon
 (`dagster-daemon run`) and the webserver (`dagster-webserver`) on a workspace that points at the code
 server, and two Celery workers (`dagster-celery worker start`, solo pool), all on one PostgreSQL
-database (runs, events, schedules) and one RabbitMQ broker. A backfill of 2 symbols x 2 windows of the
-training assets is launched through the webserver as the UI does; the sensors follow with the
-evaluations; the briefing job runs; a student is promoted with the registry.
+database (runs, events, schedules), one RabbitMQ broker and one S3 bucket for the artifacts (moto's
+server on 127.0.0.1, started by the test as a process of its own: MinIO or S3 in production). A backfill
+of 2 symbols x 2 windows of the training assets is launched through the webserver as the UI does; the
+sensors follow with the evaluations; the briefing job runs; students are promoted with the registry and
+rolled back by a run on a worker, all in the bucket.
 
 It needs PostgreSQL on 127.0.0.1:5432, RabbitMQ on 127.0.0.1:5672 and the `scaleout` extra
-(dagster-postgres, dagster-celery), which pins its own dagster release and so lives in its own virtual
+(dagster-postgres, dagster-celery) and the dev extra's moto and s3fs; the scaleout extra pins its own
+dagster release and so lives in its own virtual
 environment: `make test-scaleout` builds `.venv-scaleout` and runs this file there (`.ci/run` does).
 Anything missing skips it, saying what.
 """
@@ -37,7 +40,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 
 from sensequant_assets import registry
 from sensequant_assets.deployment.devserver import ROOT, free_port
-from sensequant_assets.io_manager import CHECKSUMS, ArtifactStore, codec_for
+from sensequant_assets.io_manager import codec_for, open_store
 
 # Not SENSEQUANT_*: conftest clears those. The server's maintenance database; the test makes its own.
 POSTGRES = os.environ.get("SCALEOUT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -68,6 +71,8 @@ def database() -> Iterator[str]:
     extra = "the scaleout extra is not installed: `make test-scaleout` runs this file in .venv-scaleout"
     pytest.importorskip("dagster_postgres", reason=extra)
     pytest.importorskip("dagster_celery", reason=extra)
+    pytest.importorskip("moto.server", reason="moto[server] (the dev extra) serves the test's S3 bucket")
+    pytest.importorskip("s3fs", reason="s3fs (the dev extra, or the s3 extra) reaches the S3 bucket")
     for url, port, what in ((POSTGRES, 5432, "PostgreSQL"), (BROKER, 5672, "the Celery broker (RabbitMQ)")):
         if (problem := _unreachable(url, port)) is not None:
             pytest.skip(
@@ -95,7 +100,10 @@ class Deployment:
     """The processes of the deployment, each in its own process group, logs under `logs`."""
 
     def __init__(self, tmp: Path, database: str) -> None:
-        self.home, self.artifacts, self.logs = tmp / "home", tmp / "artifacts", tmp / "logs"
+        self.home, self.logs = tmp / "home", tmp / "logs"
+        self.s3_port = free_port()
+        self.bucket = f"sensequant-{uuid.uuid4().hex[:8]}"
+        self.artifacts = f"s3://{self.bucket}/artifacts"
         for path in (self.home, self.logs):
             path.mkdir(parents=True)
         (self.home / "dagster.yaml").write_text((ROOT / "deploy/scaleout/dagster.yaml").read_text())
@@ -115,7 +123,12 @@ class Deployment:
             # as in an activated environment: `dagster-celery worker start` runs `celery` from the PATH
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "SENSEQUANT_DATA_SOURCE": "synthetic",
-            "SENSEQUANT_ARTIFACTS_DIR": str(self.artifacts),
+            "SENSEQUANT_ARTIFACTS_DIR": self.artifacts,
+            # every process reaches the bucket through these (s3fs reads the AWS_* environment)
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}",
+            "AWS_ACCESS_KEY_ID": "scaleout",
+            "AWS_SECRET_ACCESS_KEY": "scaleout",
+            "AWS_DEFAULT_REGION": "us-east-1",
             "SENSEQUANT_SYMBOLS": ",".join(SYMBOLS),
             "SENSEQUANT_START_DATE": W1,
             "SENSEQUANT_BACKFILL_NEW_SYMBOLS": "0",
@@ -177,17 +190,29 @@ class Deployment:
             (e["locationOrLoadError"] or {}).get("__typename") == "RepositoryLocation" for e in entries
         )
 
-    def stop(self) -> None:
-        """SIGTERM to every process group, then SIGKILL to every group: a group's leader may be gone
-        while its children (`dagster-celery worker start` runs `celery`) still finish a step."""
+    def stop(self, *, keep: tuple[str, ...] = ()) -> None:
+        """SIGTERM to every process group (but `keep`), then SIGKILL to every group: a group's leader
+        may be gone while its children (`dagster-celery worker start` runs `celery`) still finish a step."""
+        stopping = [proc for name, proc in self.processes.items() if name not in keep]
         for signum in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.processes.values():
+            for proc in stopping:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signum)
             deadline = time.monotonic() + 15
-            for proc in self.processes.values():
+            for proc in stopping:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def bucket_ready(self) -> bool:
+        """The S3 server answers; the bucket is created once it does."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        try:
+            client.create_bucket(Bucket=self.bucket)
+        except Exception:  # not listening yet
+            return False
+        return True
 
     def workers_ready(self) -> bool:
         """Both Celery workers connected to the broker (it shares tasks only among connected workers)."""
@@ -236,10 +261,11 @@ def test_a_backfill_runs_on_two_celery_workers_with_postgres_storage(
     tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deployment = Deployment(tmp_path, database)
-    monkeypatch.setenv(
-        "DAGSTER_POSTGRES_URL", deployment.env["DAGSTER_POSTGRES_URL"]
-    )  # this process reads it too
+    for name in ("DAGSTER_POSTGRES_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, deployment.env[name])  # this process reads them too
     try:
+        deployment.start("s3", _command(f"moto_server -H 127.0.0.1 -p {deployment.s3_port}"))
+        deployment.wait(deployment.bucket_ready, "the S3 server", timeout=60)
         port, workspace, celery = (
             deployment.code_port,
             deployment.workspace,
@@ -332,27 +358,43 @@ def test_a_backfill_runs_on_two_celery_workers_with_postgres_storage(
             )
             stored_materialisations = cursor.fetchone()[0]
     finally:
+        deployment.stop(keep=("s3",))  # the bucket is read below
+    try:
+        _check_the_bucket(deployment, keys, evaluated)
+    finally:
         deployment.stop()
-
-    # Every partition whole in the artifact store: each asset read back, its files' checksums verified.
-    store = ArtifactStore(deployment.artifacts)
-    for key in keys:
-        assert (store.partition_dir(key) / CHECKSUMS).is_file()
-        for asset in TRAINING:
-            assert store.read(key, codec_for(asset), asset) is not None
-    for key in evaluated:
-        evaluation = store.read(key, codec_for("student_evaluation"), "student_evaluation")
-        assert evaluation.metrics["evaluated_partition"] == key
-    assert (deployment.artifacts / "briefings/promotion_briefing.json").is_file()
     # Steps ran on both workers, and runs and events are in PostgreSQL.
     names = {worker.split("@")[0] for worker in workers}
     assert names == set(WORKERS), workers
     # (the daemon may have started a run between the two counts: automation follows the briefing)
     assert stored_runs >= len(runs) >= 4 and stored_materialisations >= len(keys) * len(TRAINING)
-    # The rollback run put the first window's student back into production.
-    assert registry.current(deployment.artifacts, "RELIANCE").partition_key == f"RELIANCE|{W1}"
     print(
         f"\ntraining backfill {trained:.1f} s, evaluations followed {followed:.1f} s, "
         f"briefing {briefed:.1f} s from the launch; {len(runs)} runs; steps per worker: "
         + ", ".join(f"{w}: {len(s)}" for w, s in sorted(workers.items()))
+        + "".join(f"\n  {w}: {', '.join(sorted(s))}" for w, s in sorted(workers.items()))
     )
+
+
+def _check_the_bucket(deployment: Deployment, keys: list[str], evaluated: set[str]) -> None:
+    """Every partition whole in the bucket, the briefing there, and the rollback run's effect."""
+    # Every partition whole in the bucket: its manifest lists every file, each object matches its
+    # sha256, and each asset reads back.
+    store = open_store(deployment.artifacts)
+    for key in keys:
+        tree = store.tree(key)
+        version = tree.latest()
+        assert version is not None, f"{key}: no manifest in {tree.root}"
+        expected = {"bars.parquet", "model.pkl", "labels.csv.gz", "student/student_model.pkl"}
+        assert expected <= set(version.files), (key, sorted(version.files))
+        for rel in version.files:
+            tree.read(version, rel)
+        for asset in TRAINING:
+            assert store.read(key, codec_for(asset), asset) is not None
+    for key in evaluated:
+        evaluation = store.read(key, codec_for("student_evaluation"), "student_evaluation")
+        assert evaluation.metrics["evaluated_partition"] == key
+    briefing = store.read_fixed(codec_for("promotion_briefing"), "promotion_briefing")
+    assert {b["symbol"] for b in briefing.symbols} == set(SYMBOLS)
+    # The rollback run put the first window's student back into production.
+    assert registry.current(deployment.artifacts, "RELIANCE").partition_key == f"RELIANCE|{W1}"
