@@ -7,6 +7,7 @@ test_calibration for its statistics.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 
@@ -16,7 +17,7 @@ import pytest
 
 from sensequant_assets.ml.dataset import build_dataset
 from sensequant_assets.ml.evaluation import log_loss
-from sensequant_assets.ml.features import MODEL_FEATURES, WARMUP_BARS
+from sensequant_assets.ml.features import MODEL_FEATURES, WARMUP_BARS, feature_frame
 from sensequant_assets.ml.student import (
     CalibratedStudent,
     StudentParams,
@@ -149,3 +150,34 @@ def test_too_few_rows_and_bad_soft_labels(frame: pd.DataFrame) -> None:
         train_student(frame, np.full(len(frame) - 1, 0.5), StudentParams(), H)
     with pytest.raises(ValueError, match="kind"):
         StudentParams(kind="forest")
+
+
+@pytest.mark.parametrize("kind", ["logistic", "lightgbm"])
+def test_stored_labels_train_the_same_student_as_in_memory(frame: pd.DataFrame, kind: str) -> None:
+    """A labels table read back from labels.csv.gz (one block per column, text timestamps) trains
+    exactly the student of the frame it was written from: `feature_frame` changes the layout only."""
+    soft = train_teacher(frame, TeacherParams(), H).oof_proba
+    labelled = frame.assign(teacher_proba=soft)
+    buffer = io.BytesIO()
+    labelled.to_csv(buffer, index=False, compression={"method": "gzip", "mtime": 0})
+    stored = pd.read_csv(io.BytesIO(buffer.getvalue()), compression="gzip")
+    assert np.array_equal(stored[MODEL_FEATURES].to_numpy(), labelled[MODEL_FEATURES].to_numpy())
+
+    params = StudentParams(kind=kind)
+    from_memory = train_student(labelled, soft, params, H)
+    from_store = train_student(stored, stored["teacher_proba"].to_numpy(), params, H)
+    assert json.dumps(from_memory.metrics, sort_keys=True) == json.dumps(from_store.metrics, sort_keys=True)
+    assert np.array_equal(predict_proba(from_memory.model, labelled), predict_proba(from_store.model, stored))
+
+
+def test_feature_frame_is_one_float_block_with_the_same_values(frame: pd.DataFrame) -> None:
+    shuffled = frame.iloc[::-1]  # an index that is not 0..n-1
+    x = feature_frame(shuffled)
+    assert list(x.columns) == list(MODEL_FEATURES)
+    assert x.index.equals(shuffled.index)
+    assert (x.dtypes == "float64").all()
+    assert np.array_equal(x.to_numpy(), shuffled[MODEL_FEATURES].astype("float64").to_numpy(), equal_nan=True)
+    assert x.to_numpy().flags["C_CONTIGUOUS"] or x.to_numpy().flags["F_CONTIGUOUS"]
+    assert x._mgr.nblocks == 1  # the point of it: one block, not one per column
+    renumbered = feature_frame(shuffled, keep_index=False)
+    assert renumbered.index.equals(pd.RangeIndex(len(shuffled)))

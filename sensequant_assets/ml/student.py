@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sensequant_assets.ml.evaluation import accuracy, auc, fidelity
-from sensequant_assets.ml.features import MODEL_FEATURES
+from sensequant_assets.ml.features import feature_frame
 from sensequant_assets.ml.splits import purged_kfold, train_val_split
 from sensequant_assets.ml.teacher import TooFewRowsError
 from sensequant_assets.ml.threads import single_threaded_blas
@@ -330,13 +330,13 @@ def predict_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
 
     For a :class:`CalibratedStudent` these are the calibrated probabilities.
     """
-    x = frame[MODEL_FEATURES].astype("float64")
+    x = feature_frame(frame)
     return np.asarray(model.predict_proba(x), dtype="float64")[:, 1]
 
 
 def predict_raw_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
     """The uncalibrated P(label = 1) of a student (the model's own for a model without calibration)."""
-    x = frame[MODEL_FEATURES].astype("float64")
+    x = feature_frame(frame)
     raw = getattr(model, "predict_raw_proba", model.predict_proba)
     return np.asarray(raw(x), dtype="float64")[:, 1]
 
@@ -350,7 +350,7 @@ def standardized_score(model: Any, frame: pd.DataFrame) -> np.ndarray:
     probabilities are not: shrinking each window's slope toward 0 compresses its spread, so the
     windows' intercepts would dominate a pooled ranking. Other models give their log-odds.
     """
-    x = frame[MODEL_FEATURES].astype("float64")
+    x = feature_frame(frame)
     calibration = getattr(model, "calibration", None)
     if isinstance(calibration, PlattCalibration):
         return (model.decision_function(x) - calibration.center) / calibration.scale
@@ -489,7 +489,7 @@ def train_student(
     except ValueError as exc:
         raise TooFewRowsError(symbol, window, n, minimum, reason=str(exc)) from exc
 
-    x = frame[MODEL_FEATURES].astype("float64").reset_index(drop=True)
+    x = feature_frame(frame, keep_index=False)
     y = frame["label"].to_numpy().astype("int64")
 
     head_model = _fit_student(params, x.iloc[head], soft[head])
