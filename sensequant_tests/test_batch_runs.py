@@ -22,7 +22,11 @@ from dagster import (
 from dagster._serdes import serialize_value
 
 from sensequant_assets.assets import evaluation as evaluation_asset
-from sensequant_assets.assets.partition_context import partition_metadata
+from sensequant_assets.assets.partition_context import (
+    partition_metadata,
+    partition_windows,
+    run_partition_keys,
+)
 from sensequant_assets.assets.student import CONFIG_ID_KEY
 from sensequant_assets.jobs import train_job
 from sensequant_tests.pipeline_helpers import (
@@ -287,3 +291,25 @@ def test_partition_metadata_reads_new_events_and_old_ones_with_the_batch_blob() 
     assert (
         partition_metadata(AssetMaterialization("a", partition="C|2023-07-01", metadata=old.metadata)) == {}
     )
+
+
+def test_a_step_lists_its_partition_keys_once() -> None:
+    """Dagster expands the key range on every `context.partition_keys`; a step's windows, outputs and
+    checks share one listing per context (and another step's context gets its own)."""
+
+    class Context:
+        def __init__(self, keys: list[str]) -> None:
+            self.keys, self.listed = keys, 0
+
+        @property
+        def partition_keys(self) -> list[str]:
+            self.listed += 1
+            return self.keys
+
+    step = Context(["TCS|2023-07-01", "INFY|2023-01-01"])
+    assert [pw.key for pw in partition_windows(step)] == ["INFY|2023-01-01", "TCS|2023-07-01"]
+    assert run_partition_keys(step) == ("TCS|2023-07-01", "INFY|2023-01-01")
+    assert step.listed == 1
+    other = Context(["RELIANCE|2023-01-01"])
+    assert run_partition_keys(other) == ("RELIANCE|2023-01-01",)
+    assert other.listed == 1

@@ -8,7 +8,12 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from sensequant_assets.assets.catalog import BARS_SCHEMA, OWNERS, column_schema
 from sensequant_assets.assets.checks import bar_checks
-from sensequant_assets.assets.partition_context import BACKFILL_POLICY, emit, partition_windows
+from sensequant_assets.assets.partition_context import (
+    BACKFILL_POLICY,
+    emit,
+    partition_windows,
+    run_partition_keys,
+)
 from sensequant_assets.partitions import symbol_window_partitions
 from sensequant_assets.resources import MarketDataResource
 from sensequant_assets.settings import number
@@ -70,7 +75,7 @@ def market_bars(context: AssetExecutionContext, market_data: MarketDataResource)
     values, skipped, repairs = {}, {}, {}
     for pw in partition_windows(context):
         if (problem := key_symbol_problem(pw.symbol)) is not None:
-            if len(context.partition_keys) == 1:  # asked for this partition alone: fail, saying why
+            if len(run_partition_keys(context)) == 1:  # asked for this partition alone: fail, saying why
                 raise Failure(description=f"{pw.label}: {problem}", allow_retries=False)
             skipped[pw.key] = f"{pw.label}: {problem}"  # in a batch: the others go on
             continue

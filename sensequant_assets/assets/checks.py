@@ -70,7 +70,7 @@ from dagster import (
     PreviewWarning,
 )
 
-from sensequant_assets.assets.partition_context import PartitionWindow, window_of
+from sensequant_assets.assets.partition_context import PartitionWindow, run_partition_keys, window_of
 from sensequant_assets.partitions import symbol_window_partitions
 
 try:  # not exported by `dagster`; the test of the private API fails loudly if it moves
@@ -213,7 +213,7 @@ class CheckRun:
 
     def _single(self, context: AssetExecutionContext) -> Iterator:
         """Fallback in a run of one partition: Dagster names the partition of an AssetCheckResult."""
-        (key,) = map(str, context.partition_keys)
+        (key,) = run_partition_keys(context)
         for check in self.checks:
             verdict = self.verdicts[check.name].get(key)
             if verdict is None:  # skipped partition: no result, the execution shows as skipped
@@ -229,7 +229,7 @@ class CheckRun:
             )
 
     def _per_partition(self, context: AssetExecutionContext) -> Iterator:
-        keys = sorted(map(str, context.partition_keys))
+        keys = sorted(run_partition_keys(context))
         batch = len(keys) > 1
         judged = sorted({key for verdicts in self.verdicts.values() for key in verdicts})
         targets = target_materialisations(context, self.suite.key, judged)
@@ -258,7 +258,7 @@ class CheckRun:
 
     def _per_run(self, context: AssetExecutionContext) -> Iterator:
         """Fallback: one result per check for the whole run, naming each failing partition."""
-        batch = len(context.partition_keys) > 1
+        batch = len(run_partition_keys(context)) > 1
         for check in self.checks:
             verdicts = self.verdicts[check.name]
             if not verdicts:

@@ -29,6 +29,7 @@ from sensequant_assets.assets.partition_context import (
     compute_partitions,
     emit,
     metadata_value,
+    run_partition_keys,
     window_of,
 )
 from sensequant_assets.assets.teacher import TeacherConfig, teacher_configuration
@@ -115,7 +116,7 @@ def student_model(
     settings: PipelineSettings,
 ) -> Iterator:
     labels_by_key, teachers = by_key(teacher_labels), by_key(teacher_model)
-    keys = [str(k) for k in context.partition_keys]
+    keys = list(run_partition_keys(context))
     single_skip: str | None = None
     if len(keys) == 1 and not (keys[0] in labels_by_key and keys[0] in teachers):
         # Asked for this partition alone (the UI, a sensor): a green run that trained nothing would
