@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from sensequant_assets.definitions import defs
     from sensequant_assets.deployment.devserver import write_instance_yaml
+    from sensequant_assets.io_manager import ArtifactsResource
     from sensequant_assets.partitions import window_partitions
     from sensequant_assets.resources import MarketDataResource
     from sensequant_assets.sensors import model_decay
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         market = MarketDataResource(data_source="synthetic")
         for tick in range(args.ticks):
             with build_sensor_context(
-                instance=instance, definitions=defs, resources={"market_data": market}
+                instance=instance,
+                definitions=defs,
+                resources={"market_data": market, "artifacts": ArtifactsResource.from_env()},
             ) as ctx:
                 started = time.perf_counter()
                 result = model_decay(ctx)

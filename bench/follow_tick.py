@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from sensequant_assets.definitions import defs
     from sensequant_assets.deployment.devserver import write_instance_yaml
     from sensequant_assets.follow import FOLLOWERS, TEACHER, _save, follow_upstream
+    from sensequant_assets.io_manager import ArtifactsResource
     from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME, window_partitions
     from sensequant_assets.sensors import RANGE_END, RANGE_START
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"setup: {time.perf_counter() - started:.1f} s for {len(symbols) * len(windows)} partitions")
         latest = instance.fetch_materializations(AssetKey(TEACHER), limit=1).records[0].storage_id
         due = {(TEACHER, f"{s}|{w}"): [1, 1, {"": 0.0}] for s in symbols for w in windows}
-        cursor = _save(latest, due)
+        artifacts = ArtifactsResource.from_env()
+        cursor = _save(artifacts.store(), latest, due)
         chunk = max(1, len(symbols) // 25)
         backfills = []
         for b in range(25):
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(due)} teachers due; waiting state {state / 1024:.0f} KiB; cursor {len(cursor)} bytes")
 
         def tick(what: str, number: int) -> None:
-            with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as ctx:
+            with build_sensor_context(
+                instance=instance, cursor=cursor, definitions=defs, resources={"artifacts": artifacts}
+            ) as ctx:
                 began = time.perf_counter()
                 result = follow_upstream(ctx)
                 seconds = time.perf_counter() - began

@@ -74,6 +74,7 @@ def main() -> None:
 
     from sensequant_assets import registry
     from sensequant_assets.definitions import defs
+    from sensequant_assets.io_manager import ArtifactsResource
     from sensequant_assets.resources import market_data_from_env
     from sensequant_assets.sensors import model_decay, new_data, symbol_universe
 
@@ -136,7 +137,7 @@ def main() -> None:
     print(f"installed {installed} production models (window {universe.windows[-2]})", flush=True)
 
     cursors: dict[str, str | None] = {}
-    resources = {"market_data": market_data_from_env()}
+    resources = {"market_data": market_data_from_env(), "artifacts": ArtifactsResource.from_env()}
     for sensor in (model_decay, new_data, new_data, symbol_universe):
         # new_data twice: its first tick fingerprints every symbol, later ones mostly compare tokens.
         context = build_sensor_context(

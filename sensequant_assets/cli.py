@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--to", help="archive id (default: the most recent archive)")
 
+    gc = sub.add_parser(
+        "gc",
+        help="delete uploads no version references and versions no longer kept (artifacts on object storage)",
+    )
+    gc.add_argument("--artifacts-dir", help="SENSEQUANT_ARTIFACTS_DIR")
+
     symbols = sub.add_parser("symbols", help="list or register symbols (the `symbols` partitions)")
     symbols.add_argument("action", choices=["list", "add", "remove"])
     symbols.add_argument("names", nargs="?", default="", help="comma-separated symbols for add/remove")
@@ -106,7 +112,10 @@ def _export(args: argparse.Namespace) -> None:
     ):
         value = getattr(args, flag, None)
         if value:
-            os.environ[var] = str(Path(value).resolve()) if flag != "data_source" else value
+            from sensequant_assets.object_store import is_object_location
+
+            local = flag != "data_source" and not is_object_location(value)
+            os.environ[var] = str(Path(value).resolve()) if local else value
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     from sensequant_assets.deployment.devserver import (
@@ -637,12 +646,39 @@ def registry_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def gc_command(args: argparse.Namespace) -> int:
+    """Garbage collection of an object-store location; a local directory has nothing to collect."""
+    _export(args)
+    from sensequant_assets.io_manager import ArtifactError, ArtifactsResource
+
+    try:
+        store = ArtifactsResource.from_env().store()
+        if not hasattr(store, "collect_garbage"):
+            print(
+                f"{store.base_dir} is a local directory: an interrupted commit is undone by the next read "
+                "or write of its partition; nothing to collect"
+            )
+            return 0
+        counts = store.collect_garbage()
+    except (ArtifactError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{store.base_dir}: {counts['trees']} versioned trees checked; removed {counts['prefixes']} "
+        f"unreferenced upload(s) and {counts['manifests']} version(s) no longer kept (anything younger "
+        "than 6 hours stays: a commit may still be in flight)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         return train(args)
     if args.command in ("promote", "rollback"):
         return registry_command(args)
+    if args.command == "gc":
+        return gc_command(args)
     return symbols_command(args)
 
 

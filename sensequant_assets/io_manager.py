@@ -695,14 +695,23 @@ def open_store(location: str | Path) -> Any:
     """The artifact store at `location`: `ArtifactStore` for a local directory (a path or
     `file://`), `object_store.ObjectArtifactStore` for object storage (`s3://`, `gs://`, `az://`,
     `memory://`). Both offer the same methods and the same guarantees."""
+    import fsspec
     from fsspec.core import split_protocol
 
     from sensequant_assets.object_store import ObjectArtifactStore, is_object_location
 
     if is_object_location(location):
+        protocol = split_protocol(str(location))[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ArtifactError(
+                f"artifacts location {location} (SENSEQUANT_ARTIFACTS_DIR) cannot be reached: {exc} "
+                "(s3:// needs s3fs: pip install 'sensequant[s3]'; gs:// gcsfs; az:// adlfs)"
+            ) from None
         return ObjectArtifactStore(str(location))
-    protocol, path = split_protocol(str(location))
-    return ArtifactStore(Path(path if protocol in ("file", "local") else location))
+    protocol = split_protocol(str(location))[0]
+    return ArtifactStore(Path(fsspec.core.strip_protocol(str(location)) if protocol else location))
 
 
 class LazyPartitions(Mapping[str, Any]):

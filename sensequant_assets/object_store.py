@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,7 @@ MANIFEST_FORMAT = "sensequant-manifest/1"
 KEEP = 3  # versions kept per tree: a reader holding an older manifest retries on the newest
 GRACE = 6 * 3600.0  # seconds before an unreferenced upload prefix is garbage
 COMMIT_ATTEMPTS = 50
+COLLECT_EVERY = 4  # garbage is collected after every 4th version of a tree (and by `sensequant gc`)
 _TXID_TIME = "%Y%m%dT%H%M%SZ"
 _LOCAL_PROTOCOLS = {None, "", "file", "local"}
 
@@ -62,6 +64,12 @@ class CorruptObjectError(ObjectStoreError):
 
 class MissingObjectError(ObjectStoreError, MissingArtifactError):
     """The tree has no version, or the version has no such file."""
+
+
+def _conditional_conflict(exc: BaseException) -> bool:
+    """S3's 409 ConditionalRequestConflict: conditional writes to one key raced; retry."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "ConditionalRequestConflict" in text
 
 
 def is_object_location(location: str | Any) -> bool:
@@ -113,12 +121,15 @@ def _safe_rel(rel: str, where: str) -> str:
 class VersionedTree:
     """One directory on object storage whose versions are manifests (see the module docstring)."""
 
-    def __init__(self, root: UPath, *, keep: int = KEEP, grace: float = GRACE) -> None:
+    def __init__(
+        self, root: UPath, *, keep: int = KEEP, grace: float = GRACE, collect_every: int = COLLECT_EVERY
+    ) -> None:
         self.root = root
         self.fs = root.fs
         self.path = root.path.rstrip("/")
         self.keep = keep
         self.grace = grace
+        self.collect_every = collect_every
 
     def __repr__(self) -> str:
         return f"VersionedTree({self.root})"
@@ -217,7 +228,7 @@ class VersionedTree:
         again on the new newest version whenever another writer won the race; anything it raises
         (a superseded commit) propagates and nothing is committed.
         """
-        for _ in range(COMMIT_ATTEMPTS):
+        for attempt in range(COMMIT_ATTEMPTS):
             started = time.time()  # before the base is read: see collect_garbage
             base = self.latest(unreadable_as_empty=True)
             files = build(base)
@@ -249,21 +260,50 @@ class VersionedTree:
                 "meta": dict(meta or {}),
                 "files": {r: {"object": f.object, "sha256": f.sha256} for r, f in sorted(refs.items())},
             }
+            body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
             try:
                 with self.fs.open(self._p(COMMITS, f"{seq:010d}.json"), "xb") as fh:
-                    fh.write((json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-            except FileExistsError:  # another writer committed seq first: rebuild on it
-                self._remove_prefix(txid)
-                continue
+                    fh.write(body)
+            except OSError as exc:  # FileExistsError included
+                # The write may have landed although it reports failure: a retry of a PUT whose
+                # answer was lost finds its own manifest (412 -> FileExistsError). Its files must
+                # then stay: the manifest names them.
+                outcome = self._outcome(seq, txid)
+                if outcome == "ours":
+                    pass
+                elif outcome == "theirs" or isinstance(exc, FileExistsError) or _conditional_conflict(exc):
+                    # another writer committed seq first (S3 may also answer 409 to writers racing
+                    # for the same key): rebuild on the newest version. The manifest at seq is not
+                    # this writer's (its own landed write would read back), so its uploads are
+                    # referenced by nothing.
+                    self._remove_prefix(txid)
+                    time.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
+                    continue
+                else:
+                    raise ObjectStoreError(f"{self.root}: commit of version {seq} failed: {exc}") from exc
             version = Version(seq, refs, manifest["meta"], txid)
             # The commit has landed: a failing collection must not report it failed (the next
-            # commit collects the garbage too).
-            with contextlib.suppress(OSError, ArtifactError):
-                self.collect_garbage()
+            # commit collects the garbage too). Collected every few commits, not on each: it
+            # costs a few listings and reads.
+            if seq % self.collect_every == 0:
+                with contextlib.suppress(OSError, ArtifactError):
+                    self.collect_garbage()
             return version
         raise ObjectStoreError(
             f"{self.root}: {COMMIT_ATTEMPTS} commits in a row lost the race to other writers; try again"
         )
+
+    def _outcome(self, seq: int, txid: str) -> str:
+        """Whose manifest holds version `seq`: "ours" (txid), "theirs", or "unknown" (none, or
+        unreadable)."""
+        for attempt in range(2):
+            try:
+                return "ours" if self.version(seq).txid == txid else "theirs"
+            except MissingObjectError:  # refused while the winner's write was still completing
+                time.sleep(0.05 * (attempt + 1))
+            except ObjectStoreError:
+                break
+        return "unknown"
 
     def _remove_prefix(self, txid: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -500,10 +540,12 @@ class ObjectArtifactStore:
         tree.commit(build)
         return key
 
-    def read_state(self, name: str, key: str) -> bytes | None:
-        tree = self._state_tree(name, KEEP)
-        for seq in reversed(tree.seqs()):
-            with contextlib.suppress(MissingObjectError):
+    def read_state(self, name: str, key: str, keep: int = 5) -> bytes | None:
+        """The state stored under `key` among the newest `keep` versions, or None if it is gone or
+        unreadable (a sensor then rebuilds its state, as it does on a local disk)."""
+        tree = self._state_tree(name, keep)
+        for seq in reversed(tree.seqs()[-keep:]):
+            with contextlib.suppress(ObjectStoreError):
                 version = tree.version(seq)
                 ref = version.files.get(STATE_FILE)
                 if ref is not None and ref.sha256.startswith(key):
@@ -511,10 +553,44 @@ class ObjectArtifactStore:
         return None
 
     def latest_state(self, name: str) -> bytes | None:
+        """The newest state, or None if there is none or it is unreadable."""
         tree = self._state_tree(name, KEEP)
-        version = tree.latest()
-        if version is None or STATE_FILE not in version.files:
-            return None
-        with contextlib.suppress(MissingObjectError):
-            return tree.read(version, STATE_FILE)
+        with contextlib.suppress(ObjectStoreError):
+            version = tree.latest()
+            if version is not None and STATE_FILE in version.files:
+                return tree.read(version, STATE_FILE)
         return None
+
+    # --- garbage collection over the whole store -----------------------------------------------------
+
+    def trees(self) -> Iterator[VersionedTree]:
+        """Every versioned tree under the location: partitions, unpartitioned assets' locations,
+        each symbol's production models, each sensor state. Lists the location (a maintenance
+        task, not a per-write cost)."""
+        fs, base = self.base_dir.fs, self.base_dir.path.rstrip("/")
+
+        def children(path: str) -> list[str]:
+            try:
+                return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True)]
+            except FileNotFoundError:
+                return []
+
+        for name in children(base):
+            if name in (STATE, "production"):
+                for inner in children(f"{base}/{name}"):
+                    yield VersionedTree(self.base_dir / name / inner)
+            else:
+                yield VersionedTree(self.base_dir / name)
+
+    def collect_garbage(self, now: float | None = None) -> dict[str, int]:
+        """`VersionedTree.collect_garbage` on every tree: uploads of writers that crashed before
+        their tree's next commit, and versions beyond what each tree keeps."""
+        totals = {"trees": 0, "manifests": 0, "prefixes": 0}
+        for tree in self.trees():
+            if not tree.fs.exists(f"{tree.path}/{VERSIONS}"):
+                continue
+            counts = tree.collect_garbage(now)
+            totals["trees"] += 1
+            totals["manifests"] += counts["manifests"]
+            totals["prefixes"] += counts["prefixes"]
+        return totals

@@ -39,7 +39,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
-from sensequant_assets.io_manager import ArtifactsResource
+from sensequant_assets.io_manager import ArtifactError, ArtifactsResource
 from sensequant_assets.jobs import PARTITION_SELECTION, demote_job, partition_asset_keys, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -162,7 +162,7 @@ def _invalid(symbol: str) -> str | None:
 
 
 def _state_unavailable(
-    context: SensorEvaluationContext, adds: list[AddDynamicPartitionsRequest], exc: OSError
+    context: SensorEvaluationContext, adds: list[AddDynamicPartitionsRequest], exc: Exception
 ) -> SensorResult:
     """The artifact store cannot hold the sensor's state: keep registering symbols, request no
     history (it would be requested again on every tick) and keep the cursor, so nothing is lost."""
@@ -199,7 +199,7 @@ def symbol_universe(
     adds = [AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, new)] if new else []
     try:
         handled, baseline = _handled_symbols(artifacts.store(), context.cursor, known)
-    except OSError as exc:
+    except (OSError, ArtifactError) as exc:
         return _state_unavailable(context, adds, exc)
     unhandled = [s for s in registered if s not in handled]  # in registration order
     invalid = {s: why for s in unhandled if (why := _invalid(s)) is not None}
@@ -236,7 +236,7 @@ def symbol_universe(
     # A symbol removed from the partitions drops out, so one registered again is backfilled again.
     try:
         cursor = _save_handled(artifacts.store(), (handled & known) | set(unhandled), context.cursor)
-    except OSError as exc:  # without the state saved, a backfill now would be requested again
+    except (OSError, ArtifactError) as exc:  # without the state saved, a backfill would be requested again
         return _state_unavailable(context, adds, exc)
     return SensorResult(
         run_requests=requests,

@@ -387,7 +387,9 @@ def test_sensor_state_is_content_addressed_and_keeps_the_newest_versions(object_
     state_tree = store._state_tree("new_data", 5)
     assert store.write_state("new_data", b"state 6") == keys[-1]  # unchanged: no new version
     assert state_tree.seqs() == [1, 2, 3, 4, 5, 6, 7]
-    assert store.read_state("new_data", keys[0]) == b"state 0"  # younger than the grace
+    # only the newest 5 are read, as on a local disk, whatever the grace keeps
+    assert store.read_state("new_data", keys[1]) is None
+    assert store.read_state("new_data", keys[2]) == b"state 2"
     state_tree.collect_garbage(now=time.time() + GRACE + 60)
     assert state_tree.seqs() == [3, 4, 5, 6, 7]
     assert [store.read_state("new_data", k) for k in keys] == [None, None] + [
@@ -756,3 +758,155 @@ def _no_stray_children() -> Iterator[None]:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(10)
+
+
+# --- what the object store answers in use: lost answers, conflicts, failures ----------------------
+
+
+def _manifest_writes(tree: VersionedTree, monkeypatch: pytest.MonkeyPatch, fault: Callable) -> list[str]:
+    """Route the tree's create-only manifest writes through `fault(real_open, path)`; other opens
+    are untouched. Returns the manifest paths written."""
+    real_open, seen = tree.fs.open, []
+
+    def open_(path: str, mode: str = "rb", *args: Any, **kw: Any) -> Any:
+        if mode == "xb" and f"/{COMMITS}/" in path:
+            seen.append(path)
+            return fault(lambda: real_open(path, mode, *args, **kw), path)
+        return real_open(path, mode, *args, **kw)
+
+    monkeypatch.setattr(tree.fs, "open", open_)
+    return seen
+
+
+def test_a_commit_whose_answer_was_lost_keeps_its_files(
+    object_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest PUT lands but its answer is lost; the client's retry is refused (412, the object
+    exists). The commit is this writer's: reported landed, its files kept and readable."""
+    tree = _tree(object_location)
+    tree.commit(lambda base: {"a": b"a1"})
+
+    @contextlib.contextmanager
+    def landed_then_refused(open_: Callable, path: str) -> Iterator[Any]:
+        with open_() as fh:
+            yield fh
+        raise FileExistsError(path)
+
+    _manifest_writes(tree, monkeypatch, landed_then_refused)
+    version = tree.commit(lambda base: {**base.files, "b": b"b2"})
+    monkeypatch.undo()
+    assert version is not None and version.seq == 2
+    latest = tree.latest()
+    assert latest is not None and latest.txid == version.txid
+    assert tree.read(latest, "a") == b"a1" and tree.read(latest, "b") == b"b2"
+    assert version.txid in _prefixes(tree)
+
+
+def test_a_conflicting_conditional_write_is_retried(
+    object_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 answers 409 ConditionalRequestConflict to conditional writes racing for one key: the
+    writer rebuilds and tries again, and the refused attempt's uploads are removed."""
+    tree = _tree(object_location)
+    tree.commit(lambda base: {"a": b"a1"})
+    calls = []
+
+    def conflict_once(open_: Callable, path: str) -> Any:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(
+                5, "An error occurred (ConditionalRequestConflict) when calling the PutObject operation"
+            )
+        return open_()
+
+    _manifest_writes(tree, monkeypatch, conflict_once)
+    version = tree.commit(lambda base: {**base.files, "b": b"b2"})
+    monkeypatch.undo()
+    assert version is not None and version.seq == 2 and len(calls) == 2
+    assert _prefixes(tree) == _referenced(tree)
+
+
+def test_any_other_failure_of_the_manifest_write_is_an_artifact_error(
+    object_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = _tree(object_location)
+    tree.commit(lambda base: {"a": b"a1"})
+
+    def reset(open_: Callable, path: str) -> Any:
+        raise OSError(104, "Connection reset by peer")
+
+    _manifest_writes(tree, monkeypatch, reset)
+    with pytest.raises(ArtifactError, match=r"commit of version 2 failed: .*Connection reset"):
+        tree.commit(lambda base: {**base.files, "b": b"b2"})
+    monkeypatch.undo()
+    latest = tree.latest()
+    assert latest is not None and latest.seq == 1 and set(latest.files) == {"a"}
+
+
+def test_an_unreadable_sensor_state_reads_as_none_as_on_a_local_disk(object_location: str) -> None:
+    """A sensor then rebuilds its state (follow_upstream from the oldest change it kept) instead of
+    failing every tick."""
+    store = _store(object_location)
+    key = store.write_state("follow_upstream", b"state")
+    tree = store._state_tree("follow_upstream", 5)
+    latest = tree.latest()
+    assert latest is not None
+    tree.fs.pipe_file(tree._p(latest.files["state"].object), b"garbage")
+    assert store.read_state("follow_upstream", key) is None
+    assert store.latest_state("follow_upstream") is None
+    new = store.write_state("follow_upstream", b"rebuilt")
+    assert store.read_state("follow_upstream", new) == b"rebuilt"
+
+
+def test_a_store_wide_collection_finds_every_tree(
+    object_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition whose first and only commit crashed before its manifest gets no later commit to
+    collect its uploads: `ObjectArtifactStore.collect_garbage` (`sensequant gc`) walks every tree."""
+    store = _store(object_location)
+    store.write_state("new_data", b"x")
+    store.write("TCS|2023-01-01", codec_for("market_bars"), _bars())
+    crashed = store.tree(KEY)
+
+    def crash(open_: Callable, path: str) -> Any:
+        raise KeyboardInterrupt  # the process dies between the uploads and the manifest
+
+    _manifest_writes(crashed, monkeypatch, crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(KEY, codec_for("market_bars"), _bars())
+    monkeypatch.undo()
+    assert len(_prefixes(crashed)) == 1 and crashed.latest() is None
+    assert store.collect_garbage()["prefixes"] == 0  # young: a commit may be in flight
+    counts = store.collect_garbage(now=time.time() + GRACE + 60)
+    assert counts["prefixes"] == 1 and _prefixes(crashed) == set()
+    assert counts["trees"] == 3  # the crashed partition, the other partition, the sensor state
+    assert len(store.read("TCS|2023-01-01", codec_for("market_bars"), "market_bars")) == len(_bars())
+
+
+def test_an_unknown_scheme_or_a_missing_library_is_a_clear_error() -> None:
+    with pytest.raises(ArtifactError, match=r"s4://bucket/x \(SENSEQUANT_ARTIFACTS_DIR\) cannot be reached"):
+        open_store("s4://bucket/x")
+
+
+def test_a_file_url_is_the_local_store() -> None:
+    from sensequant_assets.io_manager import ArtifactStore
+
+    store = open_store("file:///tmp/sensequant-artifacts")
+    assert isinstance(store, ArtifactStore) and store.base_dir == Path("/tmp/sensequant-artifacts")
+
+
+def test_sensequant_gc_reports_what_it_collected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sensequant_assets.cli import main
+
+    saved = dict(os.environ)  # the command exports its settings, as a command line does
+    try:
+        os.environ["DAGSTER_HOME"] = str(tmp_path / "home")
+        location = fresh_location("memory", tmp_path)
+        _store(location).write(KEY, codec_for("market_bars"), _bars())
+        assert main(["gc", "--artifacts-dir", location]) == 0
+        assert "1 versioned trees checked; removed 0 unreferenced upload(s)" in capsys.readouterr().out
+        assert main(["gc", "--artifacts-dir", str(tmp_path / "local")]) == 0
+        assert "is a local directory" in capsys.readouterr().out
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
