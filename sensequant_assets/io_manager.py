@@ -714,6 +714,22 @@ def open_store(location: str | Path) -> Any:
     return ArtifactStore(Path(fsspec.core.strip_protocol(str(location)) if protocol else location))
 
 
+_ABSENT = object()
+OBJECT_STORE_THREADS = 16  # requests in flight per step on object storage (each waits on the network)
+
+
+def per_partition(store: Any, fn: Callable[[str], Any], keys: Sequence[str]) -> list[Any]:
+    """`[fn(key) for key in keys]`, with the requests of an object store in flight together (each
+    is a network round trip; one after another, a 500-partition batch waits minutes). A local store
+    stays serial: its commits take one lock per partition and its reads are local."""
+    if not getattr(store, "concurrent", False) or len(keys) < 2:
+        return [fn(key) for key in keys]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(OBJECT_STORE_THREADS, len(keys))) as pool:
+        return list(pool.map(fn, keys))
+
+
 class LazyPartitions(Mapping[str, Any]):
     """An input of many partitions whose values load (verified) only when looked up.
 
@@ -725,8 +741,8 @@ class LazyPartitions(Mapping[str, Any]):
     def __init__(self, store: Any, codec: Codec, asset: str, keys: list[str]) -> None:
         self._store, self._codec, self._asset = store, codec, asset
         self._identity: dict[str, str] = {}
-        for key in keys:
-            owned = self._store.owned_checksums(key, codec)
+        owned_by_key = per_partition(store, lambda key: store.owned_checksums(key, codec), keys)
+        for key, owned in zip(keys, owned_by_key, strict=True):
             if owned:
                 self._identity[key] = sha256_bytes(_json_bytes(owned))
 
@@ -819,7 +835,11 @@ class PartitionDirIOManager(ConfigurableIOManager):
             values = {str(k): v for k, v in obj.items()}
         step, superseded = self._step(context), []
         try:
-            paths = [self._commit(step, asset, codec, k, values[k], superseded) for k in sorted(values)]
+            paths = per_partition(
+                self.store,
+                lambda k: self._commit(step, asset, codec, k, values[k], superseded),
+                sorted(values),
+            )
         finally:
             if asset == "teacher_labels":
                 _PAIRED.pop(step, None)
@@ -910,16 +930,22 @@ class PartitionDirIOManager(ConfigurableIOManager):
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
         if meta.get("lazy"):  # missing partitions are left out, as with allow_missing
             return LazyPartitions(self.store, codec, asset, keys)
-        values: dict[str, Any] = {}
-        for key in keys:
+        store = self.store
+
+        def read(key: str) -> Any:
             try:
-                values[key] = self.store.read(key, codec, asset)
+                return store.read(key, codec, asset)
             except MissingArtifactError:
                 if not allow_missing:
                     raise
             except InvalidSymbolError:  # never written (market_bars skips it, saying why)
                 if not allow_missing:
                     raise
+            return _ABSENT
+
+        values = {
+            k: v for k, v in zip(keys, per_partition(store, read, keys), strict=True) if v is not _ABSENT
+        }
         if as_dict or len(keys) > 1:
             return values
         # no key: the upstream window lies outside the partitions (before the first window)

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from fsspec.core import split_protocol
 from upath import UPath
@@ -393,6 +393,7 @@ class ObjectArtifactStore:
     """
 
     location: str
+    concurrent: ClassVar[bool] = True  # requests may be in flight together (`io_manager.per_partition`)
 
     @property
     def base_dir(self) -> UPath:
