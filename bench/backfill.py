@@ -666,6 +666,7 @@ def loop_worker(spec_path: str) -> None:
     teacher_config, student_config = TeacherConfig(), StudentConfig()  # the run-config defaults
     store = ArtifactStore(Path(spec["artifacts"]))
     imported = time.perf_counter()
+    imported_cpu = time.process_time()
 
     # The symbol's earlier windows' bars: the teacher's warm-up history, as its market_bars input
     # hands them to the asset (the loop goes through a symbol's windows in order).
@@ -693,6 +694,7 @@ def loop_worker(spec_path: str) -> None:
         student = distil(pw, labels, stored, student_config, horizon)
         store.write(key, codec_for("student_model"), student)
     trained = time.perf_counter()
+    trained_cpu = time.process_time()
 
     # student_evaluation, as the backfill's second stage: the previous window's student and this
     # window's labels, both read as stored, for every window but the first.
@@ -710,6 +712,7 @@ def loop_worker(spec_path: str) -> None:
         json.dumps(
             {
                 "seconds": trained - imported,
+                "cpu_seconds": trained_cpu - imported_cpu,
                 "evaluation_seconds": evaluated - trained if spec.get("evaluated_keys") else None,
                 "import_seconds": imported - began,
                 "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -805,6 +808,7 @@ def run_loop(
         memory.peak_procs,
         {
             "import_s": timings["import_seconds"],
+            "cpu_s": timings["cpu_seconds"] * scale,
             "evaluation_s": None if evaluation_s is None else evaluation_s * scale,
             "sampled": (*sample, timings["seconds"]) if scale > 1 else None,
         },
@@ -1646,7 +1650,7 @@ def describe(result: Result) -> str:
             f"the process's wall time with imports and the closing briefing {d['wall_s']:.2f} s"
         )
     if result.mode == "loop":
-        text += f"; imports {d['import_s']:.2f} s (not timed)"
+        text += f"; imports {d['import_s']:.2f} s (not timed); CPU {d['cpu_s']:.2f} s"
         if d.get("sampled"):
             symbols, partitions, seconds = d["sampled"]
             text += (
@@ -1737,6 +1741,30 @@ def describe(result: Result) -> str:
         for name, seg in list(segments.items())[:14]:
             text += f"\n      {seg['mean_s']:7.2f} s  x{seg['count']:<4d} {name}"
     return text
+
+
+def cpu_comparison(results: dict[str, list[Result]], partitions: int) -> str | None:
+    """The CPU seconds per partition of the loop and of the backfill's run workers, medians.
+
+    Wall times compare badly on a shared machine (a loop beside other tests took 1.6x as long);
+    CPU seconds say what the runs themselves cost, which is where the backfill's excess over the loop
+    is (docs/benchmarks.md, "Where the run workers' CPU goes"). The run workers' figure covers every
+    run from the launch to the last training partition: with `--with-evaluation` and the sensors
+    running, evaluation runs that overlap it are counted too.
+    """
+    loop = [r.details["cpu_s"] for r in results.get("loop", []) if r.details.get("cpu_s") is not None]
+    runs = [
+        r.details["cpu_s"]["run worker"]
+        for r in results.get("backfill", [])
+        if "run worker" in (r.details.get("cpu_s") or {})
+    ]
+    if not loop or not runs:
+        return None
+    a, b = median(loop) / partitions, median(runs) / partitions
+    return (
+        f"CPU per partition: loop {a:.3f} s (one process), backfill run workers {b:.3f} s "
+        f"(ratio {b / a:.2f}; CPU seconds are less disturbed than wall times by other work on the machine)"
+    )
 
 
 def median(values: Iterable[float]) -> float:
@@ -2051,6 +2079,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'':<9} daemon pickup median {median(pickups):.1f} s; "
                 f"without it {median(r.seconds - r.details['pickup_s'] for r in results[mode]):.2f} s"
             )
+    if line := cpu_comparison(results, n):
+        print(line)
     evaluations = {
         mode: median(
             r.details["evaluation_s"] for r in results[mode] if r.details.get("evaluation_s") is not None
