@@ -719,9 +719,10 @@ OBJECT_STORE_THREADS = 16  # requests in flight per step on object storage (each
 
 
 def per_partition(store: Any, fn: Callable[[str], Any], keys: Sequence[str]) -> list[Any]:
-    """`[fn(key) for key in keys]`, with the requests of an object store in flight together (each
-    is a network round trip; one after another, a 500-partition batch waits minutes). A local store
-    stays serial: its commits take one lock per partition and its reads are local."""
+    """`[fn(key) for key in keys]` (keys of partitions, or symbols), with the requests of an object
+    store in flight together (each is a network round trip; one after another, a 500-partition
+    batch waits minutes). A local store stays serial: its commits take one lock per partition and
+    its reads are local."""
     if not getattr(store, "concurrent", False) or len(keys) < 2:
         return [fn(key) for key in keys]
     from concurrent.futures import ThreadPoolExecutor

@@ -39,7 +39,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from sensequant_assets import registry
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
 from sensequant_assets.assets.partition_context import partition_metadata
-from sensequant_assets.io_manager import ArtifactError, ArtifactsResource
+from sensequant_assets.io_manager import ArtifactError, ArtifactsResource, per_partition
 from sensequant_assets.jobs import PARTITION_SELECTION, demote_job, partition_asset_keys, train_job
 from sensequant_assets.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -801,7 +801,15 @@ def model_decay(
     # A symbol the UI added that names no canonical directory (`../X`) has no production model.
     bad = {s: problem for s in registered if (problem := key_symbol_problem(s)) is not None}
     notes = [f"{s!r} skipped: {problem}" for s, problem in bad.items()]
-    records = {s: registry.current(base, s) for s in registered if s not in bad}
+    symbols = [s for s in registered if s not in bad]
+    # one registry read per symbol: together on object storage, where each is a few round trips
+    records = dict(
+        zip(
+            symbols,
+            per_partition(artifacts.store(), lambda s: registry.current(base, s), symbols),
+            strict=True,
+        )
+    )
     windows = window_partitions.get_partition_keys()
     evaluations = newest_metadata(
         context.instance,
