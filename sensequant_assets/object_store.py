@@ -268,15 +268,20 @@ class VersionedTree:
                 # The write may have landed although it reports failure: a retry of a PUT whose
                 # answer was lost finds its own manifest (412 -> FileExistsError). Its files must
                 # then stay: the manifest names them.
-                outcome = self._outcome(seq, txid)
+                # 412: the key exists, so a read finds it (give a slow store time); 409: a write to
+                # the key, possibly this writer's own first attempt, is still in flight.
+                exists = isinstance(exc, FileExistsError)
+                outcome = self._outcome(seq, txid, patience=2.0 if exists else 0.15)
                 if outcome == "ours":
                     pass
-                elif outcome == "theirs" or isinstance(exc, FileExistsError) or _conditional_conflict(exc):
+                elif outcome == "theirs" or exists or _conditional_conflict(exc):
                     # another writer committed seq first (S3 may also answer 409 to writers racing
-                    # for the same key): rebuild on the newest version. The manifest at seq is not
-                    # this writer's (its own landed write would read back), so its uploads are
-                    # referenced by nothing.
-                    self._remove_prefix(txid)
+                    # for the same key): rebuild on the newest version. Only when the manifest at
+                    # seq is known to be another's are this attempt's uploads referenced by nothing;
+                    # otherwise (unreadable, or not there yet) they are left to garbage collection,
+                    # which removes them once unreferenced and older than the grace.
+                    if outcome == "theirs":
+                        self._remove_prefix(txid)
                     time.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
                     continue
                 else:
@@ -293,17 +298,20 @@ class VersionedTree:
             f"{self.root}: {COMMIT_ATTEMPTS} commits in a row lost the race to other writers; try again"
         )
 
-    def _outcome(self, seq: int, txid: str) -> str:
-        """Whose manifest holds version `seq`: "ours" (txid), "theirs", or "unknown" (none, or
-        unreadable)."""
-        for attempt in range(2):
+    def _outcome(self, seq: int, txid: str, patience: float) -> str:
+        """Whose manifest holds version `seq`: "ours" (txid), "theirs", or "unknown" (none within
+        `patience` seconds, unreadable, or the store did not answer)."""
+        deadline, pause = time.monotonic() + patience, 0.05
+        while True:
             try:
                 return "ours" if self.version(seq).txid == txid else "theirs"
-            except MissingObjectError:  # refused while the winner's write was still completing
-                time.sleep(0.05 * (attempt + 1))
-            except ObjectStoreError:
-                break
-        return "unknown"
+            except MissingObjectError:  # not visible yet: the winner's write still completing
+                if time.monotonic() + pause > deadline:
+                    return "unknown"
+                time.sleep(pause)
+                pause *= 2
+            except Exception:  # corrupt, or a network error: nothing can be concluded
+                return "unknown"
 
     def _remove_prefix(self, txid: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -378,6 +386,7 @@ def open_root(location: str, **storage_options: Any) -> UPath:
 # --- the artifact store on object storage -----------------------------------------------------------
 
 STATE = ".state"
+STATE_KEEP = 5  # sensor states readable by key (as on a local disk)
 _NO_REF = FileRef("", "")
 STATE_FILE = "state"
 
@@ -528,7 +537,7 @@ class ObjectArtifactStore:
         _safe_rel(name, f"sensor state {name!r}")
         return VersionedTree(self.base_dir / STATE / name, keep=keep)
 
-    def write_state(self, name: str, data: bytes, keep: int = 5) -> str:
+    def write_state(self, name: str, data: bytes, keep: int = STATE_KEEP) -> str:
         """As `ArtifactStore.write_state`: the key is the content's digest; the newest `keep`
         versions stay readable by key."""
         key = sha256_bytes(data)[:20]
@@ -541,7 +550,7 @@ class ObjectArtifactStore:
         tree.commit(build)
         return key
 
-    def read_state(self, name: str, key: str, keep: int = 5) -> bytes | None:
+    def read_state(self, name: str, key: str, keep: int = STATE_KEEP) -> bytes | None:
         """The state stored under `key` among the newest `keep` versions, or None if it is gone or
         unreadable (a sensor then rebuilds its state, as it does on a local disk)."""
         tree = self._state_tree(name, keep)
@@ -555,7 +564,7 @@ class ObjectArtifactStore:
 
     def latest_state(self, name: str) -> bytes | None:
         """The newest state, or None if there is none or it is unreadable."""
-        tree = self._state_tree(name, KEEP)
+        tree = self._state_tree(name, STATE_KEEP)
         with contextlib.suppress(ObjectStoreError):
             version = tree.latest()
             if version is not None and STATE_FILE in version.files:
@@ -578,8 +587,9 @@ class ObjectArtifactStore:
 
         for name in children(base):
             if name in (STATE, "production"):
+                keep = STATE_KEEP if name == STATE else KEEP
                 for inner in children(f"{base}/{name}"):
-                    yield VersionedTree(self.base_dir / name / inner)
+                    yield VersionedTree(self.base_dir / name / inner, keep=keep)
             else:
                 yield VersionedTree(self.base_dir / name)
 

@@ -439,6 +439,11 @@ def test_reads_racing_commits_see_one_whole_version(artifact_location: str) -> N
     lock, so a read sees the old directory or the new one, never half of each. On object storage
     a reader takes one manifest and verifies every file against it (and re-reads on the newest
     one if the files of its version were collected meanwhile)."""
+    if artifact_location.startswith("memory://"):
+        pytest.skip(
+            "fsspec's memory:// creates an object empty and fills it on close (S3's PUT and a local "
+            "rename are atomic): this race runs on the local directory and on S3"
+        )
     store = open_store(artifact_location)
     key, codec = "RELIANCE|2023-01-01", codec_for("teacher_model")
     versions = [_teacher("a" * 20_000), _teacher("b" * 20_000)]
