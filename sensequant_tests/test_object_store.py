@@ -28,7 +28,6 @@ from sensequant_assets.artifacts import (
     BriefingArtifact,
     EvaluationArtifact,
     StudentArtifact,
-    TeacherArtifact,
 )
 from sensequant_assets.io_manager import (
     ArtifactError,
@@ -51,27 +50,14 @@ from sensequant_assets.object_store import (
     new_txid,
 )
 from sensequant_tests.object_storage import fresh_location
+from sensequant_tests.test_io_manager import _bars, _teacher
+from sensequant_tests.test_object_store_pipeline import EVALUATION_FILES, TRAINING_FILES
 
 KEY = "RELIANCE|2023-01-01"
 DIR = "RELIANCE_2023-01-01_to_2023-06-30"
 
 
 # --- small real values of every asset ----------------------------------------------------------
-
-
-def _bars(n: int = 5) -> pd.DataFrame:
-    idx = pd.date_range("2023-01-02", periods=n, freq="B", tz="Asia/Kolkata", name="timestamp")
-    return pd.DataFrame(
-        {"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 100.0}, index=idx
-    ).astype("float64")
-
-
-def _teacher(tag: str) -> TeacherArtifact:
-    return TeacherArtifact(
-        model={"weights": [1, 2, 3], "tag": tag},
-        metadata={"symbol": "RELIANCE", "tag": tag},
-        importance=pd.DataFrame({"feature": ["a"], "importance": [1.0], "rank": [1]}),
-    )
 
 
 def _labels(label: int) -> pd.DataFrame:
@@ -167,21 +153,7 @@ def test_every_codec_round_trips_in_one_partition_directory(object_location: str
     assert tree.seqs() == [3, 4, 5]
     latest = tree.latest()
     assert latest is not None and latest.meta == {"partition": KEY}
-    assert set(latest.files) == {
-        "bars.parquet",
-        "model.pkl",
-        "metadata.json",
-        "feature_importance.csv",
-        "labels.csv.gz",
-        "student/student_model.pkl",
-        "student/metrics.json",
-        "student/metadata.json",
-        "evaluation/metrics.json",
-        "evaluation/predictions.parquet",
-        "evaluation/equity.csv",
-        "evaluation/equity.png",
-        "evaluation/reliability.png",
-    }
+    assert set(latest.files) == TRAINING_FILES | EVALUATION_FILES
     manifest = _manifest(tree, 5)
     assert manifest["format"] == MANIFEST_FORMAT and manifest["seq"] == 5 and manifest["parent"] == 4
     for rel, entry in manifest["files"].items():
