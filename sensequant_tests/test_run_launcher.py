@@ -109,11 +109,16 @@ class Setup:
 
 
 @contextlib.contextmanager
-def make_setup(tmp_path: Path, overrides: Mapping[str, object] | None = None) -> Iterator[Setup]:
+def make_setup(
+    tmp_path: Path, overrides: Mapping[str, object] | None = None, source: str | None = None
+) -> Iterator[Setup]:
     out, jobs, home = tmp_path / "out", tmp_path / "jobs.py", tmp_path / "home"
     out.mkdir()
     home.mkdir()
-    write_jobs(jobs, out, version=1)
+    if source is None:
+        write_jobs(jobs, out, version=1)
+    else:
+        jobs.write_text(source)
     overrides = {"run_launcher": LAUNCHER, "run_monitoring": {"enabled": False}, **(overrides or {})}
     with instance_for_test(overrides=overrides, temp_dir=str(home)) as instance:
         target = PythonFileTarget(
@@ -273,3 +278,44 @@ def test_a_worker_that_already_exited_still_has_its_start_time_read() -> None:
     finally:
         proc.wait()
     assert process_start_time(proc.pid, alive_only=False) is None
+
+
+S3_JOBS = """
+import os
+from dagster import Definitions, in_process_executor, job, op
+from sensequant_assets.io_manager import open_store
+
+STORE = open_store(os.environ["FORK_TEST_LOCATION"])
+STORE.latest_state("loaded")  # the fork server talks to the bucket before it forks (fsspec's loop runs)
+
+@op
+def commit(context):
+    STORE.write_state(context.run_id, f"{os.getpid()} {os.getppid()}".encode())
+
+@job(executor_def=in_process_executor)
+def s3_job():
+    commit()
+
+defs = Definitions(jobs=[s3_job])
+"""
+
+
+def test_forked_runs_commit_to_an_s3_bucket_the_fork_server_already_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` with SENSEQUANT_ARTIFACTS_DIR=s3://...: each run is a fork of a server whose code
+    may have used the bucket (fsspec's event loop and connections); the forks must commit on their own."""
+    from sensequant_assets.io_manager import open_store
+    from sensequant_tests.object_storage import fresh_location
+
+    location = fresh_location("s3", tmp_path)  # sets AWS_* for this process and the fork server
+    monkeypatch.setenv("FORK_TEST_LOCATION", location)
+    with make_setup(tmp_path, source=S3_JOBS) as setup:
+        runs = [setup.launch("s3_job") for _ in range(2)]
+        for run_id in runs:
+            assert setup.finish(run_id) == DagsterRunStatus.SUCCESS, setup.engine_messages(run_id)
+        (server,) = setup.launcher._servers.values()
+        store = open_store(location)
+        recorded = [(store.latest_state(run_id) or b"").decode().split() for run_id in runs]
+    assert [parent for _, parent in recorded] == [str(server.proc.pid)] * 2  # forks of the server
+    assert recorded[0][0] != recorded[1][0]  # two processes, each committed its own state
