@@ -856,6 +856,7 @@ class PartitionDirIOManager(ConfigurableIOManager):
                 f"teacher (re-materialise {keys[0]} if this run's configuration should win)"
             )
         if superseded:
+            superseded.sort()  # committed together on object storage: in any order
             shown = ", ".join(superseded[:20]) + (
                 f" and {len(superseded) - 20} more" if len(superseded) > 20 else ""
             )
