@@ -700,8 +700,8 @@ def open_store(location: str | Path) -> Any:
 
     from sensequant_assets.object_store import ObjectArtifactStore, is_object_location
 
+    protocol = split_protocol(str(location))[0]
     if is_object_location(location):
-        protocol = split_protocol(str(location))[0]
         try:
             fsspec.get_filesystem_class(protocol)
         except (ImportError, ValueError) as exc:
@@ -710,7 +710,6 @@ def open_store(location: str | Path) -> Any:
                 "(s3:// needs s3fs: pip install 'sensequant[s3]'; gs:// gcsfs; az:// adlfs)"
             ) from None
         return ObjectArtifactStore(str(location))
-    protocol = split_protocol(str(location))[0]
     return ArtifactStore(Path(fsspec.core.strip_protocol(str(location)) if protocol else location))
 
 

@@ -66,6 +66,10 @@ class MissingObjectError(ObjectStoreError, MissingArtifactError):
     """The tree has no version, or the version has no such file."""
 
 
+class GoneObjectError(MissingObjectError):
+    """An object its version names was removed: collected after newer commits (read the newest)."""
+
+
 def _conditional_conflict(exc: BaseException) -> bool:
     """S3's 409 ConditionalRequestConflict: conditional writes to one key raced; retry."""
     text = f"{exc} {exc.__cause__ or ''}"
@@ -202,7 +206,7 @@ class VersionedTree:
         try:
             data = self.fs.cat_file(self._p(ref.object))
         except FileNotFoundError:
-            raise MissingObjectError(
+            raise GoneObjectError(
                 f"{who}{self.root}/{ref.object} (file {rel} of version {version.seq}) is gone"
             ) from None
         actual = sha256_bytes(data)
@@ -477,8 +481,8 @@ class ObjectArtifactStore:
                 )
             try:
                 return codec.load(lambda rel, v=version: tree.read(v, rel, who=who))
-            except MissingObjectError as exc:
-                if "is gone" in str(exc) and attempt < 2:  # collected after newer commits: re-read
+            except GoneObjectError:
+                if attempt < 2:  # collected after newer commits: re-read on the newest version
                     continue
                 raise
             except MissingArtifactError:

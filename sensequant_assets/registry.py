@@ -78,6 +78,7 @@ from sensequant_assets.io_manager import (
 )
 from sensequant_assets.object_store import (
     FileRef,
+    GoneObjectError,
     MissingObjectError,
     Version,
     VersionedTree,
@@ -767,7 +768,7 @@ def _transaction(
         try:
             tree.commit(build, meta={"symbol": root.name})
             return outcome[0]
-        except MissingObjectError:
+        except GoneObjectError:
             # An object of the version read was collected after newer commits: read the newest.
             newest = tree.latest()
             if attempt + 1 == _GC_RETRIES or newest is None or [newest.seq] == seen:

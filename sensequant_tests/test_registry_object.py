@@ -23,6 +23,7 @@ from sensequant_assets.object_store import (
     COMMITS,
     GRACE,
     VERSIONS,
+    GoneObjectError,
     MissingObjectError,
     VersionedTree,
 )
@@ -176,7 +177,7 @@ def test_a_reader_whose_objects_were_collected_reads_the_newer_version(
             monkeypatch.setattr(VersionedTree, "read", real_read)
             registry.promote(oloc, "RELIANCE", NEW, "PROMOTE", GATES, now=T2)
             monkeypatch.setattr(VersionedTree, "read", read)
-            raise MissingObjectError(f"{self.root}/v/x/{rel} (file {rel} of version {version.seq}) is gone")
+            raise GoneObjectError(f"{self.root}/v/x/{rel} (file {rel} of version {version.seq}) is gone")
         return real_read(self, version, rel, who=who)
 
     monkeypatch.setattr(VersionedTree, "read", read)
@@ -184,7 +185,7 @@ def test_a_reader_whose_objects_were_collected_reads_the_newer_version(
     assert len(calls) == 2
 
     def gone(self: VersionedTree, version: Any, rel: str, *, who: str = "") -> bytes:
-        raise MissingObjectError(f"{rel} is gone")
+        raise GoneObjectError(f"{rel} is gone")
 
     monkeypatch.setattr(VersionedTree, "read", gone)  # and no newer version to read instead
     with pytest.raises(MissingObjectError, match=r"history\.jsonl is gone"):
