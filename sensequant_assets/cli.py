@@ -10,7 +10,9 @@ import argparse
 import os
 import sys
 import time
+import uuid
 import warnings
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -18,6 +20,12 @@ from pathlib import Path
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 # Dagster's console log would drown the one-line-per-partition summary; the UI keeps the full log.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The steps each of a window's runs takes: the windows before the range only refresh stored bars.
+STAGES = {
+    "bars": ("market_bars",),
+    "train": ("market_bars", "teacher_model", "student_model"),
+    "evaluate": ("student_evaluation",),
+}
 
 
 @dataclass
@@ -237,6 +245,7 @@ class Trainer:
         self.lead = sorted((reached & existing) - set(windows))
         self.outcomes: dict[str, PartitionOutcome] = {}  # the range's partitions
         self.lead_outcomes: dict[str, PartitionOutcome] = {}
+        self.staged: dict[str, list[PartitionOutcome]] = {}  # outcomes of a window's stages so far
         self.run_ids: set[str] = set()  # this command's runs
 
     def fingerprints(self) -> dict:
@@ -270,11 +279,13 @@ class Trainer:
 
     def _run_on(self, instance, bars: dict, started: float) -> int:
         from sensequant_assets.assets.partition_context import BACKFILL_POLICY
+        from sensequant_assets.io_manager import ArtifactsResource
         from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME
         from sensequant_assets.train_plan import InstanceState
 
         ready = [s for s in self.symbols if s in bars]
         self.instance, self.state, self.bars = instance, InstanceState(instance), bars
+        self.store = ArtifactsResource.from_env().store()
         if ready and not self.args.dry_run:
             known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
             if new := [s for s in ready if s not in known]:
@@ -295,10 +306,10 @@ class Trainer:
         plans = self._plan(ready)
         if self.args.dry_run:
             return 0
-        for window in [*self.lead, *self.windows]:
-            todo = [s for s, plan in plans[window].items() if plan.reasons or plan.blocked]
-            if todo:
-                self.execute(window, [s for s in ready if s in plans[window]], bars_only=window in self.lead)
+        from sensequant_assets.cpus import usable_cpus
+        from sensequant_assets.run_scheduler import run_jobs
+
+        run_jobs(self._jobs(plans, ready), self._execute, self._lost, slots=usable_cpus())
         elapsed = time.perf_counter() - started
         total = len(self.symbols) * len(self.windows)
         counts = {
@@ -370,14 +381,53 @@ class Trainer:
 
     # -- the runs --------------------------------------------------------------------------
 
-    def execute(self, window: str, symbols: list[str], bars_only: bool = False) -> None:
-        """Plan `window` for `symbols` from the instance and run it: one run per set of steps and
-        contiguous range of symbols (Dagster runs a range of partition keys, as a backfill does),
-        at most the backfill policy's partitions per run. A failed run of several partitions is
+    def _jobs(self, plans: dict[str, dict], ready: list[str]) -> list:
+        """The windows with work, as jobs in priority order: each training after the previous one
+        (its teacher reads the earlier windows' bars), each evaluation after its window's training
+        (it scores the previous window's student on this window's labels), so an evaluation runs
+        beside the next window's training. The lead windows' bars come first."""
+        from sensequant_assets.run_scheduler import Job
+
+        jobs: list[Job] = []
+        before: tuple[Job, ...] = ()
+        for window in [*self.lead, *self.windows]:
+            if not any(plan.reasons or plan.blocked for plan in plans[window].values()):
+                continue
+            symbols = [s for s in ready if s in plans[window]]
+            if window in self.lead:
+                jobs.append(Job(f"bars {window}", self._window(window, symbols, "bars"), before))
+                before = (jobs[-1],)
+                continue
+            train = Job(f"train {window}", self._stage(window, symbols, "train"), before)
+            jobs += [train, Job(f"evaluate {window}", self._window(window, symbols, "evaluate"), (train,))]
+            before = (train,)
+        return jobs
+
+    def _window(self, window: str, symbols: list[str], stage: str) -> Generator:
+        """A window's last stage, then each partition's outcome over its stages, printed."""
+        from sensequant_assets.partitions import make_key
+
+        keys = {s: str(make_key(s, window)) for s in symbols}
+        failed = {s for s, key in keys.items() if any(o.status == "failed" for o in self.staged.get(key, []))}
+        yield from self._stage(window, [s for s in symbols if s not in failed], stage)
+        outcomes = self.lead_outcomes if stage == "bars" else self.outcomes
+        for symbol in sorted(symbols, key=self.order.__getitem__):
+            key = keys[symbol]
+            staged = self.staged.pop(key, [])
+            if not staged and key in outcomes:
+                continue
+            outcome = _merge(key, staged, self.store) if staged else PartitionOutcome(key, "up to date", "")
+            outcomes[key] = outcome
+            _line(key, outcome.status, outcome.detail)
+
+    def _stage(self, window: str, symbols: list[str], stage: str) -> Generator:
+        """Plan `stage` of `window` for `symbols` from the instance and yield its runs: one per set of
+        steps and contiguous range of symbols (Dagster runs a range of partition keys, as a backfill
+        does), at most the backfill policy's partitions per run. A failed run of several partitions is
         retried in halves, so a bad partition costs its neighbours one retry, not their training."""
         from sensequant_assets.train_plan import plan_window
 
-        outcomes = self.lead_outcomes if bars_only else self.outcomes
+        bars_only = stage == "bars"
         plans = plan_window(
             self.state,
             window,
@@ -391,17 +441,17 @@ class Trainer:
         groups: dict[tuple[str, ...], list[str]] = {}
         for symbol in sorted(symbols, key=self.order.__getitem__):
             plan = plans[symbol]
-            if plan.blocked:
-                outcomes[plan.key] = PartitionOutcome(plan.key, "failed", plan.blocked)
-                _line(plan.key, "failed", plan.blocked)
-            elif plan.reasons:
-                groups.setdefault(plan.steps, []).append(symbol)
-            elif plan.key not in outcomes:
-                outcomes[plan.key] = PartitionOutcome(plan.key, "up to date", "")
-                _line(plan.key, "up to date", "")
+            if plan.blocked:  # its teacher cannot run, nor anything after it
+                if stage == "train":
+                    self.staged.setdefault(plan.key, []).append(
+                        PartitionOutcome(plan.key, "failed", plan.blocked)
+                    )
+            elif steps := tuple(step for step in plan.steps if step in STAGES[stage]):
+                groups.setdefault(steps, []).append(symbol)
         for steps, members in groups.items():
             for chunk in self._chunks(members):
-                results, success = self._run(window, steps, chunk)
+                run_id, results, success = yield (window, steps, chunk, str(uuid.uuid4()))
+                self.run_ids.add(run_id)
                 if not success and len(chunk) > 1:
                     error = next((o.detail for o in results.values() if o.status == "failed"), "run failed")
                     print(
@@ -410,12 +460,11 @@ class Trainer:
                         flush=True,
                     )
                     half = len(chunk) // 2
-                    self.execute(window, chunk[:half], bars_only)
-                    self.execute(window, chunk[half:], bars_only)
+                    yield from self._stage(window, chunk[:half], stage)
+                    yield from self._stage(window, chunk[half:], stage)
                     continue
                 for key, outcome in results.items():
-                    outcomes[key] = outcome
-                    _line(key, outcome.status, outcome.detail)
+                    self.staged.setdefault(key, []).append(outcome)
 
     def _chunks(self, members: list[str]) -> list[list[str]]:
         """Contiguous runs of the registered order (a partition range covers every key in between),
@@ -432,14 +481,18 @@ class Trainer:
                 chunks.append([symbol])
         return chunks
 
-    def _run(self, window: str, steps: tuple[str, ...], symbols: list[str]):
+    def _execute(self, request: tuple) -> tuple[str, dict[str, PartitionOutcome], bool]:
+        """One run (in a forked child, see run_scheduler): its id, each partition's outcome, success.
+
+        A child opens its own instance: a SQLite connection must not cross a fork."""
         import json
 
-        from dagster import AssetKey
+        from dagster import AssetKey, DagsterInstance
 
         from sensequant_assets.partitions import make_key
         from sensequant_assets.train_plan import BARS_TAG, STEP
 
+        window, steps, symbols, run_id = request
         keys = [AssetKey(a) for step in steps for a in STEP[step].assets]
         tags = {
             "sensequant/trigger": "cli",
@@ -448,15 +501,35 @@ class Trainer:
             BARS_TAG: json.dumps({s: self.bars[s][window].tag() for s in symbols}, sort_keys=True),
             **self.expected.tags(),
         }
-        result = self.job.execute_in_process(
-            instance=self.instance,
-            run_config=QUIET,
-            raise_on_error=False,
-            asset_selection=keys,
-            tags=tags,
+        with DagsterInstance.get() as instance:
+            result = self.job.execute_in_process(
+                instance=instance,
+                run_config=QUIET,
+                raise_on_error=False,
+                asset_selection=keys,
+                tags=tags,
+                run_id=run_id,
+            )
+        return run_id, _outcomes(result, window, symbols, [a.to_user_string() for a in keys]), result.success
+
+    def _lost(self, request: tuple, why: str) -> tuple[str, dict[str, PartitionOutcome], bool]:
+        """A run whose process raised or died: its partitions failed, and the run, if it was left
+        started, is marked failed so the UI does not show it running for ever."""
+        from sensequant_assets.partitions import make_key
+
+        window, _, symbols, run_id = request
+        run = self.instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            self.instance.report_run_failed(run, f"`sensequant train`'s run process ended: {why}")
+        detail = f"the run of window {window} ended without a result: {why}"
+        return (
+            run_id,
+            {
+                str(make_key(s, window)): PartitionOutcome(str(make_key(s, window)), "failed", detail)
+                for s in symbols
+            },
+            False,
         )
-        self.run_ids.add(result.run_id)
-        return _outcomes(result, window, symbols, [a.to_user_string() for a in keys]), result.success
 
 
 def _innermost(error) -> str:
@@ -471,7 +544,6 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
     """Each partition of a run from its events: failed (the run's first error), materialised (its
     directory, plus the steps that skipped it) or skipped (the reason)."""
     from sensequant_assets.assets.partition_context import SKIP_METADATA_KEY
-    from sensequant_assets.io_manager import ArtifactsResource
     from sensequant_assets.partitions import make_key
 
     errors = [
@@ -495,7 +567,6 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
             skipped[where] = skip.value
         else:
             done.add(where)
-    store = ArtifactsResource.from_env().store()
     out = {}
     for symbol in symbols:
         key = str(make_key(symbol, window))
@@ -506,12 +577,23 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
             out[key] = PartitionOutcome(key, "failed", error)
         elif any((a, key) in done for a in assets):
             notes = [f"({asset} skipped: {reason})" for reason, asset in reasons.items()]
-            out[key] = PartitionOutcome(
-                key, "materialised", " ".join([str(store.partition_dir(key)), *notes])
-            )
+            out[key] = PartitionOutcome(key, "materialised", " ".join(notes))
         else:
             out[key] = PartitionOutcome(key, "skipped", next(iter(reasons)))
     return out
+
+
+def _merge(key: str, staged: list[PartitionOutcome], store) -> PartitionOutcome:
+    """A partition's outcome over its window's runs: failed if one failed, else materialised (its
+    directory, and the steps that skipped it) if one materialised, else skipped."""
+    for status in ("failed", "materialised", "skipped"):
+        found = [o for o in staged if o.status == status]
+        if status == "materialised" and found:
+            notes = [o.detail for o in found if o.detail]
+            return PartitionOutcome(key, status, " ".join([str(store.partition_dir(key)), *notes]))
+        if found:
+            return found[0]
+    return PartitionOutcome(key, "up to date", "")
 
 
 def _briefing_is_current(instance) -> bool:

@@ -6,6 +6,7 @@ module by the CLI itself) and each works on its own copy, so a test costs only w
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from sensequant_assets import cli, train_plan
+from sensequant_assets import cli, cpus, train_plan
 from sensequant_assets.assets.teacher import bars_hash
 from sensequant_assets.deployment.devserver import write_instance_yaml
 from sensequant_assets.ml.features import HISTORY_DAYS
@@ -106,7 +107,9 @@ def test_train_two_symbols_three_windows_then_nothing_to_do(tmp_path: Path) -> N
     lines = proc.stdout.strip().splitlines()
     total = next(i for i, line in enumerate(lines) if line.startswith("total: "))
     assert lines[total].startswith("total: 6 partitions, 6 materialised, 0 up to date, 0 skipped, 0 failed")
-    assert lines[total].endswith("(3 runs)")  # one per window, both symbols in each, as a backfill
+    # Per window a training run, then (from the second window, whose evaluation scores the first
+    # window's student) an evaluation run, each of both symbols, as a backfill.
+    assert lines[total].endswith("(5 runs)")
     # The briefing follows, one decision per symbol, each computed from the stored evaluations.
     assert lines[total + 1] == "promotion briefing:"
     decisions = {line.split()[0]: line.split()[1] for line in lines[total + 2 :]}
@@ -122,19 +125,33 @@ def test_train_two_symbols_three_windows_then_nothing_to_do(tmp_path: Path) -> N
     assert "total: 6 partitions, 0 materialised, 6 up to date, 0 skipped, 0 failed" in again.stdout
     assert "promotion briefing (up to date" in again.stdout
 
-    # The runs are on the configured instance, so the UI shows them: three training runs (one per
-    # window) and the briefing, all from the first command.
+    # The runs are on the configured instance, so the UI shows them: three training runs, two
+    # evaluation runs and the briefing, all from the first command.
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-        assert len(runs) == 4
+        assert len(runs) == 6
         assert {r.tags["sensequant/trigger"] for r in runs} == {"cli"}
-        training = [r for r in runs if r.job_name == "train_job"]
-        assert {r.tags["dagster/asset_partition_range_start"] for r in training} == {
-            f"RELIANCE|{w}" for w in WINDOWS
-        }
-        assert {r.tags["dagster/asset_partition_range_end"] for r in training} == {
-            f"TCS|{w}" for w in WINDOWS
-        }
+        by_window: dict[tuple[str, str], object] = {}
+        for run in runs:
+            if run.job_name != "train_job":
+                continue
+            start = run.tags["dagster/asset_partition_range_start"]
+            assert start.startswith("RELIANCE|") and run.tags["dagster/asset_partition_range_end"] == (
+                "TCS|" + start.split("|")[1]
+            )
+            stage = "evaluate" if AssetKey("student_evaluation") in run.asset_selection else "train"
+            by_window[(stage, start.split("|")[1])] = instance.get_run_record_by_id(run.run_id)
+        assert set(by_window) == {("train", w) for w in WINDOWS} | {("evaluate", w) for w in WINDOWS[1:]}
+        for earlier, later in itertools.pairwise(WINDOWS):
+            train, evaluate = by_window[("train", later)], by_window[("evaluate", later)]
+            before = by_window[("train", earlier)]
+            # Each training starts after the previous window's (its teacher reads those bars), each
+            # evaluation after its window's training (it reads its labels)...
+            assert train.start_time >= before.end_time and evaluate.start_time >= train.end_time
+        if cpus.usable_cpus() > 1:
+            # ...and an evaluation runs beside the next window's training, as a backfill's would.
+            evaluate, train = by_window[("evaluate", WINDOWS[1])], by_window[("train", WINDOWS[2])]
+            assert evaluate.start_time < train.end_time and train.start_time < evaluate.end_time
 
 
 # --- in-process, on a copy of one trained instance --------------------------------------------
@@ -268,17 +285,47 @@ def test_a_failed_partition_is_isolated_and_the_next_run_does_only_what_is_left(
     code, out = ws.train(capsys)
     assert code == 0, out
     status = _status(out)
-    # Its bars and teacher were materialised before the student failed: only the rest runs.
+    # Its bars and teacher were materialised before the student failed: only the rest runs. Its
+    # evaluation was not attempted (its window's training failed), and follows the new labels.
     planned, outcome = status.pop("B|2024-01-01")
     assert planned == (
         "to run",
-        "its latest attempt failed or was interrupted (student_model, student_evaluation)",
+        "its latest attempt failed or was interrupted (student_model); teacher_labels was "
+        "re-materialised after it (student_evaluation)",
     )
     assert outcome[0] == "materialised"
     assert all(lines == [("up to date", lines[0][1])] for lines in status.values())
     assert ws.materialisations("teacher_model", "B|2024-01-01") == 2  # the fixture's and the failed run's
     assert ws.materialisations("student_model", "B|2024-01-01") == 2
     assert "total: 6 partitions, 1 materialised, 5 up to date, 0 skipped, 0 failed" in out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or cpus.usable_cpus() < 2, reason="runs in forked children")
+def test_a_run_process_that_dies_fails_its_partitions_and_its_run_not_the_command(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sensequant_assets.assets import student
+
+    distil = student.distil
+
+    def dies_for_b(pw, *args, **kwargs):
+        if pw.symbol == "B":
+            os._exit(9)  # as the kernel's OOM killer would end it
+        return distil(pw, *args, **kwargs)
+
+    monkeypatch.setattr(student, "distil", dies_for_b)
+    for symbol in SEEDS:
+        ws.write(symbol, date(2024, 1, 1), date(2024, 6, 30), bump=1.02)
+    code, out = ws.train(capsys, "--start", "2024-01-01", "--end", "2024-06-30")
+    assert code == 1, out
+    status = _status(out)
+    assert status["A|2024-01-01"][-1][0] == "materialised"
+    failed, detail = status["B|2024-01-01"][-1]
+    assert failed == "failed" and "ended without a result: its process exited with code 9" in detail
+    with ws.instance() as instance:
+        # No run is left "started" for ever: the dead processes' runs are marked failed.
+        assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        assert len(instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))) == 2  # both, then B
 
 
 def test_stale_bars_before_the_range_are_refreshed_before_the_teacher_reads_them(
