@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -33,6 +34,7 @@ class PartitionOutcome:
     partition_key: str
     status: str  # materialised | up to date | skipped | failed
     detail: str
+    notes: str = ""  # of a run's outcome: the steps that skipped it, e.g. `(student_evaluation skipped: ...)`
 
 
 def _date(text: str) -> date:
@@ -221,7 +223,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 class Trainer:
-    """One `sensequant train`: the plan, the batched runs (one per window, as a backfill), the briefing."""
+    """One `sensequant train`: the plan, the batched runs (two per window, two at a time, as a
+    backfill), the briefing."""
 
     def __init__(self, args, defs, market, symbols: list[str], windows: list[str], horizon: int) -> None:
         from dagster import AssetKey
@@ -247,6 +250,13 @@ class Trainer:
         self.lead_outcomes: dict[str, PartitionOutcome] = {}
         self.staged: dict[str, list[PartitionOutcome]] = {}  # outcomes of a window's stages so far
         self.run_ids: set[str] = set()  # this command's runs
+
+    @cached_property
+    def store(self):
+        """The artifact store, opened once the runs have materialised something (not by --dry-run)."""
+        from sensequant_assets.io_manager import ArtifactsResource
+
+        return ArtifactsResource.from_env().store()
 
     def fingerprints(self) -> dict:
         """Bars fingerprints by symbol and window; symbols the source cannot serve fail here, named,
@@ -279,13 +289,11 @@ class Trainer:
 
     def _run_on(self, instance, bars: dict, started: float) -> int:
         from sensequant_assets.assets.partition_context import BACKFILL_POLICY
-        from sensequant_assets.io_manager import ArtifactsResource
         from sensequant_assets.partitions import SYMBOLS_PARTITIONS_NAME
         from sensequant_assets.train_plan import InstanceState
 
         ready = [s for s in self.symbols if s in bars]
         self.instance, self.state, self.bars = instance, InstanceState(instance), bars
-        self.store = ArtifactsResource.from_env().store()
         if ready and not self.args.dry_run:
             known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
             if new := [s for s in ready if s not in known]:
@@ -383,25 +391,27 @@ class Trainer:
 
     def _jobs(self, plans: dict[str, dict], ready: list[str]) -> list:
         """The windows with work, as jobs in priority order: each training after the previous one
-        (its teacher reads the earlier windows' bars), each evaluation after its window's training
-        (it scores the previous window's student on this window's labels), so an evaluation runs
-        beside the next window's training. The lead windows' bars come first."""
+        (its teacher reads the earlier windows' bars) and after the refresh of the bars before the
+        range, each evaluation after its window's training (it scores the previous window's student
+        on this window's labels). A free slot goes to the training first (the others wait on it),
+        so an evaluation runs beside the next window's training."""
         from sensequant_assets.run_scheduler import Job
 
-        jobs: list[Job] = []
-        before: tuple[Job, ...] = ()
+        lead: list[Job] = []
+        trainings: list[Job] = []
+        evaluations: list[Job] = []
         for window in [*self.lead, *self.windows]:
             if not any(plan.reasons or plan.blocked for plan in plans[window].values()):
                 continue
             symbols = [s for s in ready if s in plans[window]]
             if window in self.lead:
-                jobs.append(Job(f"bars {window}", self._window(window, symbols, "bars"), before))
-                before = (jobs[-1],)
+                lead.append(Job(f"bars {window}", self._window(window, symbols, "bars")))
                 continue
-            train = Job(f"train {window}", self._stage(window, symbols, "train"), before)
-            jobs += [train, Job(f"evaluate {window}", self._window(window, symbols, "evaluate"), (train,))]
-            before = (train,)
-        return jobs
+            before = trainings[-1:] or lead
+            trainings.append(Job(f"train {window}", self._stage(window, symbols, "train"), before))
+            evaluate = self._window(window, symbols, "evaluate")
+            evaluations.append(Job(f"evaluate {window}", evaluate, trainings[-1:]))
+        return [*lead, *trainings, *evaluations]
 
     def _window(self, window: str, symbols: list[str], stage: str) -> Generator:
         """A window's last stage, then each partition's outcome over its stages, printed."""
@@ -515,21 +525,14 @@ class Trainer:
     def _lost(self, request: tuple, why: str) -> tuple[str, dict[str, PartitionOutcome], bool]:
         """A run whose process raised or died: its partitions failed, and the run, if it was left
         started, is marked failed so the UI does not show it running for ever."""
+        from sensequant_assets.deployment.run_forkserver import fail_unfinished_run
         from sensequant_assets.partitions import make_key
 
         window, _, symbols, run_id = request
-        run = self.instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            self.instance.report_run_failed(run, f"`sensequant train`'s run process ended: {why}")
+        fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
         detail = f"the run of window {window} ended without a result: {why}"
-        return (
-            run_id,
-            {
-                str(make_key(s, window)): PartitionOutcome(str(make_key(s, window)), "failed", detail)
-                for s in symbols
-            },
-            False,
-        )
+        keys = [str(make_key(s, window)) for s in symbols]
+        return run_id, {key: PartitionOutcome(key, "failed", detail) for key in keys}, False
 
 
 def _innermost(error) -> str:
@@ -575,21 +578,22 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
         if missing:
             error = errors[0] if errors else f"{', '.join(missing)} not materialised"
             out[key] = PartitionOutcome(key, "failed", error)
-        elif any((a, key) in done for a in assets):
-            notes = [f"({asset} skipped: {reason})" for reason, asset in reasons.items()]
-            out[key] = PartitionOutcome(key, "materialised", " ".join(notes))
         else:
-            out[key] = PartitionOutcome(key, "skipped", next(iter(reasons)))
+            notes = " ".join(f"({asset} skipped: {reason})" for reason, asset in reasons.items())
+            if any((a, key) in done for a in assets):
+                out[key] = PartitionOutcome(key, "materialised", "", notes)
+            else:
+                out[key] = PartitionOutcome(key, "skipped", next(iter(reasons)), notes)
     return out
 
 
 def _merge(key: str, staged: list[PartitionOutcome], store) -> PartitionOutcome:
     """A partition's outcome over its window's runs: failed if one failed, else materialised (its
-    directory, and the steps that skipped it) if one materialised, else skipped."""
+    directory, and the steps of any run that skipped it) if one materialised, else skipped."""
     for status in ("failed", "materialised", "skipped"):
         found = [o for o in staged if o.status == status]
         if status == "materialised" and found:
-            notes = [o.detail for o in found if o.detail]
+            notes = [o.notes for o in staged if o.notes]
             return PartitionOutcome(key, status, " ".join([str(store.partition_dir(key)), *notes]))
         if found:
             return found[0]

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 # How long an interrupted command waits for its children to record their runs' end before it kills them.
 STOP_GRACE_S = 60.0
+# How often the parent looks for a child that died without answering.
+POLL_S = 1.0
 
 
 @dataclass(eq=False)
@@ -70,13 +77,39 @@ def run_jobs(
 
 
 def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> None:
-    """In the forked child: the result, or the error that stopped it, sent to the parent."""
+    """In the forked child: the result, or the error that stopped it, sent to the parent.
+
+    The child leads its own process group, which the workers its run forks join, so the parent can
+    interrupt or kill the run with everything it started (see _Pool.stop and _Pool.reap)."""
+    os.setpgid(0, 0)
     try:
         conn.send(("result", execute(request)))
     except BaseException:  # an interrupt too: the parent must hear why
         conn.send(("error", traceback.format_exc().strip().splitlines()[-1]))
     finally:
         conn.close()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the command as Ctrl-C does: its runs are interrupted and recorded as ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)  # type: ignore[arg-type]
 
 
 class _Pool:
@@ -87,6 +120,8 @@ class _Pool:
 
     def launch(self, job: Job, request: Any) -> None:
         receive, send = self.context.Pipe(duplex=False)
+        for stream in (sys.stdout, sys.stderr):  # or the child would write their buffered text again
+            stream.flush()
         # Not daemonic: a run's batched steps fork their own workers.
         child = self.context.Process(target=_child, args=(self.execute, request, send), name=job.name)
         child.start()
@@ -104,37 +139,69 @@ class _Pool:
             if request is not None:
                 self.launch(job, request)
 
+    def answered(self) -> list[Connection]:
+        """The in-flight children that sent their answer or died. A dead child's pipe may never
+        reach end-of-file: the workers its run forked hold the pipe's other end, so death is polled."""
+        ready = wait(list(self.flight), timeout=POLL_S)
+        dead = [c for c, (_, child, _) in self.flight.items() if c not in ready and not child.is_alive()]
+        return [*ready, *dead]  # type: ignore[list-item]
+
+    def collect(self, conn: Connection) -> tuple[Job, Any, Any]:
+        """The job, request and result of an answered child, whose processes are then gone."""
+        job, child, request = self.flight.pop(conn)
+        kind, value = "error", None
+        with suppress(EOFError, OSError):
+            if conn.poll():
+                kind, value = conn.recv()
+        conn.close()
+        if value is None:
+            child.join(POLL_S)
+            value = f"its process exited with code {child.exitcode}"
+        self.reap(child, clean=kind == "result")
+        return job, request, value if kind == "result" else self.lost(request, value)
+
+    def reap(self, child: multiprocessing.process.BaseProcess, clean: bool) -> None:
+        """Wait for the child; after a child that died, kill what is left of its process group (a
+        run's workers would otherwise wait for work for ever)."""
+        child.join(STOP_GRACE_S if clean else POLL_S)
+        if not clean or child.is_alive():
+            _signal_group(child, signal.SIGKILL)
+            child.join()
+
     def drive(self, pending: list[Job]) -> None:
         try:
-            while True:
-                self.start_ready(pending)
-                if not self.flight:
-                    if pending:
-                        names = ", ".join(j.name for j in pending)
-                        raise RuntimeError(f"jobs wait on jobs that never finish: {names}")
-                    return
-                for conn in wait(list(self.flight)):
-                    job, child, request = self.flight.pop(conn)  # type: ignore[index]
-                    try:
-                        kind, value = conn.recv()
-                    except EOFError:
-                        child.join()
-                        kind, value = "error", f"its process exited with code {child.exitcode}"
-                    conn.close()
-                    child.join()
-                    result = value if kind == "result" else self.lost(request, value)
-                    request = job.advance(result)
-                    if request is not None:
-                        self.launch(job, request)
-        finally:
+            with _terminate_as_interrupt():
+                while True:
+                    self.start_ready(pending)
+                    if not self.flight:
+                        if pending:
+                            names = ", ".join(j.name for j in pending)
+                            raise RuntimeError(f"jobs wait on jobs that never finish: {names}")
+                        return
+                    for conn in self.answered():
+                        job, _, result = self.collect(conn)
+                        request = job.advance(result)
+                        if request is not None:
+                            self.launch(job, request)
+        except BaseException:
             self.stop()
+            raise
 
     def stop(self) -> None:
-        """On an interrupt the children got it too (one process group): let them end their runs."""
-        for conn, (_, child, _) in list(self.flight.items()):
-            child.join(STOP_GRACE_S)
-            if child.is_alive():
-                child.kill()
-                child.join()
+        """The command is stopping (an interrupt, or an error in the parent): interrupt the runs in
+        flight, give them STOP_GRACE_S to record their end, then kill them; every run that did not
+        answer is handed to `lost` (which records it as ended)."""
+        for _, child, _ in self.flight.values():
+            _signal_group(child, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.flight and time.monotonic() < deadline:
+            for conn in self.answered():
+                with suppress(Exception):  # the command is failing already; record what can be
+                    self.collect(conn)
+        for conn, (_, child, request) in list(self.flight.items()):
+            self.flight.pop(conn)
             conn.close()
-        self.flight.clear()
+            _signal_group(child, signal.SIGKILL)
+            child.join()
+            with suppress(Exception):
+                self.lost(request, f"stopped with the command after {STOP_GRACE_S:.0f} s")

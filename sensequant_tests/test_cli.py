@@ -300,6 +300,31 @@ def test_a_failed_partition_is_isolated_and_the_next_run_does_only_what_is_left(
     assert "total: 6 partitions, 1 materialised, 5 up to date, 0 skipped, 0 failed" in out
 
 
+def test_a_step_that_skips_a_partition_in_a_later_run_of_its_window_is_named_on_its_line(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sensequant_assets.assets import evaluation
+
+    by_key = evaluation.by_key
+
+    def without_b_labels(values):
+        found = by_key(values)
+        labels = any(isinstance(v, pd.DataFrame) for v in found.values())
+        return {k: v for k, v in found.items() if not (labels and k.startswith("B|"))}
+
+    monkeypatch.setattr(evaluation, "by_key", without_b_labels)
+    code, out = ws.train(capsys, "--start", "2024-01-01", "--end", "2024-06-30", "--force")
+    assert code == 0, out
+    status = _status(out)
+    # The training run materialised B; the evaluation run skipped it, and its line says so.
+    assert status["B|2024-01-01"][-1] == (
+        "materialised",
+        f"{ws.models / 'B_2024-01-01_to_2024-06-30'} (student_evaluation skipped: "
+        "B_2024-01-01_to_2024-06-30: this window's teacher_labels were not materialised (nothing to score))",
+    )
+    assert status["A|2024-01-01"][-1] == ("materialised", str(ws.models / "A_2024-01-01_to_2024-06-30"))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork") or cpus.usable_cpus() < 2, reason="runs in forked children")
 def test_a_run_process_that_dies_fails_its_partitions_and_its_run_not_the_command(
     ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Generator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,11 @@ def _wait_for(path: Path) -> None:
 
 
 class Recorder:
-    """`execute` for the tests: each request leaves a file behind and reports what it saw running."""
+    """`execute` for the tests: each request leaves a file behind and reports what it saw running.
+
+    A request is `(name, needs, then)`: `needs` names a file that must exist when it starts (written
+    by a request before it) or, prefixed with `~`, one to wait for (written by a request beside it).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -30,8 +37,10 @@ class Recorder:
 
     def __call__(self, request: tuple[str, str | None, str | None]) -> tuple[str, int, int]:
         name, needs, then = request
-        if needs:  # a request that must see another's file (written before it or beside it)
-            _wait_for(self.root / needs)
+        if needs and needs.startswith("~"):
+            _wait_for(self.root / needs[1:])
+        elif needs and not (self.root / needs).exists():
+            raise AssertionError(f"{name} started before {needs} was written")
         running = self.root / "running" / name
         running.touch()
         in_flight = len(list((self.root / "running").iterdir()))
@@ -40,6 +49,12 @@ class Recorder:
             os._exit(7)
         if then == "raise":
             raise ValueError(f"{name} cannot be computed")
+        if then == "orphan":  # a run whose step forked a worker, killed with the worker still waiting
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                (self.root / "worker.pid").write_text(str(pool.submit(os.getpid).result()))
+                os.kill(os.getpid(), signal.SIGKILL)
+        if then == "hang":
+            _wait_for(self.root / "never")
         time.sleep(0.05)
         running.unlink()
         return name, in_flight, os.getpid()
@@ -60,8 +75,9 @@ def _lost(request: tuple, why: str) -> str:
 def test_a_job_starts_after_those_it_reads_from_and_two_run_side_by_side(tmp_path: Path) -> None:
     results: dict[str, object] = {}
     first = _job("first", [("a1", None, None), ("a2", None, None)], results)
-    # b2 waits for c1's file: it can only finish if c runs beside b, in the other slot.
-    second = _job("second", [("b1", "a2", None), ("b2", "c1", None)], results, after=(first,))
+    # b1 and c1 need a2 written before they start; b2 waits for c1, which it sees only if c runs
+    # beside b, in the other slot.
+    second = _job("second", [("b1", "a2", None), ("b2", "~c1", None)], results, after=(first,))
     third = _job("third", [("c1", "a2", None)], results, after=(first,))
     run_jobs([first, second, third], Recorder(tmp_path), _lost, slots=2)
     assert set(results) == {"a1", "a2", "b1", "b2", "c1"}
@@ -108,3 +124,42 @@ def test_jobs_that_wait_on_a_job_never_given_are_an_error(tmp_path: Path) -> Non
     orphan = _job("orphan", [("o", None, None)], results, after=(missing,))
     with pytest.raises(RuntimeError, match="orphan"):
         run_jobs([orphan], Recorder(tmp_path), _lost, slots=2)
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie that no one reaps counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_child_killed_while_its_workers_live_is_lost_and_its_workers_are_killed(tmp_path: Path) -> None:
+    """The workers hold the child's end of the pipe: its death must be noticed without end-of-file."""
+    results: dict[str, object] = {}
+    run_jobs([_job("killed", [("k", None, "orphan")], results)], Recorder(tmp_path), _lost, slots=2)
+    assert results["k"] == "lost k: its process exited with code -9"
+    worker = int((tmp_path / "worker.pid").read_text())
+    deadline = time.monotonic() + WAIT_S
+    while not _gone(worker):
+        assert time.monotonic() < deadline, f"the run's worker {worker} outlived it"
+        time.sleep(0.05)
+
+
+def test_an_error_in_the_parent_interrupts_the_runs_in_flight_and_hands_them_to_lost(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+    lost: list[str] = []
+
+    def failing() -> Generator:
+        yield ("quick", None, None)
+        raise RuntimeError("the parent's planning failed")
+
+    def record(request: tuple, why: str) -> str:
+        lost.append(f"{request[0]}: {why}")
+        return why
+
+    jobs = [_job("hangs", [("h", None, "hang")], results), Job("fails", failing())]
+    with pytest.raises(RuntimeError, match="planning failed"):
+        run_jobs(jobs, Recorder(tmp_path), record, slots=2)
+    # The hanging run got the interrupt (as from Ctrl-C), answered with it, and was recorded as lost.
+    assert lost == ["h: KeyboardInterrupt"]

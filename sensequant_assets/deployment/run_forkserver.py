@@ -154,9 +154,16 @@ def report_lost_run(run_args: str, pid: int, status: int) -> None:
         else f"exited with status {os.WEXITSTATUS(status)}"
     )
     with DagsterInstance.from_ref(args.instance_ref) as instance:
-        run = instance.get_run_by_id(args.run_id)
-        if run is not None and not run.is_finished:
-            instance.report_run_failed(run, f"The run worker (pid {pid}) {how} before the run finished.")
+        fail_unfinished_run(
+            instance, args.run_id, f"The run worker (pid {pid}) {how} before the run finished."
+        )
+
+
+def fail_unfinished_run(instance: Any, run_id: str, message: str) -> None:
+    """Mark a run whose process is gone as failed, unless it finished (or never started)."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and not run.is_finished:
+        instance.report_run_failed(run, message)
 
 
 def drain(fd: int) -> None:
