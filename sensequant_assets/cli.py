@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
@@ -220,6 +221,13 @@ def train(args: argparse.Namespace) -> int:
     except SettingsError as exc:  # raised before anything is written (see Trainer.fingerprints)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: any runs in flight were stopped (run_scheduler)
+        print(
+            "interrupted: any runs in flight were stopped and recorded as ended; the same command "
+            "resumes with what is left",
+            file=sys.stderr,
+        )
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 class Trainer:
@@ -314,10 +322,12 @@ class Trainer:
         plans = self._plan(ready)
         if self.args.dry_run:
             return 0
-        from sensequant_assets.cpus import usable_cpus
+        from sensequant_assets.assets.workers import run_workers
         from sensequant_assets.run_scheduler import run_jobs
 
-        run_jobs(self._jobs(plans, ready), self._execute, self._lost, slots=usable_cpus())
+        # As many runs at once as a step has worker processes: one per usable CPU, or
+        # SENSEQUANT_RUN_WORKERS.
+        run_jobs(self._jobs(plans, ready), self._execute, self._lost, slots=run_workers())
         elapsed = time.perf_counter() - started
         total = len(self.symbols) * len(self.windows)
         counts = {
@@ -426,7 +436,9 @@ class Trainer:
             staged = self.staged.pop(key, [])
             if not staged and key in outcomes:
                 continue
-            outcome = _merge(key, staged, self.store) if staged else PartitionOutcome(key, "up to date", "")
+            outcome = (
+                _merge(key, staged, lambda: self.store) if staged else PartitionOutcome(key, "up to date", "")
+            )
             outcomes[key] = outcome
             _line(key, outcome.status, outcome.detail)
 
@@ -461,7 +473,8 @@ class Trainer:
         for steps, members in groups.items():
             for chunk in self._chunks(members):
                 run_id, results, success = yield (window, steps, chunk, str(uuid.uuid4()))
-                self.run_ids.add(run_id)
+                if run_id:  # a run that was created
+                    self.run_ids.add(run_id)
                 if not success and len(chunk) > 1:
                     error = next((o.detail for o in results.values() if o.status == "failed"), "run failed")
                     print(
@@ -529,10 +542,10 @@ class Trainer:
         from sensequant_assets.partitions import make_key
 
         window, _, symbols, run_id = request
-        fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
+        run = fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
         detail = f"the run of window {window} ended without a result: {why}"
         keys = [str(make_key(s, window)) for s in symbols]
-        return run_id, {key: PartitionOutcome(key, "failed", detail) for key in keys}, False
+        return run_id if run else "", {key: PartitionOutcome(key, "failed", detail) for key in keys}, False
 
 
 def _innermost(error) -> str:
@@ -587,14 +600,15 @@ def _outcomes(result, window: str, symbols: list[str], assets: list[str]) -> dic
     return out
 
 
-def _merge(key: str, staged: list[PartitionOutcome], store) -> PartitionOutcome:
+def _merge(key: str, staged: list[PartitionOutcome], store: Callable) -> PartitionOutcome:
     """A partition's outcome over its window's runs: failed if one failed, else materialised (its
-    directory, and the steps of any run that skipped it) if one materialised, else skipped."""
+    directory in `store()`, and the steps of any run that skipped it) if one materialised, else
+    skipped."""
     for status in ("failed", "materialised", "skipped"):
         found = [o for o in staged if o.status == status]
         if status == "materialised" and found:
             notes = [o.notes for o in staged if o.notes]
-            return PartitionOutcome(key, status, " ".join([str(store.partition_dir(key)), *notes]))
+            return PartitionOutcome(key, status, " ".join([str(store().partition_dir(key)), *notes]))
         if found:
             return found[0]
     return PartitionOutcome(key, "up to date", "")

@@ -7,8 +7,14 @@ ones did, and retry a failed run in halves), and it starts once the jobs it read
 `slots` requests are in flight, each executed by `execute` in a child forked from this process (the
 definitions are already imported, so a fork costs milliseconds); the parent only plans and waits.
 
-With one slot, or where there is no `os.fork` (Windows), every request runs in this process, in job
-order, which is the same work one run at a time.
+Each child leads its own process group, which the workers its run forks join, so a child that dies
+is cleaned up with everything it started. Ctrl-C and SIGTERM reach the parent only; it acts on them
+between its waits (never in the middle of its own bookkeeping): it interrupts every run in flight,
+gives them STOP_GRACE_S to record their end, kills what is left and hands it to `lost` (a second
+signal kills at once), then raises `Interrupted`.
+
+Where there is no `os.fork` (Windows), every request runs in this process, in job order, which is
+the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run).
 """
 
 from __future__ import annotations
@@ -26,10 +32,19 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-# How long an interrupted command waits for its children to record their runs' end before it kills them.
-STOP_GRACE_S = 60.0
-# How often the parent looks for a child that died without answering.
+# How long a stopping command waits for its children to record their runs' end before it kills them.
+STOP_GRACE_S = 30.0
+# How often the parent looks for a child that died without answering, or a signal to act on.
 POLL_S = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was told to stop; the runs in flight were stopped and handed to `lost` first."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 @dataclass(eq=False)
@@ -61,27 +76,48 @@ def run_jobs(
     `jobs` are in priority order (a free slot goes to the first job whose `after` are done) and every
     job's `after` come before it. `execute(request)` runs in a forked child and returns a picklable
     result; a child that raises or dies yields `lost(request, why)` instead, so its job carries on.
+    Raises `Interrupted` after a SIGINT or SIGTERM, once the runs in flight are stopped.
     """
-    if slots <= 1 or not hasattr(os, "fork"):
-        for job in jobs:
-            assert all(j.done for j in job.after), f"{job.name} is listed before a job it reads from"
-            request = job.advance()
-            while request is not None:
-                try:
-                    result = execute(request)
-                except Exception:
-                    result = lost(request, traceback.format_exc().strip().splitlines()[-1])
-                request = job.advance(result)
+    if hasattr(os, "fork"):
+        _Pool(execute, lost, max(1, slots)).drive(list(jobs))
+    else:
+        _serial(jobs, execute, lost)
+
+
+def _serial(jobs: Sequence[Job], execute: Callable[[Any], Any], lost: Callable[[Any, str], Any]) -> None:
+    """Every request in this process, in job order."""
+    for job in jobs:
+        assert all(j.done for j in job.after), f"{job.name} is listed before a job it reads from"
+        request = job.advance()
+        while request is not None:
+            try:
+                result = execute(request)
+            except Exception:
+                result = lost(request, traceback.format_exc().strip().splitlines()[-1])
+            request = job.advance(result)
+
+
+@contextmanager
+def _signals_to(signals: list[int]) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM are appended to `signals` (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    _Pool(execute, lost, slots).drive(list(jobs))
+    previous = {s: signal.signal(s, lambda signum, _: signals.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> None:
-    """In the forked child: the result, or the error that stopped it, sent to the parent.
-
-    The child leads its own process group, which the workers its run forks join, so the parent can
-    interrupt or kill the run with everything it started (see _Pool.stop and _Pool.reap)."""
-    os.setpgid(0, 0)
+    """In the forked child: the result, or the error that stopped it, sent to the parent."""
+    with suppress(OSError):
+        os.setpgid(0, 0)  # the parent does it too: whichever runs first
+    for signum in STOP_SIGNALS:  # not the parent's handlers: an interrupt is the run's to handle
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
     try:
         conn.send(("result", execute(request)))
     except BaseException:  # an interrupt too: the parent must hear why
@@ -90,24 +126,9 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
         conn.close()
 
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the command as Ctrl-C does: its runs are interrupted and recorded as ended."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
+    """Signal the child and its run's workers. Before the child is joined: until then its pid, and
+    so its group's id, cannot be reused."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signum)  # type: ignore[arg-type]
 
@@ -117,6 +138,7 @@ class _Pool:
         self.execute, self.lost, self.slots = execute, lost, slots
         self.context = multiprocessing.get_context("fork")
         self.flight: dict[Connection, tuple[Job, multiprocessing.process.BaseProcess, Any]] = {}
+        self.signals: list[int] = []
 
     def launch(self, job: Job, request: Any) -> None:
         receive, send = self.context.Pipe(duplex=False)
@@ -124,13 +146,21 @@ class _Pool:
             stream.flush()
         # Not daemonic: a run's batched steps fork their own workers.
         child = self.context.Process(target=_child, args=(self.execute, request, send), name=job.name)
-        child.start()
+        # A signal must not reach the child before it has its own handlers and group (the parent's
+        # handlers only take note): both block them across the fork.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            child.start()
+            self.flight[receive] = (job, child, request)
+            with suppress(OSError):  # the child may have done it (or exited) already
+                os.setpgid(child.pid, child.pid)  # type: ignore[arg-type]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         send.close()
-        self.flight[receive] = (job, child, request)
 
     def start_ready(self, pending: list[Job]) -> None:
         """Give free slots to the first ready jobs; a job that needs no run finishes at once."""
-        while len(self.flight) < self.slots:
+        while len(self.flight) < self.slots and not self.signals:
             job = next((j for j in pending if all(a.done for a in j.after)), None)
             if job is None:
                 return
@@ -146,62 +176,77 @@ class _Pool:
         dead = [c for c, (_, child, _) in self.flight.items() if c not in ready and not child.is_alive()]
         return [*ready, *dead]  # type: ignore[list-item]
 
-    def collect(self, conn: Connection) -> tuple[Job, Any, Any]:
-        """The job, request and result of an answered child, whose processes are then gone."""
-        job, child, request = self.flight.pop(conn)
-        kind, value = "error", None
+    def collect(self, conn: Connection) -> tuple[Job, Any]:
+        """The job and result of an answered child, whose processes are then gone."""
+        job, child, request = self.flight[conn]
+        answer: tuple[str, Any] | None = None
         with suppress(EOFError, OSError):
             if conn.poll():
-                kind, value = conn.recv()
-        conn.close()
-        if value is None:
-            child.join(POLL_S)
-            value = f"its process exited with code {child.exitcode}"
-        self.reap(child, clean=kind == "result")
-        return job, request, value if kind == "result" else self.lost(request, value)
-
-    def reap(self, child: multiprocessing.process.BaseProcess, clean: bool) -> None:
-        """Wait for the child; after a child that died, kill what is left of its process group (a
-        run's workers would otherwise wait for work for ever)."""
-        child.join(STOP_GRACE_S if clean else POLL_S)
-        if not clean or child.is_alive():
+                answer = conn.recv()
+        if answer is None or answer[0] != "result":
+            _signal_group(child, signal.SIGKILL)  # a dead child's workers would wait for ever
+        child.join(STOP_GRACE_S)
+        if child.is_alive():  # answered, but stuck on its way out
             _signal_group(child, signal.SIGKILL)
             child.join()
+        conn.close()
+        del self.flight[conn]
+        if answer is None:
+            answer = ("error", f"its process exited with code {child.exitcode}")
+        kind, value = answer
+        return job, value if kind == "result" else self.lost(request, value)
 
     def drive(self, pending: list[Job]) -> None:
-        try:
-            with _terminate_as_interrupt():
-                while True:
-                    self.start_ready(pending)
-                    if not self.flight:
-                        if pending:
-                            names = ", ".join(j.name for j in pending)
-                            raise RuntimeError(f"jobs wait on jobs that never finish: {names}")
-                        return
-                    for conn in self.answered():
-                        job, _, result = self.collect(conn)
-                        request = job.advance(result)
-                        if request is not None:
-                            self.launch(job, request)
-        except BaseException:
-            self.stop()
-            raise
+        with _signals_to(self.signals):
+            try:
+                finished = self.loop(pending)
+            finally:
+                if self.flight:  # a stop request, or an error in the parent
+                    self.stop()
+        if not finished:
+            raise Interrupted(self.signals[0])
+
+    def loop(self, pending: list[Job]) -> bool:
+        """Run every job (True), or stop starting runs when a signal asks to (False)."""
+        while not self.signals:
+            self.start_ready(pending)
+            if not self.flight:
+                if pending and not self.signals:
+                    names = ", ".join(j.name for j in pending)
+                    raise RuntimeError(f"jobs wait on jobs that never finish: {names}")
+                return not pending
+            for conn in self.answered():
+                job, result = self.collect(conn)
+                request = job.advance(result)
+                if request is not None and not self.signals:  # stopping: the job ends unfinished
+                    self.launch(job, request)
+        return False
 
     def stop(self) -> None:
-        """The command is stopping (an interrupt, or an error in the parent): interrupt the runs in
-        flight, give them STOP_GRACE_S to record their end, then kill them; every run that did not
-        answer is handed to `lost` (which records it as ended)."""
+        """Interrupt the runs in flight, give them STOP_GRACE_S to record their end (a further
+        signal cuts it short), then kill them; every run that did not answer goes to `lost`."""
+        print(
+            f"stopping {len(self.flight)} run(s) in flight: each gets up to {STOP_GRACE_S:.0f} s to record "
+            "its end (interrupt again to kill them now)",
+            file=sys.stderr,
+            flush=True,
+        )
         for _, child, _ in self.flight.values():
             _signal_group(child, signal.SIGINT)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while self.flight and time.monotonic() < deadline:
+        asked, deadline = len(self.signals), time.monotonic() + STOP_GRACE_S
+        while self.flight and time.monotonic() < deadline and len(self.signals) <= asked:
             for conn in self.answered():
-                with suppress(Exception):  # the command is failing already; record what can be
+                with suppress(Exception):  # the command is stopping already; record what can be
                     self.collect(conn)
+        why = (
+            "killed by a second interrupt"
+            if len(self.signals) > asked
+            else f"killed when the command stopped ({STOP_GRACE_S:.0f} s after interrupting it)"
+        )
         for conn, (_, child, request) in list(self.flight.items()):
-            self.flight.pop(conn)
-            conn.close()
             _signal_group(child, signal.SIGKILL)
             child.join()
+            conn.close()
+            del self.flight[conn]
             with suppress(Exception):
-                self.lost(request, f"stopped with the command after {STOP_GRACE_S:.0f} s")
+                self.lost(request, why)

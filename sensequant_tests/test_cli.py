@@ -6,12 +6,15 @@ module by the CLI itself) and each works on its own copy, so a test costs only w
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -152,6 +155,44 @@ def test_train_two_symbols_three_windows_then_nothing_to_do(tmp_path: Path) -> N
             # ...and an evaluation runs beside the next window's training, as a backfill's would.
             evaluate, train = by_window[("evaluate", WINDOWS[1])], by_window[("train", WINDOWS[2])]
             assert evaluate.start_time < train.end_time and train.start_time < evaluate.end_time
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or cpus.usable_cpus() < 2, reason="runs in forked children")
+def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what_is_left(
+    tmp_path: Path,
+) -> None:
+    args = ("train", "--symbols", "RELIANCE,TCS", *RANGE, "--artifacts-dir", str(tmp_path / "models"))
+    cmd = [sys.executable, "-m", "sensequant_assets.cli", *args]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=pipe, stderr=pipe, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        started: list = []
+        while not started:
+            assert proc.poll() is None and time.monotonic() < deadline, "no run started"
+            time.sleep(0.2)
+            with contextlib.suppress(Exception), DagsterInstance.from_config(str(tmp_path / "home")) as inst:
+                started = inst.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        signalled = time.time()
+        proc.terminate()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "total:" not in out, out + err
+    assert "stopping 1 run(s) in flight" in err or "stopping 2 run(s) in flight" in err, err
+    assert err.strip().endswith("the same command resumes with what is left"), err
+    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        in_flight = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
+        assert not instance.get_runs(RunsFilter(statuses=in_flight))  # each run recorded its end
+        # The run seen going was interrupted, not left to finish (unless it ended before the signal).
+        record = instance.get_run_record_by_id(started[0].run_id)
+        assert record.dagster_run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) or (
+            record.end_time is not None and record.end_time < signalled
+        ), record.dagster_run.status
+    again = _sensequant(tmp_path, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "total: 6 partitions, " in again.stdout and " 0 failed" in again.stdout
 
 
 # --- in-process, on a copy of one trained instance --------------------------------------------
@@ -335,7 +376,9 @@ def test_a_run_process_that_dies_fails_its_partitions_and_its_run_not_the_comman
 
     def dies_for_b(pw, *args, **kwargs):
         if pw.symbol == "B":
-            os._exit(9)  # as the kernel's OOM killer would end it
+            # As the kernel's OOM killer would end it: in the run of A and B, a step worker (the
+            # step fails); in the retry of B alone, which forks no worker, the run's own process.
+            os._exit(9)
         return distil(pw, *args, **kwargs)
 
     monkeypatch.setattr(student, "distil", dies_for_b)
@@ -436,6 +479,21 @@ def test_bad_input_is_refused_before_anything_is_written(
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and message in captured.err, captured.err
     assert captured.out == ""
+    assert sorted(p.name for p in ws.models.iterdir()) == before
+    with ws.instance() as instance:
+        assert instance.get_runs_count() == runs
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(p.name for p in ws.models.iterdir())
+    with ws.instance() as instance:
+        runs = instance.get_runs_count()
+    code, out = ws.train(capsys, *RANGE, "--force", "--dry-run")
+    assert code == 0, out
+    assert "plan: 6 of 6 partitions to run" in out and "total:" not in out
+    assert all(lines == [("to run", lines[0][1])] for lines in _status(out).values())
     assert sorted(p.name for p in ws.models.iterdir()) == before
     with ws.instance() as instance:
         assert instance.get_runs_count() == runs

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sensequant_assets import run_scheduler
 from sensequant_assets.run_scheduler import Job, run_jobs
 
 WAIT_S = 30.0
@@ -44,10 +45,11 @@ class Recorder:
         running = self.root / "running" / name
         running.touch()
         in_flight = len(list((self.root / "running").iterdir()))
-        (self.root / name).touch()
+        (self.root / name).write_text(str(os.getpid()))
         if then == "exit":
             os._exit(7)
         if then == "raise":
+            running.unlink()
             raise ValueError(f"{name} cannot be computed")
         if then == "orphan":  # a run whose step forked a worker, killed with the worker still waiting
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -55,6 +57,11 @@ class Recorder:
                 os.kill(os.getpid(), signal.SIGKILL)
         if then == "hang":
             _wait_for(self.root / "never")
+        if then == "deaf":  # a run that does not answer an interrupt
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _wait_for(self.root / "never")
+        if then == "none":
+            return None  # type: ignore[return-value]
         time.sleep(0.05)
         running.unlink()
         return name, in_flight, os.getpid()
@@ -109,11 +116,42 @@ def test_a_child_that_raises_or_dies_becomes_its_jobs_lost_result_and_the_rest_c
     assert isinstance(results["r2"], tuple) and isinstance(results["f"], tuple)
 
 
-def test_one_slot_runs_every_request_in_this_process_in_job_order(tmp_path: Path) -> None:
+def test_a_free_slot_goes_to_the_first_ready_job_in_priority_order(tmp_path: Path) -> None:
+    """When a training ends, the next training (listed first) takes the one free slot, not the
+    evaluation that became ready with it: `e` needs `t1` written before it starts."""
+    results: dict[str, object] = {}
+    blocker = _job("blocker", [("x", "~t1", None)], results)
+    first = _job("first", [("t0", None, None)], results)
+    second = _job("second", [("t1", None, None)], results, after=(first,))
+    evaluation = _job("evaluation", [("e", "t1", None)], results, after=(first,))
+    run_jobs([blocker, first, second, evaluation], Recorder(tmp_path), _lost, slots=2)
+    assert all(isinstance(r, tuple) for r in results.values()), results
+
+
+def test_a_child_that_returns_none_answered(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+    run_jobs([_job("none", [("n", None, "none")], results)], Recorder(tmp_path), _lost, slots=2)
+    assert results == {"n": None}
+
+
+def test_one_slot_runs_one_request_at_a_time_in_job_order(tmp_path: Path) -> None:
     results: dict[str, object] = {}
     first = _job("first", [("a", None, None)], results)
     second = _job("second", [("b", "a", None), ("c", None, "raise")], results, after=(first,))
-    run_jobs([first, second], Recorder(tmp_path), _lost, slots=1)
+    third = _job("third", [("d", "c", None)], results)
+    run_jobs([first, second, third], Recorder(tmp_path), _lost, slots=1)
+    assert results["a"][1] == results["b"][1] == results["d"][1] == 1
+    assert results["c"] == "lost c: ValueError: c cannot be computed"
+
+
+def test_without_fork_every_request_runs_in_this_process_in_job_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "fork")  # as on Windows
+    results: dict[str, object] = {}
+    first = _job("first", [("a", None, None)], results)
+    second = _job("second", [("b", "a", None), ("c", None, "raise")], results, after=(first,))
+    run_jobs([first, second], Recorder(tmp_path), _lost, slots=2)
     assert results["a"][2] == results["b"][2] == os.getpid()
     assert results["c"] == "lost c: ValueError: c cannot be computed"
 
@@ -163,3 +201,81 @@ def test_an_error_in_the_parent_interrupts_the_runs_in_flight_and_hands_them_to_
         run_jobs(jobs, Recorder(tmp_path), record, slots=2)
     # The hanging run got the interrupt (as from Ctrl-C), answered with it, and was recorded as lost.
     assert lost == ["h: KeyboardInterrupt"]
+
+
+def test_a_run_that_ignores_the_interrupt_is_killed_after_the_grace_and_handed_to_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_scheduler, "STOP_GRACE_S", 1.0)
+    lost: list[str] = []
+
+    def failing() -> Generator:
+        _wait_for(tmp_path / "running" / "d")  # the deaf run is under way (its handler set)
+        yield ("quick", None, None)
+        raise RuntimeError("the parent's planning failed")
+
+    def record(request: tuple, why: str) -> str:
+        lost.append(f"{request[0]}: {why}")
+        return why
+
+    jobs = [_job("deaf", [("d", None, "deaf")], {}), Job("fails", failing())]
+    with pytest.raises(RuntimeError, match="planning failed"):
+        run_jobs(jobs, Recorder(tmp_path), record, slots=2)
+    assert lost == ["d: killed when the command stopped (1 s after interrupting it)"]
+
+
+STOPPED_BY_SIGNAL = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from sensequant_assets import run_scheduler
+from sensequant_tests.test_run_scheduler import Recorder, _job
+
+root = Path(sys.argv[1])
+run_scheduler.STOP_GRACE_S = float(sys.argv[2])
+lost = []
+jobs = [_job("a", [("a", None, "hang")], {}), _job("b", [("b", None, "deaf")], {})]
+try:
+    run_scheduler.run_jobs(jobs, Recorder(root), lambda r, why: lost.append(f"{r[0]}: {why}"), slots=2)
+except run_scheduler.Interrupted as exc:
+    print(exc.signum, sorted(lost))
+"""
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)])
+def test_a_signal_stops_the_runs_in_flight_and_a_second_one_kills_them_at_once(
+    tmp_path: Path, signals: tuple[int, ...]
+) -> None:
+    """Ctrl-C or SIGTERM reaches the command only (its children lead their own groups): it
+    interrupts the run that listens and, after the grace, kills the one that does not; a second
+    signal kills it at once (the grace here is longer than the test waits)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    grace = "2" if len(signals) == 1 else "600"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BY_SIGNAL, str(tmp_path), grace, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(tmp_path / "a")
+    _wait_for(tmp_path / "b")
+    proc.send_signal(signals[0])
+    if len(signals) > 1:  # once the first has reached the runs (the listening one has ended)
+        interrupted = int((tmp_path / "a").read_text())
+        deadline = time.monotonic() + WAIT_S
+        while not _gone(interrupted):
+            assert time.monotonic() < deadline, "the run was not interrupted"
+            time.sleep(0.05)
+        proc.send_signal(signals[1])
+    out, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, err
+    assert "stopping 2 run(s) in flight" in err
+    killed = (
+        f"b: killed when the command stopped ({float(grace):.0f} s after interrupting it)"
+        if len(signals) == 1
+        else "b: killed by a second interrupt"
+    )
+    assert out.strip().split(maxsplit=1) == [str(signals[0]), str(sorted(["a: KeyboardInterrupt", killed]))]

@@ -159,11 +159,13 @@ def report_lost_run(run_args: str, pid: int, status: int) -> None:
         )
 
 
-def fail_unfinished_run(instance: Any, run_id: str, message: str) -> None:
-    """Mark a run whose process is gone as failed, unless it finished (or never started)."""
+def fail_unfinished_run(instance: Any, run_id: str, message: str) -> Any:
+    """Mark a run whose process is gone as failed, unless it finished; the run, or None if it was
+    never created."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
         instance.report_run_failed(run, message)
+    return run
 
 
 def drain(fd: int) -> None:
