@@ -542,8 +542,11 @@ class Trainer:
         from sensequant_assets.partitions import make_key
 
         window, _, symbols, run_id = request
-        run = fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
         detail = f"the run of window {window} ended without a result: {why}"
+        try:
+            run = fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
+        except Exception as exc:  # e.g. the database locked: the partitions failed all the same
+            run, detail = True, f"{detail} (and marking run {run_id[:8]} failed failed too: {exc})"
         keys = [str(make_key(s, window)) for s in symbols]
         return run_id if run else "", {key: PartitionOutcome(key, "failed", detail) for key in keys}, False
 

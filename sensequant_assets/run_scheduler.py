@@ -11,7 +11,8 @@ Each child leads its own process group, which the workers its run forks join, so
 is cleaned up with everything it started. Ctrl-C and SIGTERM reach the parent only; it acts on them
 between its waits (never in the middle of its own bookkeeping): it interrupts every run in flight,
 gives them STOP_GRACE_S to record their end, kills what is left and hands it to `lost` (a second
-signal kills at once), then raises `Interrupted`.
+signal kills at once), then raises `Interrupted`. (Side effects of the children's own groups: a
+terminal with `stty tostop` stops a child that writes to it; Ctrl-Z stops the command only.)
 
 Where there is no `os.fork` (Windows), every request runs in this process, in job order, which is
 the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run).
@@ -117,8 +118,8 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
         os.setpgid(0, 0)  # the parent does it too: whichever runs first
     for signum in STOP_SIGNALS:  # not the parent's handlers: an interrupt is the run's to handle
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
         conn.send(("result", execute(request)))
     except BaseException:  # an interrupt too: the parent must hear why
         conn.send(("error", traceback.format_exc().strip().splitlines()[-1]))
@@ -127,8 +128,9 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
 
 
 def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
-    """Signal the child and its run's workers. Before the child is joined: until then its pid, and
-    so its group's id, cannot be reused."""
+    """Signal the child and its run's workers. The group's id is the child's pid: once the child is
+    reaped and its workers gone, it could in principle name another group (Linux hands pids out
+    cyclically, so not soon)."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signum)  # type: ignore[arg-type]
 
@@ -150,7 +152,12 @@ class _Pool:
         # handlers only take note): both block them across the fork.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            child.start()
+            try:
+                child.start()
+            except BaseException:
+                receive.close()
+                send.close()
+                raise
             self.flight[receive] = (job, child, request)
             with suppress(OSError):  # the child may have done it (or exited) already
                 os.setpgid(child.pid, child.pid)  # type: ignore[arg-type]
@@ -203,8 +210,8 @@ class _Pool:
             finally:
                 if self.flight:  # a stop request, or an error in the parent
                     self.stop()
-        if not finished:
-            raise Interrupted(self.signals[0])
+            if not finished or self.signals:  # a signal during the last planning counts too
+                raise Interrupted(self.signals[0])
 
     def loop(self, pending: list[Job]) -> bool:
         """Run every job (True), or stop starting runs when a signal asks to (False)."""

@@ -485,8 +485,14 @@ def test_bad_input_is_refused_before_anything_is_written(
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(
-    ws: Workspace, capsys: pytest.CaptureFixture[str]
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sensequant_assets import io_manager
+
+    def unreachable(location):
+        raise io_manager.ArtifactError(f"{location}: a dry run must not open the artifact store")
+
+    monkeypatch.setattr(io_manager, "open_store", unreachable)
     before = sorted(p.name for p in ws.models.iterdir())
     with ws.instance() as instance:
         runs = instance.get_runs_count()

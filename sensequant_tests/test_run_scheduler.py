@@ -59,6 +59,7 @@ class Recorder:
             _wait_for(self.root / "never")
         if then == "deaf":  # a run that does not answer an interrupt
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            (self.root / f"{name}.deaf").touch()
             _wait_for(self.root / "never")
         if then == "none":
             return None  # type: ignore[return-value]
@@ -210,7 +211,7 @@ def test_a_run_that_ignores_the_interrupt_is_killed_after_the_grace_and_handed_t
     lost: list[str] = []
 
     def failing() -> Generator:
-        _wait_for(tmp_path / "running" / "d")  # the deaf run is under way (its handler set)
+        _wait_for(tmp_path / "d.deaf")  # the deaf run is under way, deaf
         yield ("quick", None, None)
         raise RuntimeError("the parent's planning failed")
 
@@ -261,7 +262,7 @@ def test_a_signal_stops_the_runs_in_flight_and_a_second_one_kills_them_at_once(
         text=True,
     )
     _wait_for(tmp_path / "a")
-    _wait_for(tmp_path / "b")
+    _wait_for(tmp_path / "b.deaf")
     proc.send_signal(signals[0])
     if len(signals) > 1:  # once the first has reached the runs (the listening one has ended)
         interrupted = int((tmp_path / "a").read_text())
