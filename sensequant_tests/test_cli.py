@@ -282,8 +282,18 @@ def test_changed_bars_retrain_that_window_and_the_windows_whose_teachers_read_th
 
 
 def test_force_retrains_every_partition_of_the_range(
-    ws: Workspace, capsys: pytest.CaptureFixture[str]
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sensequant_assets.assets import evaluation
+
+    by_key = evaluation.by_key
+
+    def without_b_labels(values):  # B's evaluation (a run after its training) skips it
+        found = by_key(values)
+        labels = any(isinstance(v, pd.DataFrame) for v in found.values())
+        return {k: v for k, v in found.items() if not (labels and k.startswith("B|"))}
+
+    monkeypatch.setattr(evaluation, "by_key", without_b_labels)
     code, out = ws.train(capsys, "--start", "2024-01-01", "--end", "2024-06-30", "--force")
     assert code == 0, out
     status = _status(out)
@@ -293,9 +303,15 @@ def test_force_retrains_every_partition_of_the_range(
             ("to run", "forced (--force) (market_bars, teacher_model, student_model, student_evaluation)"),
             lines[1],
         ]
-        assert lines[1][0] == "materialised"
     assert "total: 2 partitions, 2 materialised" in out
     assert ws.materialisations("teacher_model", "B|2024-01-01") == 2
+    assert status["A|2024-01-01"][1] == ("materialised", str(ws.models / "A_2024-01-01_to_2024-06-30"))
+    # The training run materialised B, the evaluation run skipped it: its line says so.
+    assert status["B|2024-01-01"][1] == (
+        "materialised",
+        f"{ws.models / 'B_2024-01-01_to_2024-06-30'} (student_evaluation skipped: "
+        "B_2024-01-01_to_2024-06-30: this window's teacher_labels were not materialised (nothing to score))",
+    )
 
 
 def test_a_failed_partition_is_isolated_and_the_next_run_does_only_what_is_left(
@@ -339,31 +355,6 @@ def test_a_failed_partition_is_isolated_and_the_next_run_does_only_what_is_left(
     assert ws.materialisations("teacher_model", "B|2024-01-01") == 2  # the fixture's and the failed run's
     assert ws.materialisations("student_model", "B|2024-01-01") == 2
     assert "total: 6 partitions, 1 materialised, 5 up to date, 0 skipped, 0 failed" in out
-
-
-def test_a_step_that_skips_a_partition_in_a_later_run_of_its_window_is_named_on_its_line(
-    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sensequant_assets.assets import evaluation
-
-    by_key = evaluation.by_key
-
-    def without_b_labels(values):
-        found = by_key(values)
-        labels = any(isinstance(v, pd.DataFrame) for v in found.values())
-        return {k: v for k, v in found.items() if not (labels and k.startswith("B|"))}
-
-    monkeypatch.setattr(evaluation, "by_key", without_b_labels)
-    code, out = ws.train(capsys, "--start", "2024-01-01", "--end", "2024-06-30", "--force")
-    assert code == 0, out
-    status = _status(out)
-    # The training run materialised B; the evaluation run skipped it, and its line says so.
-    assert status["B|2024-01-01"][-1] == (
-        "materialised",
-        f"{ws.models / 'B_2024-01-01_to_2024-06-30'} (student_evaluation skipped: "
-        "B_2024-01-01_to_2024-06-30: this window's teacher_labels were not materialised (nothing to score))",
-    )
-    assert status["A|2024-01-01"][-1] == ("materialised", str(ws.models / "A_2024-01-01_to_2024-06-30"))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or cpus.usable_cpus() < 2, reason="runs in forked children")
