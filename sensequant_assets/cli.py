@@ -543,12 +543,18 @@ class Trainer:
 
         window, _, symbols, run_id = request
         detail = f"the run of window {window} ended without a result: {why}"
+        created = True  # unless the instance says the run was never created
         try:
             run = fail_unfinished_run(self.instance, run_id, f"`sensequant train`'s run process ended: {why}")
+            created = run is not None
         except Exception as exc:  # e.g. the database locked: the partitions failed all the same
-            run, detail = True, f"{detail} (and marking run {run_id[:8]} failed failed too: {exc})"
+            detail += f" (run {run_id[:8]} could not be marked failed either: {exc})"
         keys = [str(make_key(s, window)) for s in symbols]
-        return run_id if run else "", {key: PartitionOutcome(key, "failed", detail) for key in keys}, False
+        return (
+            run_id if created else "",
+            {key: PartitionOutcome(key, "failed", detail) for key in keys},
+            False,
+        )
 
 
 def _innermost(error) -> str:
