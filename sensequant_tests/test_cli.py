@@ -163,8 +163,10 @@ def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what
 ) -> None:
     args = ("train", "--symbols", "RELIANCE,TCS", *RANGE, "--artifacts-dir", str(tmp_path / "models"))
     cmd = [sys.executable, "-m", "sensequant_assets.cli", *args]
-    pipe = subprocess.PIPE
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=pipe, stderr=pipe, text=True)
+    # Files, not pipes: the test waits for the command, not for every process that could hold a pipe.
+    out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out_file.open("w") as out_stream, err_file.open("w") as err_stream:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=out_stream, stderr=err_stream)
     try:
         deadline = time.monotonic() + 120
         started: list = []
@@ -175,10 +177,11 @@ def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what
                 started = inst.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
         signalled = time.time()
         proc.terminate()
-        out, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    out, err = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 128 + signal.SIGTERM and "total:" not in out, out + err
     assert "stopping 1 run(s) in flight" in err or "stopping 2 run(s) in flight" in err, err
     assert err.strip().endswith("the same command resumes with what is left"), err
