@@ -8,11 +8,15 @@ ones did, and retry a failed run in halves), and it starts once the jobs it read
 definitions are already imported, so a fork costs milliseconds); the parent only plans and waits.
 
 Each child leads its own process group, which the workers its run forks join, so a child that dies
-is cleaned up with everything it started. Ctrl-C and SIGTERM reach the parent only; it acts on them
-between its waits (never in the middle of its own bookkeeping): it interrupts every run in flight,
-gives them STOP_GRACE_S to record their end, kills what is left and hands it to `lost` (a second
-signal kills at once), then raises `Interrupted`. (Side effects of the children's own groups: a
-terminal with `stty tostop` stops a child that writes to it; Ctrl-Z stops the command only.)
+is cleaned up with everything it started. On Linux the parent also adopts the orphans of its runs'
+processes (a child subreaper) and kills what is left of them when it returns, so nothing a run
+started outlives the command, whatever group or session it moved to. Ctrl-C and SIGTERM reach the
+parent only; it acts on them between its waits (never in the middle of its own bookkeeping): it
+interrupts every run in flight (the run's own process, which stops its workers and Dagster's log
+processes itself), gives them STOP_GRACE_S to record their end, kills what is left and hands it to
+`lost` (a second signal kills at once), then raises `Interrupted`. (Side effects of the children's
+own groups: a terminal with `stty tostop` stops a child that writes to it; Ctrl-Z stops the command
+only.)
 
 Where there is no `os.fork` (Windows), every request runs in this process, in job order, which is
 the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run).
@@ -20,6 +24,7 @@ the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -127,6 +132,70 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
         conn.close()
 
 
+# Linux's prctl options: a subreaper adopts the orphans among its descendants (instead of init).
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _children() -> set[int]:
+    """This process's children (from /proc; none where there is no /proc)."""
+    me, found = os.getpid(), set()
+    with suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat", "rb") as stat:
+                    # The fields after the command's name (which may hold spaces or parentheses).
+                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.add(int(entry))
+    return found
+
+
+def _prctl(option: int, value: Any) -> bool:
+    with suppress(AttributeError, OSError):  # no libc prctl: not Linux
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    return False
+
+
+class _Adopter:
+    """While entered, this process adopts the orphans of its descendants (Linux's child subreaper),
+    so a process a run moved to its own session or group cannot live on under init once the run has
+    ended: on the way out every child this process did not have on the way in, except those `keep`
+    names, is killed and reaped."""
+
+    def __init__(self, keep: Callable[[], set[int]]) -> None:
+        self.keep, self.before, self.was = keep, set[int](), ctypes.c_int(0)
+        self.adopting = False
+
+    def __enter__(self) -> _Adopter:
+        if _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(self.was)):
+            self.before = _children()
+            self.adopting = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        return self
+
+    def strays(self) -> set[int]:
+        return _children() - self.before - self.keep() if self.adopting else set()
+
+    def reap(self) -> None:
+        """Reap the adopted orphans that have ended (the workers of a killed run, say)."""
+        for pid in self.strays():
+            with suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+    def __exit__(self, *_: object) -> None:
+        if not self.adopting:
+            return
+        for _ in range(100):  # an orphan's own children are orphaned, and adopted, once it is killed
+            strays = self.strays()
+            if not strays:
+                break
+            for pid in strays:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in strays:
+                with suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        _prctl(_PR_SET_CHILD_SUBREAPER, self.was.value)
+
+
 def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
     """Signal the child and its run's workers. The group's id is the child's pid: once the child is
     reaped and its workers gone, it could in principle name another group (Linux hands pids out
@@ -141,6 +210,7 @@ class _Pool:
         self.context = multiprocessing.get_context("fork")
         self.flight: dict[Connection, tuple[Job, multiprocessing.process.BaseProcess, Any]] = {}
         self.signals: list[int] = []
+        self.orphans = _Adopter(self.in_flight)
 
     def launch(self, job: Job, request: Any) -> None:
         receive, send = self.context.Pipe(duplex=False)
@@ -196,6 +266,7 @@ class _Pool:
         if child.is_alive():  # answered, but stuck on its way out
             _signal_group(child, signal.SIGKILL)
             child.join()
+        self.orphans.reap()
         conn.close()
         del self.flight[conn]
         if answer is None:
@@ -203,8 +274,11 @@ class _Pool:
         kind, value = answer
         return job, value if kind == "result" else self.lost(request, value)
 
+    def in_flight(self) -> set[int]:
+        return {child.pid for _, child, _ in self.flight.values() if child.pid is not None}
+
     def drive(self, pending: list[Job]) -> None:
-        with _signals_to(self.signals):
+        with self.orphans, _signals_to(self.signals):
             try:
                 finished = self.loop(pending)
             finally:
@@ -238,8 +312,9 @@ class _Pool:
             file=sys.stderr,
             flush=True,
         )
-        for _, child, _ in self.flight.values():
-            _signal_group(child, signal.SIGINT)
+        for _, child, _ in self.flight.values():  # the run's own process: it stops what it started
+            with suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
         asked, deadline = len(self.signals), time.monotonic() + STOP_GRACE_S
         while self.flight and time.monotonic() < deadline and len(self.signals) <= asked:
             for conn in self.answered():

@@ -63,6 +63,16 @@ def _sensequant(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedP
     )
 
 
+def _processes_with(entry: bytes) -> list[str]:
+    """The command lines of the live processes whose environment holds `entry` (from /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if entry in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 def _status(stdout: str) -> dict[str, list[tuple[str, str]]]:
     """Partition key -> its lines' (status, detail), in order: the plan's line, then the outcome's."""
     lines: dict[str, list[tuple[str, str]]] = {}
@@ -183,6 +193,11 @@ def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what
             proc.kill()
     out, err = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 128 + signal.SIGTERM and "total:" not in out, out + err
+    # Nothing the command started outlives it (its runs' workers, Dagster's log processes).
+    home, deadline = f"DAGSTER_HOME={tmp_path / 'home'}".encode(), time.monotonic() + 10
+    while left := _processes_with(home):
+        assert time.monotonic() < deadline, f"processes of the stopped command are still running: {left}"
+        time.sleep(0.2)
     assert "stopping 1 run(s) in flight" in err or "stopping 2 run(s) in flight" in err, err
     assert err.strip().endswith("the same command resumes with what is left"), err
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:

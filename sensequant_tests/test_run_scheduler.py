@@ -61,6 +61,11 @@ class Recorder:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             (self.root / f"{name}.deaf").touch()
             _wait_for(self.root / "never")
+        if then == "escape":  # a run that leaves a process behind in a session of its own
+            import subprocess
+
+            escaped = subprocess.Popen(["sleep", "600"], start_new_session=True)
+            (self.root / "escaped.pid").write_text(str(escaped.pid))
         if then == "none":
             return None  # type: ignore[return-value]
         time.sleep(0.05)
@@ -183,6 +188,15 @@ def test_a_child_killed_while_its_workers_live_is_lost_and_its_workers_are_kille
     while not _gone(worker):
         assert time.monotonic() < deadline, f"the run's worker {worker} outlived it"
         time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="orphans are adopted on Linux only")
+def test_a_process_a_run_left_in_its_own_session_does_not_outlive_the_command(tmp_path: Path) -> None:
+    """Out of its run's group, it is not killed with the run; the command adopts and kills it."""
+    results: dict[str, object] = {}
+    run_jobs([_job("escapes", [("e", None, "escape")], results)], Recorder(tmp_path), _lost, slots=2)
+    assert results["e"][0] == "e"  # type: ignore[index]
+    assert _gone(int((tmp_path / "escaped.pid").read_text()))
 
 
 def test_an_error_in_the_parent_interrupts_the_runs_in_flight_and_hands_them_to_lost(tmp_path: Path) -> None:
