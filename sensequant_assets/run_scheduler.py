@@ -8,15 +8,15 @@ ones did, and retry a failed run in halves), and it starts once the jobs it read
 definitions are already imported, so a fork costs milliseconds); the parent only plans and waits.
 
 Each child leads its own process group, which the workers its run forks join, so a child that dies
-is cleaned up with everything it started. On Linux the parent also adopts the orphans of its runs'
-processes (a child subreaper) and kills what is left of them when it returns, so nothing a run
-started outlives the command, whatever group or session it moved to. Ctrl-C and SIGTERM reach the
-parent only; it acts on them between its waits (never in the middle of its own bookkeeping): it
-interrupts every run in flight (the run's own process, which stops its workers and Dagster's log
-processes itself), gives them STOP_GRACE_S to record their end, kills what is left and hands it to
-`lost` (a second signal kills at once), then raises `Interrupted`. (Side effects of the children's
-own groups: a terminal with `stty tostop` stops a child that writes to it; Ctrl-Z stops the command
-only.)
+is cleaned up with everything it started. A child that answers kills what is left of its run's
+processes before it exits; on Linux it also adopts their orphans (a child subreaper), so even a
+process that moved to a session of its own, or lost its parent, ends with the run. Ctrl-C and
+SIGTERM reach the parent only; it acts on them between its waits (never in the middle of its own
+bookkeeping): it interrupts every run in flight (the run's own process: Dagster stops its log
+processes, and the workers finish the partitions they hold), gives them STOP_GRACE_S in all to
+record their end, kills what is left and hands it to `lost` (a second signal kills at once), then
+raises `Interrupted`. (Side effects of the children's own groups: a terminal with `stty tostop`
+stops a child that writes to it; Ctrl-Z stops the command only.)
 
 Where there is no `os.fork` (Windows), every request runs in this process, in job order, which is
 the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run).
@@ -121,6 +121,7 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
     """In the forked child: the result, or the error that stopped it, sent to the parent."""
     with suppress(OSError):
         os.setpgid(0, 0)  # the parent does it too: whichever runs first
+    _adopt_orphans()
     for signum in STOP_SIGNALS:  # not the parent's handlers: an interrupt is the run's to handle
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     try:
@@ -130,10 +131,14 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
         conn.send(("error", traceback.format_exc().strip().splitlines()[-1]))
     finally:
         conn.close()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the run has answered
+        _end_descendants()
 
 
-# Linux's prctl options: a subreaper adopts the orphans among its descendants (instead of init).
-_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+# Linux's prctl option: a subreaper adopts the orphans among its descendants (instead of init).
+_PR_SET_CHILD_SUBREAPER = 36
+# How long a run's process waits for the processes it killed to be gone before it exits anyway.
+END_WAIT_S = 10.0
 
 
 def _children() -> set[int]:
@@ -149,51 +154,25 @@ def _children() -> set[int]:
     return found
 
 
-def _prctl(option: int, value: Any) -> bool:
+def _adopt_orphans() -> None:
+    """Make this process the one that adopts its descendants' orphans (Linux; elsewhere nothing)."""
     with suppress(AttributeError, OSError):  # no libc prctl: not Linux
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    return False
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-class _Adopter:
-    """While entered, this process adopts the orphans of its descendants (Linux's child subreaper),
-    so a process a run moved to its own session or group cannot live on under init once the run has
-    ended: on the way out every child this process did not have on the way in, except those `keep`
-    names, is killed and reaped."""
-
-    def __init__(self, keep: Callable[[], set[int]]) -> None:
-        self.keep, self.before, self.was = keep, set[int](), ctypes.c_int(0)
-        self.adopting = False
-
-    def __enter__(self) -> _Adopter:
-        if _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(self.was)):
-            self.before = _children()
-            self.adopting = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        return self
-
-    def strays(self) -> set[int]:
-        return _children() - self.before - self.keep() if self.adopting else set()
-
-    def reap(self) -> None:
-        """Reap the adopted orphans that have ended (the workers of a killed run, say)."""
-        for pid in self.strays():
+def _end_descendants() -> None:
+    """Kill and reap what is left of this run's processes: a worker forked as the run was
+    interrupted, a process that moved to a session of its own, or one orphaned by its parent (and
+    adopted by this process). Everything under a run's process is the run's."""
+    deadline = time.monotonic() + END_WAIT_S
+    while (left := _children()) and time.monotonic() < deadline:
+        for pid in left:
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in left:  # once reaped, their own orphans are this process's children: next round
             with suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-
-    def __exit__(self, *_: object) -> None:
-        if not self.adopting:
-            return
-        for _ in range(100):  # an orphan's own children are orphaned, and adopted, once it is killed
-            strays = self.strays()
-            if not strays:
-                break
-            for pid in strays:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for pid in strays:
-                with suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-        _prctl(_PR_SET_CHILD_SUBREAPER, self.was.value)
+                while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+                    time.sleep(0.01)
 
 
 def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
@@ -210,7 +189,6 @@ class _Pool:
         self.context = multiprocessing.get_context("fork")
         self.flight: dict[Connection, tuple[Job, multiprocessing.process.BaseProcess, Any]] = {}
         self.signals: list[int] = []
-        self.orphans = _Adopter(self.in_flight)
 
     def launch(self, job: Job, request: Any) -> None:
         receive, send = self.context.Pipe(duplex=False)
@@ -253,8 +231,9 @@ class _Pool:
         dead = [c for c, (_, child, _) in self.flight.items() if c not in ready and not child.is_alive()]
         return [*ready, *dead]  # type: ignore[list-item]
 
-    def collect(self, conn: Connection) -> tuple[Job, Any]:
-        """The job and result of an answered child, whose processes are then gone."""
+    def collect(self, conn: Connection, exit_s: float = STOP_GRACE_S) -> tuple[Job, Any]:
+        """The job and result of an answered child, whose processes are then gone (killed if it
+        has not exited `exit_s` after answering)."""
         job, child, request = self.flight[conn]
         answer: tuple[str, Any] | None = None
         with suppress(EOFError, OSError):
@@ -262,11 +241,10 @@ class _Pool:
                 answer = conn.recv()
         if answer is None or answer[0] != "result":
             _signal_group(child, signal.SIGKILL)  # a dead child's workers would wait for ever
-        child.join(STOP_GRACE_S)
+        child.join(exit_s)
         if child.is_alive():  # answered, but stuck on its way out
             _signal_group(child, signal.SIGKILL)
             child.join()
-        self.orphans.reap()
         conn.close()
         del self.flight[conn]
         if answer is None:
@@ -274,11 +252,8 @@ class _Pool:
         kind, value = answer
         return job, value if kind == "result" else self.lost(request, value)
 
-    def in_flight(self) -> set[int]:
-        return {child.pid for _, child, _ in self.flight.values() if child.pid is not None}
-
     def drive(self, pending: list[Job]) -> None:
-        with self.orphans, _signals_to(self.signals):
+        with _signals_to(self.signals):
             try:
                 finished = self.loop(pending)
             finally:
@@ -319,7 +294,7 @@ class _Pool:
         while self.flight and time.monotonic() < deadline and len(self.signals) <= asked:
             for conn in self.answered():
                 with suppress(Exception):  # the command is stopping already; record what can be
-                    self.collect(conn)
+                    self.collect(conn, exit_s=max(0.0, deadline - time.monotonic()))
         why = (
             "killed by a second interrupt"
             if len(self.signals) > asked

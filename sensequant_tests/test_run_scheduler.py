@@ -61,11 +61,11 @@ class Recorder:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             (self.root / f"{name}.deaf").touch()
             _wait_for(self.root / "never")
-        if then == "escape":  # a run that leaves a process behind in a session of its own
+        if then == "escape":  # a run that leaves an orphan behind, in a session of its own
             import subprocess
 
-            escaped = subprocess.Popen(["sleep", "600"], start_new_session=True)
-            (self.root / "escaped.pid").write_text(str(escaped.pid))
+            pid_file = self.root / "escaped.pid"
+            subprocess.run(["sh", "-c", f"setsid sleep 600 & echo $! > {pid_file}"], check=True)
         if then == "none":
             return None  # type: ignore[return-value]
         time.sleep(0.05)
@@ -191,8 +191,9 @@ def test_a_child_killed_while_its_workers_live_is_lost_and_its_workers_are_kille
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="orphans are adopted on Linux only")
-def test_a_process_a_run_left_in_its_own_session_does_not_outlive_the_command(tmp_path: Path) -> None:
-    """Out of its run's group, it is not killed with the run; the command adopts and kills it."""
+def test_an_orphan_a_run_left_in_its_own_session_does_not_outlive_the_run(tmp_path: Path) -> None:
+    """Out of its run's group, it is not killed with the group, and its parent has exited: the
+    run's process adopts it and kills it before it exits."""
     results: dict[str, object] = {}
     run_jobs([_job("escapes", [("e", None, "escape")], results)], Recorder(tmp_path), _lost, slots=2)
     assert results["e"][0] == "e"  # type: ignore[index]
