@@ -7,16 +7,16 @@ ones did, and retry a failed run in halves), and it starts once the jobs it read
 `slots` requests are in flight, each executed by `execute` in a child forked from this process (the
 definitions are already imported, so a fork costs milliseconds); the parent only plans and waits.
 
-Each child leads its own process group, which the workers its run forks join, so a child that dies
-is cleaned up with everything it started. A child that answers kills what is left of its run's
+Each child leads its own process group, which the workers its run forks join, so what a child that
+dies started is killed with its group. A child that answers kills what is left of its run's
 processes before it exits; on Linux it also adopts their orphans (a child subreaper), so even a
-process that moved to a session of its own, or lost its parent, ends with the run. Ctrl-C and
-SIGTERM reach the parent only; it acts on them between its waits (never in the middle of its own
-bookkeeping): it interrupts every run in flight (the run's own process: Dagster stops its log
-processes, and the workers finish the partitions they hold), gives them STOP_GRACE_S in all to
-record their end, kills what is left and hands it to `lost` (a second signal kills at once), then
-raises `Interrupted`. (Side effects of the children's own groups: a terminal with `stty tostop`
-stops a child that writes to it; Ctrl-Z stops the command only.)
+process that moved to a session of its own, or lost its parent, ends with the run (unless the run
+is killed first). Ctrl-C and SIGTERM reach the parent only; it acts on them between its waits
+(never in the middle of its own bookkeeping): it interrupts every run in flight (the run's own
+process: Dagster stops its log processes, and the workers finish the partitions they hold), gives
+them STOP_GRACE_S in all to record their end, kills what is left and hands it to `lost` (a second
+signal kills at once), then raises `Interrupted`. (Side effects of the children's own groups: a
+terminal with `stty tostop` stops a child that writes to it; Ctrl-Z stops the command only.)
 
 Where there is no `os.fork` (Windows), every request runs in this process, in job order, which is
 the same work one run at a time (Ctrl-C is then Dagster's to handle inside a run).
@@ -126,12 +126,15 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
-        conn.send(("result", execute(request)))
+        answer = ("result", execute(request))
     except BaseException:  # an interrupt too: the parent must hear why
-        conn.send(("error", traceback.format_exc().strip().splitlines()[-1]))
+        answer = ("error", traceback.format_exc().strip().splitlines()[-1])
+    for signum in STOP_SIGNALS:  # the run is over: an interrupt now would only cut its cleanup short
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        conn.send(answer)
     finally:
         conn.close()
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the run has answered
         _end_descendants()
 
 
@@ -142,22 +145,19 @@ END_WAIT_S = 10.0
 
 
 def _children() -> set[int]:
-    """This process's children (from /proc; none where there is no /proc)."""
-    me, found = os.getpid(), set()
+    """This process's children (Linux's /proc; none where it does not say)."""
+    found: set[int] = set()
     with suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat", "rb") as stat:
-                    # The fields after the command's name (which may hold spaces or parentheses).
-                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == me:
-                        found.add(int(entry))
+        for task in os.listdir("/proc/self/task"):
+            with suppress(OSError), open(f"/proc/self/task/{task}/children") as children:
+                found.update(int(pid) for pid in children.read().split())
     return found
 
 
 def _adopt_orphans() -> None:
     """Make this process the one that adopts its descendants' orphans (Linux; elsewhere nothing)."""
-    with suppress(AttributeError, OSError):  # no libc prctl: not Linux
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    with suppress(AttributeError):  # no prctl in the C library: not Linux
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def _end_descendants() -> None:
@@ -173,6 +173,7 @@ def _end_descendants() -> None:
             with suppress(ChildProcessError):
                 while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
                     time.sleep(0.01)
+        time.sleep(0.01)
 
 
 def _signal_group(child: multiprocessing.process.BaseProcess, signum: int) -> None:
@@ -232,19 +233,19 @@ class _Pool:
         return [*ready, *dead]  # type: ignore[list-item]
 
     def collect(self, conn: Connection, exit_s: float = STOP_GRACE_S) -> tuple[Job, Any]:
-        """The job and result of an answered child, whose processes are then gone (killed if it
-        has not exited `exit_s` after answering)."""
+        """The job and result of an answered or dead child, whose processes are then gone: a
+        child that answered gets `exit_s` to end what is left of its run and exit."""
         job, child, request = self.flight[conn]
         answer: tuple[str, Any] | None = None
         with suppress(EOFError, OSError):
             if conn.poll():
                 answer = conn.recv()
-        if answer is None or answer[0] != "result":
-            _signal_group(child, signal.SIGKILL)  # a dead child's workers would wait for ever
-        child.join(exit_s)
-        if child.is_alive():  # answered, but stuck on its way out
-            _signal_group(child, signal.SIGKILL)
-            child.join()
+        if answer is not None:
+            wait([child.sentinel], exit_s)
+        # A dead child's workers would wait for ever, and one stuck on its way out is stopped. Until
+        # the child is joined (reaped), its pid, the group's id, cannot name another group.
+        _signal_group(child, signal.SIGKILL)
+        child.join()
         conn.close()
         del self.flight[conn]
         if answer is None:

@@ -63,13 +63,14 @@ def _sensequant(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedP
     )
 
 
-def _processes_with(entry: bytes) -> list[str]:
-    """The command lines of the live processes whose environment holds `entry` (from /proc)."""
+def _processes_with(entry: bytes) -> list[tuple[int, str]]:
+    """The pids and command lines of the live processes whose environment holds `entry` (/proc)."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             if entry in (proc / "environ").read_bytes().split(b"\0"):
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(proc.name), command))
     return found
 
 
@@ -175,6 +176,7 @@ def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what
     cmd = [sys.executable, "-m", "sensequant_assets.cli", *args]
     # Files, not pipes: the test waits for the command, not for every process that could hold a pipe.
     out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
+    home = f"DAGSTER_HOME={tmp_path / 'home'}".encode()  # in the environment of all it starts
     with out_file.open("w") as out_stream, err_file.open("w") as err_stream:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=out_stream, stderr=err_stream)
     try:
@@ -188,16 +190,19 @@ def test_sigterm_ends_the_runs_in_flight_as_ended_and_the_next_command_does_what
         signalled = time.time()
         proc.terminate()
         proc.wait(timeout=120)
+        # Nothing the command started outlives it (its runs' workers, Dagster's log processes).
+        deadline = time.monotonic() + 10
+        while left := _processes_with(home):
+            assert time.monotonic() < deadline, f"processes of the stopped command are still running: {left}"
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid, _ in _processes_with(home):  # the runs lead their own groups
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     out, err = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 128 + signal.SIGTERM and "total:" not in out, out + err
-    # Nothing the command started outlives it (its runs' workers, Dagster's log processes).
-    home, deadline = f"DAGSTER_HOME={tmp_path / 'home'}".encode(), time.monotonic() + 10
-    while left := _processes_with(home):
-        assert time.monotonic() < deadline, f"processes of the stopped command are still running: {left}"
-        time.sleep(0.2)
     assert "stopping 1 run(s) in flight" in err or "stopping 2 run(s) in flight" in err, err
     assert err.strip().endswith("the same command resumes with what is left"), err
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -61,11 +62,16 @@ class Recorder:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             (self.root / f"{name}.deaf").touch()
             _wait_for(self.root / "never")
-        if then == "escape":  # a run that leaves an orphan behind, in a session of its own
+        if then and then.startswith("escape"):  # a run that leaves an orphan behind, in its own session
             import subprocess
 
-            pid_file = self.root / "escaped.pid"
-            subprocess.run(["sh", "-c", f"setsid sleep 600 & echo $! > {pid_file}"], check=True)
+            if os.fork() == 0:  # its parent exits at once
+                escaped = subprocess.Popen(["sleep", "600"], start_new_session=True)
+                (self.root / "escaped.pid").write_text(str(escaped.pid))
+                os._exit(0)
+            os.wait()
+            if then == "escape-raise":
+                raise ValueError(f"{name} cannot be computed")
         if then == "none":
             return None  # type: ignore[return-value]
         time.sleep(0.05)
@@ -190,14 +196,22 @@ def test_a_child_killed_while_its_workers_live_is_lost_and_its_workers_are_kille
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="orphans are adopted on Linux only")
-def test_an_orphan_a_run_left_in_its_own_session_does_not_outlive_the_run(tmp_path: Path) -> None:
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="orphans are adopted on Linux only")
+@pytest.mark.parametrize("then", ["escape", "escape-raise"])
+def test_an_orphan_a_run_left_in_its_own_session_does_not_outlive_the_run(tmp_path: Path, then: str) -> None:
     """Out of its run's group, it is not killed with the group, and its parent has exited: the
-    run's process adopts it and kills it before it exits."""
+    run's process adopts it and kills it before it exits, whether the run succeeded or failed."""
     results: dict[str, object] = {}
-    run_jobs([_job("escapes", [("e", None, "escape")], results)], Recorder(tmp_path), _lost, slots=2)
-    assert results["e"][0] == "e"  # type: ignore[index]
-    assert _gone(int((tmp_path / "escaped.pid").read_text()))
+    try:
+        run_jobs([_job("escapes", [("e", None, then)], results)], Recorder(tmp_path), _lost, slots=2)
+        if then == "escape":
+            assert results["e"][0] == "e"  # type: ignore[index]
+        else:
+            assert results["e"] == "lost e: ValueError: e cannot be computed"
+        assert _gone(int((tmp_path / "escaped.pid").read_text()))
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp_path / "escaped.pid").read_text()), signal.SIGKILL)
 
 
 def test_an_error_in_the_parent_interrupts_the_runs_in_flight_and_hands_them_to_lost(tmp_path: Path) -> None:
