@@ -117,6 +117,12 @@ def _signals_to(signals: list[int]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _ignore_stop_signals() -> None:
+    """In a run's process that has its answer: an interrupt now would only cut its cleanup short."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> None:
     """In the forked child: the result, or the error that stopped it, sent to the parent."""
     with suppress(OSError):
@@ -124,13 +130,17 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
     _adopt_orphans()
     for signum in STOP_SIGNALS:  # not the parent's handlers: an interrupt is the run's to handle
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    answer: tuple[str, Any] = ("error", "KeyboardInterrupt")
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
-        answer = ("result", execute(request))
-    except BaseException:  # an interrupt too: the parent must hear why
-        answer = ("error", traceback.format_exc().strip().splitlines()[-1])
-    for signum in STOP_SIGNALS:  # the run is over: an interrupt now would only cut its cleanup short
-        signal.signal(signum, signal.SIG_IGN)
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork
+            answer = ("result", execute(request))
+        except BaseException:  # an interrupt too: the parent must hear why
+            answer = ("error", traceback.format_exc().strip().splitlines()[-1])
+        finally:
+            _ignore_stop_signals()
+    except KeyboardInterrupt:  # one that landed as the run ended: the answer stands
+        _ignore_stop_signals()
     try:
         conn.send(answer)
     finally:
@@ -145,12 +155,24 @@ END_WAIT_S = 10.0
 
 
 def _children() -> set[int]:
-    """This process's children (Linux's /proc; none where it does not say)."""
+    """This process's children (Linux's /proc; none where there is no /proc)."""
     found: set[int] = set()
+    listed = False
     with suppress(OSError):
         for task in os.listdir("/proc/self/task"):
             with suppress(OSError), open(f"/proc/self/task/{task}/children") as children:
                 found.update(int(pid) for pid in children.read().split())
+                listed = True
+    if listed:
+        return found
+    me = os.getpid()  # a kernel without CONFIG_PROC_CHILDREN: every process's parent, from its stat
+    with suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat", "rb") as stat:
+                    # The fields after the command's name (which may hold spaces or parentheses).
+                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.add(int(entry))
     return found
 
 
@@ -241,9 +263,8 @@ class _Pool:
             if conn.poll():
                 answer = conn.recv()
         if answer is not None:
-            wait([child.sentinel], exit_s)
-        # A dead child's workers would wait for ever, and one stuck on its way out is stopped. Until
-        # the child is joined (reaped), its pid, the group's id, cannot name another group.
+            self.exited(child, exit_s)
+        # A dead child's workers would wait for ever, and one stuck on its way out is stopped.
         _signal_group(child, signal.SIGKILL)
         child.join()
         conn.close()
@@ -252,6 +273,14 @@ class _Pool:
             answer = ("error", f"its process exited with code {child.exitcode}")
         kind, value = answer
         return job, value if kind == "result" else self.lost(request, value)
+
+    def exited(self, child: multiprocessing.process.BaseProcess, seconds: float) -> None:
+        """Wait for an answered child to end what is left of its run and exit, at most `seconds`;
+        a signal to the command cuts the wait short."""
+        signals, until = len(self.signals), time.monotonic() + seconds
+        while len(self.signals) == signals and (left := until - time.monotonic()) > 0:
+            if wait([child.sentinel], min(POLL_S, left)):
+                return
 
     def drive(self, pending: list[Job]) -> None:
         with _signals_to(self.signals):

@@ -196,7 +196,7 @@ def test_a_child_killed_while_its_workers_live_is_lost_and_its_workers_are_kille
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="orphans are adopted on Linux only")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="orphans are adopted on Linux only")
 @pytest.mark.parametrize("then", ["escape", "escape-raise"])
 def test_an_orphan_a_run_left_in_its_own_session_does_not_outlive_the_run(tmp_path: Path, then: str) -> None:
     """Out of its run's group, it is not killed with the group, and its parent has exited: the
@@ -211,7 +211,8 @@ def test_an_orphan_a_run_left_in_its_own_session_does_not_outlive_the_run(tmp_pa
         assert _gone(int((tmp_path / "escaped.pid").read_text()))
     finally:
         with contextlib.suppress(OSError, ValueError):
-            os.kill(int((tmp_path / "escaped.pid").read_text()), signal.SIGKILL)
+            if not _gone(escaped := int((tmp_path / "escaped.pid").read_text())):
+                os.kill(escaped, signal.SIGKILL)
 
 
 def test_an_error_in_the_parent_interrupts_the_runs_in_flight_and_hands_them_to_lost(tmp_path: Path) -> None:
