@@ -43,6 +43,10 @@ STOP_GRACE_S = 30.0
 # How often the parent looks for a child that died without answering, or a signal to act on.
 POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How long a run's process waits for the processes it killed to be gone before it exits anyway.
+END_WAIT_S = 10.0
+# Linux's prctl option: a subreaper adopts the orphans among its descendants (instead of init).
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class Interrupted(KeyboardInterrupt):
@@ -146,12 +150,6 @@ def _child(execute: Callable[[Any], Any], request: Any, conn: Connection) -> Non
     finally:
         conn.close()
         _end_descendants()
-
-
-# Linux's prctl option: a subreaper adopts the orphans among its descendants (instead of init).
-_PR_SET_CHILD_SUBREAPER = 36
-# How long a run's process waits for the processes it killed to be gone before it exits anyway.
-END_WAIT_S = 10.0
 
 
 def _children() -> set[int]:
