@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -329,6 +329,7 @@ class ArtifactStore:
     """Plain-Python layout and integrity logic, usable without a Dagster context."""
 
     base_dir: Path
+    fork_safe: ClassVar[bool] = True  # plain files: forked workers may read (`LazyPartitions.forkable`)
 
     def partition_dir(self, partition_key: str) -> Path:
         path = self.base_dir / partition_dir_name_of(partition_key)
@@ -748,6 +749,12 @@ class LazyPartitions(Mapping[str, Any]):
 
     def identity(self, key: str) -> str:
         return self._identity[key]
+
+    @property
+    def forkable(self) -> bool:
+        """Whether forked workers may look values up: yes on a local store (plain files); not on an
+        object store, whose client and its pooled connections would be shared with the parent."""
+        return getattr(self._store, "fork_safe", False)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._identity:

@@ -407,6 +407,7 @@ class ObjectArtifactStore:
 
     location: str
     concurrent: ClassVar[bool] = True  # requests may be in flight together (`io_manager.per_partition`)
+    fork_safe: ClassVar[bool] = False  # reads stay in the process that opened the client
 
     @property
     def base_dir(self) -> UPath:

@@ -7,6 +7,7 @@ import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, materialize
@@ -161,3 +162,49 @@ def test_promotion_copies_the_newest_student_and_rollback_restores(graph) -> Non
     assert registry.current(artifacts, SIGNAL).partition_key == f"{SIGNAL}|2024-07-01"
     actions = [h["action"] for h in registry.history(artifacts, SIGNAL)]
     assert actions == ["promote", "promote", "rollback"]
+
+
+def test_a_briefing_recomputed_in_forked_workers_equals_one_computed_in_process(graph, monkeypatch) -> None:
+    """A briefing recomputes its changed symbols in forked workers (local artifacts); what it decides
+    and caches is the same to the bit as computing them one by one in the run's process."""
+    from sensequant_assets.assets import workers
+
+    artifacts, instance, _ = graph
+    pools = []
+
+    class CountedPool(workers.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs) -> None:
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", CountedPool)
+
+    def brief(run_workers: str, extra_trials: int) -> tuple[list, dict, int]:
+        monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", run_workers)
+        result = materialize(
+            ALL_ASSETS,
+            selection=["promotion_briefing"],
+            resources=resources(artifacts, **MARKET),
+            instance=instance,
+            run_config={"ops": {"promotion_briefing": {"config": {"extra_trials": extra_trials}}}},
+            raise_on_error=False,
+        )
+        assert result.success, failure_messages(result)
+        [mat] = result.asset_materializations_for_node("promotion_briefing")
+        artifact = result.output_for_node("promotion_briefing")
+        return artifact.symbols, artifact.cache, mat.metadata["symbols_recomputed"].value
+
+    # The trials are an input of every symbol's statistics, so each change recomputes both symbols.
+    symbols, cache, recomputed = brief("1", 1)
+    assert recomputed == 2 and not pools
+    assert brief("1", 0)[2] == 2
+    forked_symbols, forked_cache, recomputed = brief("2", 1)
+    assert recomputed == 2 and len(pools) == 1, "the two changed symbols were not computed in workers"
+    assert forked_symbols == symbols
+    assert list(forked_cache) == list(cache)
+    for symbol, entry in cache.items():
+        forked = forked_cache[symbol]
+        assert {k: v for k, v in forked.items() if k != "excess"} == {
+            k: v for k, v in entry.items() if k != "excess"
+        }
+        np.testing.assert_array_equal(forked["excess"], entry["excess"])

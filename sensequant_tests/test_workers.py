@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +77,46 @@ def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENSEQUANT_RUN_WORKERS", "-1")
     with pytest.raises(SettingsError, match="SENSEQUANT_RUN_WORKERS"):
         run_workers()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for init to reap it is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a worker's parent-death signal is Linux's")
+def test_workers_die_with_the_process_that_forked_them() -> None:
+    """A run killed outright (SIGKILL, the OOM killer) leaves no worker computing on in the background."""
+    script = textwrap.dedent(
+        """
+        import os, time
+        from sensequant_assets.assets.workers import compute_each
+
+        def task(key):
+            os.write(1, b"%d\\n" % os.getpid())  # one write: the two workers' lines never interleave
+            time.sleep(600)
+
+        for _ in compute_each(task, ["a", "b"], (), 2):
+            pass
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        workers = [int(proc.stdout.readline()) for _ in range(2)]
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)], "workers outlived the killed process"
+    finally:
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.stdout.close()

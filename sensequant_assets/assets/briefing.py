@@ -23,9 +23,10 @@ from pydantic import Field
 from sensequant_assets.artifacts import BriefingArtifact
 from sensequant_assets.assets.catalog import OWNERS
 from sensequant_assets.assets.evaluation import CONFIG_ID_KEY
-from sensequant_assets.assets.partition_context import partition_metadata
+from sensequant_assets.assets.partition_context import partition_metadata, step_workers
 from sensequant_assets.assets.student import default_config_id
 from sensequant_assets.assets.symbol_briefing import symbol_page_link
+from sensequant_assets.assets.workers import compute_each
 from sensequant_assets.automation import AFTER_BATCH_SETTLES
 from sensequant_assets.io_manager import ArtifactError, ArtifactsResource, LazyPartitions, codec_for
 from sensequant_assets.ml.briefing import (
@@ -199,17 +200,13 @@ def symbol_entry(
     horizon: int,
     trials: int,
     gates: Any,
-    cached: dict[str, Any] | None,
-) -> tuple[dict[str, Any], bool]:
-    """One symbol's statistics over its windows evaluated under `judged`, and whether they were reused.
+    digest: str,
+) -> dict[str, Any]:
+    """One symbol's statistics over its windows evaluated under `judged`, stored with `digest`
+    (`_inputs_digest`: the next briefing reuses the entry while it matches).
 
-    The previous briefing's entry is reused when the digest of the inputs matches: a briefing after
-    one partition's update reads that symbol's evaluations only. Otherwise the evaluations are
-    loaded one by one and only the judged configuration's predictions are kept.
+    The evaluations are loaded one by one and only the judged configuration's predictions are kept.
     """
-    digest = _inputs_digest(symbol, keys, evaluations, judged, (horizon, trials, gates))
-    if cached is not None and cached.get("digest") == digest:
-        return cached, True
     frames = []
     for key in keys:
         evaluation = evaluations[key]
@@ -223,7 +220,7 @@ def symbol_entry(
         "judged_windows": len(frames),
         "excess": stats["_excess_returns"],
     }
-    return entry, False
+    return entry
 
 
 def _stitched(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -309,22 +306,43 @@ def promotion_briefing(
     for key in sorted(student_evaluation):
         keys_by_symbol.setdefault(split_key(key)[0], []).append(key)
     previous = _previous_cache(artifacts)
-    cache, statistics, reused = {}, [], 0
-    for symbol, keys in sorted(keys_by_symbol.items()):
-        trials = max(tried.get(symbol, 0), 1) + config.extra_trials
-        entry, hit = symbol_entry(
+    horizon = settings.forecast_horizon
+    trials = {symbol: max(tried.get(symbol, 0), 1) + config.extra_trials for symbol in keys_by_symbol}
+    digests = {
+        symbol: _inputs_digest(symbol, keys, student_evaluation, judged, (horizon, trials[symbol], gates))
+        for symbol, keys in keys_by_symbol.items()
+    }
+
+    def entry_of(symbol: str) -> dict[str, Any]:
+        return symbol_entry(
             symbol,
-            keys,
+            keys_by_symbol[symbol],
             student_evaluation,
             judged,
-            horizon=settings.forecast_horizon,
-            trials=trials,
+            horizon=horizon,
+            trials=trials[symbol],
             gates=gates,
-            cached=previous.get(symbol),
+            digest=digests[symbol],
         )
-        reused += hit
-        cache[symbol] = entry
-        statistics.append({**entry["statistics"], "_excess_returns": np.asarray(entry["excess"])})
+
+    # A previous entry is reused while the digest of its inputs matches (a briefing after one
+    # partition's update reads that symbol's evaluations only). The others (every symbol after a new
+    # window) are recomputed in forked workers on the idle cores, reading a symbol's evaluations back
+    # being most of it; on object storage in the run's process (its client does not survive a fork).
+    cache = {
+        symbol: cached
+        for symbol, cached in previous.items()
+        if symbol in digests and cached.get("digest") == digests[symbol]
+    }
+    reused = len(cache)
+    stale = sorted(set(keys_by_symbol) - set(cache))
+    workers = step_workers(context, len(stale), 1, "symbols") if student_evaluation.forkable else 1
+    for symbol, computed, _ in compute_each(entry_of, stale, (), workers):
+        cache[symbol] = computed
+    cache = {symbol: cache[symbol] for symbol in sorted(cache)}
+    statistics = [
+        {**entry["statistics"], "_excess_returns": np.asarray(entry["excess"])} for entry in cache.values()
+    ]
     briefings = [
         _with_configuration(b, judged, cache[b["symbol"]]["left_out"], cache[b["symbol"]]["judged_windows"])
         for b in decide(statistics, gates)

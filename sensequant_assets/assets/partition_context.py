@@ -126,14 +126,14 @@ def compute_partitions(
     """`task` for every partition of the run whose inputs exist: (values, skip reasons) by key.
 
     `missing_input` names why a partition cannot start (None: it can); `skip` exceptions raised by
-    the task become reasons too. Several partitions fan out onto idle cores (`_step_workers`),
+    the task become reasons too. Several partitions fan out onto idle cores (`step_workers`),
     with a progress line at every quarter, so a long backfill run shows how far it is without
     flooding the event log (each line is an event write).
     """
     windows = {pw.key: pw for pw in partition_windows(context)}
     skipped = {key: reason for key, pw in windows.items() if (reason := missing_input(pw)) is not None}
     todo = [key for key in windows if key not in skipped]
-    workers = _step_workers(context, len(todo), threads_per_task)
+    workers = step_workers(context, len(todo), threads_per_task)
     values: dict[str, Any] = {}
     every = max(1, -(-len(todo) // 4))
     results = compute_each(lambda key: task(windows[key]), todo, skip, workers)
@@ -147,8 +147,11 @@ def compute_partitions(
     return values, skipped
 
 
-def _step_workers(context: AssetExecutionContext, partitions: int, threads_per_task: int) -> int:
-    """Worker processes for this step: the cores no other run of the instance is using.
+def step_workers(
+    context: AssetExecutionContext, partitions: int, threads_per_task: int, unit: str = "partitions"
+) -> int:
+    """Worker processes for this step's `partitions` tasks (`unit` names them in the log): the cores
+    no other run of the instance is using.
 
     Concurrent runs already keep the cores busy (two runs with two workers each ran 17% slower
     than with one), so a batch fans out only onto idle cores: the last run of a backfill, or a
@@ -166,7 +169,7 @@ def _step_workers(context: AssetExecutionContext, partitions: int, threads_per_t
     idle = (usable_cpus() - others) // max(1, threads_per_task)
     workers = max(1, min(cap, idle, partitions))
     context.log.info(
-        f"{partitions} partitions in {workers} process(es) ({others} other run(s) active, cap {cap})"
+        f"{partitions} {unit} in {workers} process(es) ({others} other run(s) active, cap {cap})"
     )
     return workers
 

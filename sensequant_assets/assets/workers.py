@@ -1,4 +1,5 @@
-"""The partitions of one batched run, computed in forked worker processes across the cores.
+"""The partitions of one batched run (or the briefing's changed symbols), computed in forked worker
+processes across the cores.
 
 A backfill run covers many partitions whose work is independent, CPU-bound and single-threaded
 (tiny LightGBM and logistic fits), so a run with N partitions uses up to `SENSEQUANT_RUN_WORKERS`
@@ -11,14 +12,19 @@ Forking and OpenMP: GNU OpenMP's thread pool does not survive a fork, so a child
 multi-threaded region after its parent ran one. The teacher is the only multi-threaded task
 (`num_threads` > 1, one by default) and is the first step of a run, so when it forks the parent has
 trained nothing; when it ran in the parent instead, the later student step's children are
-single-threaded (both student kinds use one thread). The workers touch no Dagster state; they only
-compute and return.
+single-threaded (both student kinds use one thread). The briefing's workers, forked after any step,
+run only numpy, scipy and pandas (OpenBLAS's pthreads survive a fork) and read the local artifact store
+(never an object store: `LazyPartitions.forkable`). The workers touch no Dagster state; they only
+compute and return, and on Linux they die with the process that forked them, so a run killed with
+SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import TypeVar
@@ -30,6 +36,7 @@ T = TypeVar("T")
 
 _task: Callable[[str], object] | None = None
 _skip: tuple[type[Exception], ...] = ()
+_PR_SET_PDEATHSIG = 1  # Linux's prctl option: a signal this process gets when its parent dies
 
 
 def run_workers() -> int:
@@ -45,9 +52,15 @@ def run_workers() -> int:
     return workers or usable_cpus()
 
 
-def _install(task: Callable[[str], object], skip: tuple[type[Exception], ...]) -> None:
+def _install(task: Callable[[str], object], skip: tuple[type[Exception], ...], parent: int) -> None:
     global _task, _skip
     _task, _skip = task, skip
+    try:  # die with the forking process (it is the thread that consumes `compute_each`)
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except AttributeError:  # no prctl in the C library: not Linux
+        return
+    if os.getppid() != parent:  # it died before the setting took
+        os._exit(1)
 
 
 def _call(key: str) -> tuple[str, object, str | None]:
@@ -79,7 +92,8 @@ def compute_each(
                 yield key, None, str(exc)
         return
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, context, initializer=_install, initargs=(task, skip)) as pool:
+    setup = (task, skip, os.getpid())
+    with ProcessPoolExecutor(workers, context, initializer=_install, initargs=setup) as pool:
         pending = {pool.submit(_call, key) for key in keys}
         try:
             while pending:
