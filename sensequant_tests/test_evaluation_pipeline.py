@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -164,12 +165,16 @@ def test_promotion_copies_the_newest_student_and_rollback_restores(graph) -> Non
     assert actions == ["promote", "promote", "rollback"]
 
 
-def test_a_briefing_recomputed_in_forked_workers_equals_one_computed_in_process(graph, monkeypatch) -> None:
+def test_a_briefing_recomputed_in_forked_workers_equals_one_computed_in_process(
+    graph, monkeypatch, tmp_path: Path
+) -> None:
     """A briefing recomputes its changed symbols in forked workers (local artifacts); what it decides
     and caches is the same to the bit as computing them one by one in the run's process."""
-    from sensequant_assets.assets import workers
+    from sensequant_assets.assets import partition_context, workers
 
     artifacts, instance, _ = graph
+    artifacts = Path(shutil.copytree(artifacts, tmp_path / "models"))  # the module's briefing stays as it is
+    monkeypatch.setattr(partition_context, "usable_cpus", lambda: 2)  # two cores, whatever the machine
     pools = []
 
     class CountedPool(workers.ProcessPoolExecutor):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
+from typing import IO
 
 import pytest
 
 from sensequant_assets.assets.workers import compute_each, run_workers
 from sensequant_assets.cpus import usable_cpus
+from sensequant_assets.deployment.run_forkserver import process_start_time
 from sensequant_assets.settings import SettingsError
 
 
@@ -79,13 +81,17 @@ def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         run_workers()
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie waiting for init to reap it is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def _pids(stream: IO[bytes], count: int, deadline: float) -> list[int]:
+    """The first `count` pids the workers wrote, failing the test at `deadline` rather than hanging."""
+    data = b""
+    while data.count(b"\n") < count:
+        if not select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            pytest.fail("the workers did not report their pids in time")
+        chunk = os.read(stream.fileno(), 4096)
+        if not chunk:
+            pytest.fail("the process ended before its workers reported")
+        data += chunk
+    return [int(pid) for pid in data.split()[:count]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a worker's parent-death signal is Linux's")
@@ -104,19 +110,23 @@ def test_workers_die_with_the_process_that_forked_them() -> None:
             pass
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    workers: list[int] = []
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    started: dict[int, str | None] = {}  # pid -> its start time: a pid alone may be reused
+
+    def running() -> list[int]:
+        return [pid for pid, since in started.items() if since and process_start_time(pid) == since]
+
     try:
-        workers = [int(proc.stdout.readline()) for _ in range(2)]
+        for pid in _pids(proc.stdout, 2, time.monotonic() + 60):
+            started[pid] = process_start_time(pid)
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        while running() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in workers if _running(pid)], "workers outlived the killed process"
+        assert not running(), "workers outlived the killed process"
     finally:
-        for pid in workers:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+        for pid in running():
+            os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.stdout.close()

@@ -213,14 +213,13 @@ def symbol_entry(
         if evaluation.metrics.get(CONFIG_ID_KEY) == judged:
             frames.append(evaluation.predictions)
     stats = symbol_statistics(_stitched(frames), horizon=horizon, n_trials=trials, gates=gates, symbol=symbol)
-    entry = {
+    return {
         "digest": digest,
         "statistics": {k: v for k, v in stats.items() if k != "_excess_returns"},
         "left_out": len(keys) - len(frames),
         "judged_windows": len(frames),
         "excess": stats["_excess_returns"],
     }
-    return entry
 
 
 def _stitched(frames: list[pd.DataFrame]) -> pd.DataFrame:

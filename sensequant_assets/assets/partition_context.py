@@ -154,10 +154,10 @@ def step_workers(
     no other run of the instance is using.
 
     Concurrent runs already keep the cores busy (two runs with two workers each ran 17% slower
-    than with one), so a batch fans out only onto idle cores: the last run of a backfill, or a
-    backfill of a single window. A task that runs several threads itself (a teacher with
-    `num_threads` > 1) counts that many cores. Capped by `SENSEQUANT_RUN_WORKERS`; one partition
-    never forks.
+    than with one), so a batch fans out only onto idle cores: the last run of a backfill, a
+    backfill of a single window, the briefing once its evaluations have settled. A task that runs
+    several threads itself (a teacher with `num_threads` > 1) counts that many cores. Capped by
+    `SENSEQUANT_RUN_WORKERS`; a single task never forks.
     """
     cap = run_workers()
     if cap <= 1 or partitions <= 1:

@@ -5,18 +5,19 @@ A backfill run covers many partitions whose work is independent, CPU-bound and s
 (tiny LightGBM and logistic fits), so a run with N partitions uses up to `SENSEQUANT_RUN_WORKERS`
 cores (0, the default: one per usable CPU, see `cpus.py`). The workers are forked from the run
 worker, which has already imported everything, so they start in milliseconds. The task and its
-inputs reach them through the fork, never pickled; only partition keys go in and results come
-back. A single partition (a UI click, a sensor's run) is computed in the run's own process.
+inputs reach them through the fork, never pickled; only keys (partitions, or the briefing's
+symbols) go in and results come back. A single key (a UI click, a sensor's run) is computed in the
+run's own process.
 
 Forking and OpenMP: GNU OpenMP's thread pool does not survive a fork, so a child must not run a
 multi-threaded region after its parent ran one. The teacher is the only multi-threaded task
 (`num_threads` > 1, one by default) and is the first step of a run, so when it forks the parent has
 trained nothing; when it ran in the parent instead, the later student step's children are
 single-threaded (both student kinds use one thread). The briefing's workers, forked after any step,
-run only numpy, scipy and pandas (OpenBLAS's pthreads survive a fork) and read the local artifact store
-(never an object store: `LazyPartitions.forkable`). The workers touch no Dagster state; they only
-compute and return, and on Linux they die with the process that forked them, so a run killed with
-SIGKILL leaves none behind.
+run no OpenMP: parquet decoding (pyarrow), numpy, scipy and pandas, whose thread pools survive a fork;
+they read the local artifact store only (never an object store: `LazyPartitions.forkable`). The
+workers touch no Dagster state; they only compute and return, and on Linux they die with the thread
+that forked them (the one consuming `compute_each`), so a run killed with SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run_workers() -> int:
 def _install(task: Callable[[str], object], skip: tuple[type[Exception], ...], parent: int) -> None:
     global _task, _skip
     _task, _skip = task, skip
-    try:  # die with the forking process (it is the thread that consumes `compute_each`)
+    try:  # die with the thread that forked this worker: the one consuming `compute_each`
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except AttributeError:  # no prctl in the C library: not Linux
         return
@@ -81,7 +82,8 @@ def compute_each(
     """Yield `(key, value, None)` or `(key, None, reason)` for every key, as each finishes.
 
     `skip` exceptions become reasons (the partition is skipped); any other exception stops the
-    step, as it would in a plain loop.
+    step, as it would in a plain loop. Consume it from the thread that started it: the workers are
+    forked on the first `next()` and die when that thread ends.
     """
     workers = min(run_workers() if workers is None else workers, len(keys))
     if workers <= 1:
